@@ -1,0 +1,112 @@
+"""The activation registry: one name -> activation mapping for the whole project.
+
+Every list of activation names anywhere (CLI choices, pools, spec validation, plots) derives
+from :data:`ACTIVATIONS` and :data:`POOLS`.  Strings are resolved here, at the config edge;
+layers receive resolved, canonical names.
+
+>>> resolve_pool("paper")
+('relu', 'sigmoid', 'tanh', 'leaky_relu', 'elu', 'selu')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smartmixed_core.errors import ConfigError, choice_error
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """One registry entry.
+
+    ``fn`` is a pure elementwise function when the activation has no parameters and no
+    randomness (``pure``); the fused selective layer and the mixed layer use it directly.
+    ``module`` builds a fresh ``nn.Module`` (PReLU carries a learnable slope, RReLU samples
+    slopes in training), so every slot owns its own instance.
+    """
+
+    name: str
+    module: Callable[[], nn.Module]
+    fn: Callable[[Tensor], Tensor] | None = None
+
+    @property
+    def pure(self) -> bool:
+        return self.fn is not None
+
+
+def _leaky_relu(x: Tensor) -> Tensor:
+    return F.leaky_relu(x, 0.01)
+
+
+ACTIVATIONS: dict[str, ActivationSpec] = {
+    spec.name: spec
+    for spec in (
+        ActivationSpec("relu", nn.ReLU, torch.relu),
+        ActivationSpec("sigmoid", nn.Sigmoid, torch.sigmoid),
+        ActivationSpec("tanh", nn.Tanh, torch.tanh),
+        ActivationSpec("leaky_relu", nn.LeakyReLU, _leaky_relu),
+        ActivationSpec("elu", nn.ELU, F.elu),
+        ActivationSpec("selu", nn.SELU, F.selu),
+        ActivationSpec("prelu", nn.PReLU),
+        ActivationSpec("rrelu", nn.RReLU),
+        ActivationSpec("silu", nn.SiLU, F.silu),
+        ActivationSpec("mish", nn.Mish, F.mish),
+        ActivationSpec("gelu", nn.GELU, F.gelu),
+    )
+}
+"""Canonical name -> spec."""
+
+ALIASES: dict[str, str] = {
+    "lrelu": "leaky_relu",
+    "leakyrelu": "leaky_relu",
+    "swish": "silu",
+}
+
+POOLS: dict[str, tuple[str, ...]] = {
+    # The six of the SmartMixed paper, in the paper's order.
+    "paper": ("relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu"),
+    # AdAct's seven (ReLU, ELU, LReLU, PReLU, RReLU, SiLU, Mish).
+    "adact": ("relu", "elu", "leaky_relu", "prelu", "rrelu", "silu", "mish"),
+}
+
+
+def canonical(name: str, field: str = "activation") -> str:
+    """Return the canonical registry name for ``name`` (case-insensitive, aliases allowed)."""
+    key = name.strip().lower().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key not in ACTIVATIONS:
+        raise choice_error(field, name, ACTIVATIONS)
+    return key
+
+
+def get_activation(name: str) -> nn.Module:
+    """A fresh module for ``name``."""
+    return ACTIVATIONS[canonical(name)].module()
+
+
+def resolve_pool(pool: str | Sequence[str], field: str = "pool") -> tuple[str, ...]:
+    """A named pool (``paper``, ``adact``), a comma-separated string or a list of names."""
+    if isinstance(pool, str):
+        if pool.strip().lower() in POOLS:
+            return POOLS[pool.strip().lower()]
+        if "," not in pool:
+            if pool.strip().lower().replace("-", "_") in ACTIVATIONS:
+                raise ConfigError(field, "a pool needs at least two activations")
+            raise choice_error(field, pool, [*POOLS, "or a comma-separated list of activations"])
+        pool = [p for p in pool.split(",") if p.strip()]
+    names = tuple(canonical(p, field) for p in pool)
+    if len(names) < 2:
+        raise ConfigError(field, "a pool needs at least two activations")
+    if len(set(names)) != len(names):
+        raise ConfigError(field, f"duplicate activations in pool {list(names)}")
+    return names
+
+
+def is_pure(names: Sequence[str]) -> bool:
+    """True when every activation in ``names`` is a parameter-free deterministic function."""
+    return all(ACTIVATIONS[n].pure for n in names)

@@ -1,0 +1,153 @@
+"""The ``smartmixed`` command.  ``train`` lives here; ``sweep`` and ``analyze`` are attached
+from the ``sweeps`` and ``analysis`` packages when they are installed (imported lazily, so
+the core never imports Ray or MLflow and ``smartmixed train`` starts fast).
+
+Bad input never prints a traceback: one line ``smartmixed: error: FIELD: ...`` and exit 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from smartmixed_core.activations import POOLS
+from smartmixed_core.config import METHODS_HELP, RunConfig
+from smartmixed_core.data import DATASETS
+from smartmixed_core.errors import ConfigError
+
+app = typer.Typer(name="smartmixed", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False,
+                  help="SmartMixed: learned per-neuron activations, sweeps and analysis.")
+
+
+@app.callback()
+def _root() -> None:
+    """SmartMixed: learned per-neuron activations, sweeps and analysis."""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` or a range ``"0-4"``."""
+    try:
+        if "-" in text.strip("-") and "," not in text:
+            lo, hi = (int(p) for p in text.split("-"))
+            seeds = list(range(lo, hi + 1))
+        else:
+            seeds = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ConfigError("seeds", f"expected integers like '0,1,2' or '0-4', got {text!r}") from None
+    if not seeds or any(s < 0 or s > 2**31 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError("seeds", f"need distinct integers in [0, 2^31], got {text!r}")
+    return seeds
+
+
+@app.command()
+def train(
+    dataset: Annotated[str, typer.Option(help=f"One of: {', '.join(DATASETS)}.")] = "digits",
+    arch: Annotated[Optional[str], typer.Option(
+        help="Hidden widths '64,32' or a paper architecture 'paper:784-512-10'.")] = None,
+    method: Annotated[str, typer.Option(help=METHODS_HELP)] = "smartmixed",
+    model: Annotated[str, typer.Option(help="mlp or convnet.")] = "mlp",
+    pool: Annotated[Optional[str], typer.Option(
+        help=f"Pool name ({', '.join(POOLS)}) or comma list of activations.")] = None,
+    epochs: int = 40,
+    transition_epoch: Annotated[int, typer.Option(help="Phase-1 epochs (smartmixed).")] = 15,
+    temperature: float = 0.3,
+    temperature_end: Annotated[Optional[float], typer.Option(
+        help="Temperature at the end of phase 1 (default: constant).")] = None,
+    temperature_schedule: str = "exponential",
+    phase2_init: Annotated[str, typer.Option(help="transfer or reinit.")] = "transfer",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    optimizer: str = "adam",
+    batch_size: int = 64,
+    grad_clip: Optional[float] = None,
+    patience: Optional[int] = None,
+    gate: Annotated[str, typer.Option(help="Mixture gate: layer, neuron or input.")] = "layer",
+    gate_temperature: float = 1.0,
+    entropy_weight: float = 0.0,
+    seeds: Annotated[str, typer.Option(help="'0,1,2' or '0-4'.")] = "0",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with image datasets.")] = None,
+    download: bool = False,
+    out: Annotated[Path, typer.Option(help="Output folder for result.json and checkpoints.")] = Path("runs/train"),
+    checkpoints: Annotated[bool, typer.Option(help="Write one checkpoint per seed.")] = True,
+    quiet: bool = False,
+) -> None:
+    """Train one configuration for several seeds; write OUT/result.json."""
+    from smartmixed_core.progress import EpochProgress
+    from smartmixed_core.runner import load_data, save_checkpoint, train_seeds
+
+    seed_list = parse_seeds(seeds)
+    cfg = RunConfig(dataset=dataset, data_dir=str(data_dir) if data_dir else None,
+                    download=download, model=model, arch=arch, method=method, pool=pool,
+                    temperature=temperature, temperature_end=temperature_end,
+                    temperature_schedule=temperature_schedule, transition_epoch=transition_epoch,
+                    epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
+                    batch_size=batch_size, grad_clip=grad_clip, patience=patience,
+                    phase2_init=phase2_init, gate=gate, gate_temperature=gate_temperature,
+                    entropy_weight=entropy_weight, device=device)
+    if data_dir is not None and not data_dir.is_dir():
+        raise ConfigError("data_dir", f"{data_dir} is not a readable directory")
+    if out.exists() and not out.is_dir():
+        raise ConfigError("out", f"{out} exists and is not a directory")
+    data = load_data(cfg)
+    with EpochProgress(cfg.epochs, seed_list, enabled=not quiet) as progress:
+        doc, outcomes = train_seeds(cfg, seed_list, callbacks=progress.callbacks, data=data)
+    out.mkdir(parents=True, exist_ok=True)
+    if checkpoints:
+        (out / "checkpoints").mkdir(exist_ok=True)
+        for o in outcomes:
+            save_checkpoint(out / "checkpoints" / f"seed_{o.summary['seed']}.pt", cfg, o)
+    tmp = out / "result.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1, allow_nan=True))
+    tmp.replace(out / "result.json")
+    s = doc["summary"]
+    typer.echo(f"{cfg.method} on {cfg.dataset} [{cfg.arch}], {s['n_seeds']} seed(s): "
+               f"test accuracy {s['test_accuracy_mean']:.4f} ± {s['test_accuracy_std']:.4f}, "
+               f"macro F1 {s['test_f1_macro_mean']:.4f}  ->  {out / 'result.json'}")
+
+
+def _attach_plugins() -> None:
+    """Add the sweep and analysis command groups when their packages are importable."""
+    for module, attr in (("sweeps.cli", "register"), ("analysis.cli", "register")):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                continue
+            raise
+        getattr(mod, attr)(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit status."""
+    _attach_plugins()
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except ConfigError as exc:
+        return error(str(exc))
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("smartmixed: aborted", err=True)
+        return 130
+    except typer.TyperException as exc:  # usage errors: bad flag, bad type, missing argument
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            return 0
+        return error(exc.format_message())  # type: ignore[attr-defined]
+    return result if isinstance(result, int) else 0
+
+
+def error(message: str) -> int:
+    """Print the one-line error for bad input; returns exit status 2."""
+    typer.echo("smartmixed: error: " + " ".join(message.split()), err=True)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

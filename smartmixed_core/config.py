@@ -1,0 +1,199 @@
+"""The run configuration: names only (serialisable, loggable), validated on construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from smartmixed_core.activations import ACTIVATIONS, canonical, resolve_pool
+from smartmixed_core.data import DATASETS
+from smartmixed_core.errors import ConfigError, choice_error
+from smartmixed_core.freeze import PHASE2_INITS
+from smartmixed_core.layers import GATES
+from smartmixed_core.models import canonical_arch, parse_arch
+
+METHOD_KINDS = ("smartmixed", "selective", "fixed", "adact", "gated")
+METHODS_HELP = "smartmixed, selective, fixed:<activation>[,<activation>...], adact, gated"
+MODELS = ("mlp", "convnet")
+SCHEDULES = ("exponential", "linear")
+OPTIMIZERS = ("adam", "adamw")
+TABULAR_DATASETS = ("breast_cancer",)
+DEFAULT_CONV_CHANNELS = "32-64-128-256"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A parsed ``--method``: its kind and, for ``fixed``, one activation or one per layer."""
+
+    kind: str
+    activations: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"fixed:{','.join(self.activations)}" if self.kind == "fixed" else self.kind
+
+
+def parse_method(text: str, field: str = "method") -> Method:
+    kind, _, rest = text.strip().lower().partition(":")
+    if kind not in METHOD_KINDS:
+        raise choice_error(field, text, [*METHOD_KINDS[:2], "fixed:<activation>",
+                                         *METHOD_KINDS[3:]])
+    if kind == "fixed":
+        if not rest:
+            raise ConfigError(field, "fixed needs an activation, e.g. fixed:relu; allowed: "
+                              + ", ".join(ACTIVATIONS))
+        return Method(kind, tuple(canonical(a, field) for a in rest.split(",")))
+    if rest:
+        raise ConfigError(field, f"{kind} takes no ':' argument")
+    return Method(kind)
+
+
+def _positive(field: str, value: float, *, integer: bool = False, upper: float = 1e9) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) if integer else (
+        isinstance(value, (int, float)) and not isinstance(value, bool))
+    if not ok or not math.isfinite(value) or value <= 0 or value > upper:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(field, f"must be {kind} in (0, {upper:g}], got {value!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training configuration (trained once per seed).  See docs/contracts.md."""
+
+    dataset: str = "digits"
+    """Dataset name: digits, breast_cancer (embedded), mnist, fashion_mnist, cifar10, svhn."""
+    data_dir: str | None = None
+    """Folder holding the image datasets in torchvision's layout."""
+    download: bool = False
+    """Download missing image datasets through torchvision."""
+    model: str = "mlp"
+    """Backbone: mlp or convnet."""
+    arch: str | None = None
+    """Hidden widths (mlp, default 64-32) or conv channels (convnet, default 32-64-128-256),
+    stored canonical "w1-w2-..."."""
+    method: str = "smartmixed"
+    """smartmixed, selective (phase 1 only), fixed:<act>, adact, gated."""
+    pool: str | None = None
+    """Activation pool: a pool name or a comma list (default: adact for adact, else paper)."""
+    temperature: float = 0.3
+    """Gumbel-Softmax temperature at the start of phase 1."""
+    temperature_end: float | None = None
+    """Temperature at the end of phase 1 (None: constant)."""
+    temperature_schedule: str = "exponential"
+    """How tau moves from start to end over phase 1: exponential or linear."""
+    transition_epoch: int = 15
+    """Phase-1 epochs for smartmixed; phase 2 runs the remaining epochs."""
+    epochs: int = 40
+    """Total epochs."""
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    batch_size: int = 64
+    grad_clip: float | None = None
+    patience: int | None = None
+    """Early-stopping patience in epochs (None: off); applies within each phase."""
+    phase2_init: str = "transfer"
+    """transfer (paper eq. 9) or reinit (what the public code did)."""
+    gate: str = "layer"
+    """Mixture gate: layer (per-layer weights; gated 'static'), neuron, or input."""
+    gate_temperature: float = 1.0
+    """Gated mixtures: softmax temperature T of the gates."""
+    entropy_weight: float = 0.0
+    """Gated mixtures: lambda; the loss gets -lambda * H(gates)."""
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    """Seed of the train/validation split (the same for every training seed)."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    fused: bool = True
+    """Use the fused selective layer (recompute in backward) where the pool allows it."""
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise choice_error("dataset", self.dataset, DATASETS)
+        if self.model not in MODELS:
+            raise choice_error("model", self.model, MODELS)
+        if self.model == "convnet" and self.dataset in TABULAR_DATASETS:
+            raise ConfigError("model", f"convnet needs an image dataset; {self.dataset} is tabular")
+        if self.arch is None:
+            object.__setattr__(self, "arch", DEFAULT_CONV_CHANNELS if self.model == "convnet"
+                               else "64-32")
+        object.__setattr__(self, "arch", canonical_arch(parse_arch(self.arch)))
+        method = parse_method(self.method)
+        if self.pool is None:
+            object.__setattr__(self, "pool", "adact" if method.kind == "adact" else "paper")
+        object.__setattr__(self, "method", str(method))
+        if method.kind == "fixed" and len(method.activations) not in (1, self.depth):
+            raise ConfigError("method", f"fixed needs 1 or {self.depth} activations "
+                              f"(one per hidden layer), got {len(method.activations)}")
+        pool = resolve_pool(self.pool)  # validates
+        object.__setattr__(self, "pool", ",".join(pool) if "," in self.pool
+                           else self.pool.strip().lower())
+        _positive("epochs", self.epochs, integer=True, upper=100_000)
+        _positive("batch_size", self.batch_size, integer=True, upper=10_000_000)
+        _positive("lr", self.lr, upper=10.0)
+        _positive("temperature", self.temperature, upper=1e6)
+        if self.temperature_end is not None:
+            _positive("temperature_end", self.temperature_end, upper=1e6)
+        _positive("gate_temperature", self.gate_temperature, upper=1e6)
+        if self.grad_clip is not None:
+            _positive("grad_clip", self.grad_clip)
+        if self.patience is not None:
+            _positive("patience", self.patience, integer=True)
+        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < 10):
+            raise ConfigError("weight_decay", f"must be in [0, 10), got {self.weight_decay!r}")
+        if not (isinstance(self.entropy_weight, (int, float))
+                and math.isfinite(self.entropy_weight) and abs(self.entropy_weight) <= 1e3):
+            raise ConfigError("entropy_weight", f"must be a number in [-1000, 1000], "
+                              f"got {self.entropy_weight!r}")
+        for name, value, allowed in (("temperature_schedule", self.temperature_schedule, SCHEDULES),
+                                     ("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("phase2_init", self.phase2_init, PHASE2_INITS),
+                                     ("gate", self.gate, GATES)):
+            if value not in allowed:
+                raise choice_error(name, value, allowed)
+        if method.kind == "smartmixed" and not (
+                isinstance(self.transition_epoch, int) and 1 <= self.transition_epoch < self.epochs):
+            raise ConfigError("transition_epoch", f"must be an integer in [1, epochs-1] = "
+                              f"[1, {self.epochs - 1}], got {self.transition_epoch!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError("val_fraction", f"must be in (0, 1), got {self.val_fraction!r}")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:")
+                                                   and dev[5:].isdigit())):
+            raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {dev!r}")
+
+    @property
+    def parsed_method(self) -> Method:
+        return parse_method(self.method)
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        return parse_arch(self.arch)
+
+    @property
+    def depth(self) -> int:
+        return len(self.hidden)
+
+    @property
+    def pool_names(self) -> tuple[str, ...]:
+        return resolve_pool(self.pool or "paper")
+
+    @property
+    def phase1_epochs(self) -> int:
+        """Epochs with a selective layer (0 for methods without phase 1)."""
+        kind = self.parsed_method.kind
+        return self.transition_epoch if kind == "smartmixed" else (
+            self.epochs if kind == "selective" else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """Build from a mapping, rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ConfigError(key, "unknown setting; allowed: " + ", ".join(sorted(known)))
+        return cls(**values)

@@ -1,0 +1,240 @@
+"""Activation slots: selective (phase 1), mixed (phase 2) and soft mixtures (AdAct, gated).
+
+Every slot maps a pre-activation ``x`` of shape ``[batch, units, *spatial]`` to a tensor of
+the same shape; "units" are MLP neurons or ConvNet channels (dimension 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smartmixed_core.activations import ACTIVATIONS, is_pure
+
+GUMBEL_EPS = 1e-10
+
+
+def _per_unit(v: Tensor, x: Tensor) -> Tensor:
+    """View a ``[units]`` or ``[batch, units]`` tensor so it broadcasts against ``x``."""
+    extra = x.dim() - v.dim() - (1 if v.dim() == 1 else 0)
+    shape = (1, -1) if v.dim() == 1 else tuple(v.shape)
+    return v.reshape(*shape, *([1] * extra))
+
+
+def gumbel_noise(shape: Sequence[int], device: torch.device | str, dtype: torch.dtype) -> Tensor:
+    """Gumbel(0, 1) noise from clamped uniforms: finite for every draw (paper eq. 1)."""
+    u = torch.rand(shape, device=device, dtype=torch.float32)
+    u = u.clamp_(GUMBEL_EPS, 1.0 - GUMBEL_EPS)
+    return (-torch.log(-torch.log(u))).to(dtype)
+
+
+def hard_gumbel_softmax(logits: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """Straight-through Gumbel-Softmax over the last dimension (paper eqs. 1-4).
+
+    Returns ``(y, index)``: the soft sample ``y`` (carries the gradient) and the hard choice.
+    The one-hot forward value is ``one_hot(index) + (y - y.detach())``.
+    """
+    y = torch.softmax((logits + gumbel_noise(logits.shape, logits.device, logits.dtype)) / tau, -1)
+    return y, y.argmax(-1)
+
+
+def apply_choices(x: Tensor, choice: Tensor, fns: Sequence) -> Tensor:
+    """Apply ``fns[choice[i]]`` to unit ``i`` of ``x`` (units in any order)."""
+    out = torch.empty_like(x)
+    for j, fn in enumerate(fns):
+        idx = (choice == j).nonzero().flatten()
+        if idx.numel():
+            out.index_copy_(1, idx, fn(x.index_select(1, idx)))
+    return out
+
+
+class _SelectST(torch.autograd.Function):
+    """Fused hard straight-through selection for pure activations.
+
+    Forward evaluates only each unit's chosen activation.  Backward recomputes: the input
+    gradient flows through the chosen activation; the gradient of the soft sample ``y`` is
+    ``sum_batch(grad * act_j(x))`` for each candidate ``j``, one candidate at a time, so no
+    ``[batch, units, K]`` stack is ever stored.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, choice: Tensor, fns: tuple) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, choice)
+        ctx.fns = fns
+        return apply_choices(x, choice, fns)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, choice = ctx.saved_tensors
+        grad_x = grad_y = None
+        if ctx.needs_input_grad[0]:
+            with torch.enable_grad():
+                xr = x.detach().requires_grad_(True)
+                (grad_x,) = torch.autograd.grad(apply_choices(xr, choice, ctx.fns), xr, grad)
+        if ctx.needs_input_grad[1]:
+            dims = [0, *range(2, x.dim())]
+            grad_y = torch.stack([(grad * fn(x)).sum(dims) for fn in ctx.fns], dim=-1)
+        return grad_x, grad_y, None, None
+
+
+class SelectiveActivation(nn.Module):
+    """Phase 1: every unit learns logits over ``pool`` (paper §III-B).
+
+    Training: one hard straight-through Gumbel-Softmax sample per unit per forward pass
+    (shared by the batch). Eval: the argmax of the logits (deterministic, eq. 7).
+    """
+
+    def __init__(self, units: int, pool: Sequence[str], tau: float = 0.3, fused: bool = True):
+        super().__init__()
+        self.pool = tuple(pool)
+        self.tau = float(tau)
+        self.logits = nn.Parameter(torch.zeros(units, len(self.pool)))
+        self.candidates = nn.ModuleList(ACTIVATIONS[n].module() for n in self.pool)
+        # The fused path needs plain functions; PReLU/RReLU use the stacked reference path.
+        self.fused = fused and is_pure(self.pool)
+        self._fns = tuple(ACTIVATIONS[n].fn for n in self.pool) if is_pure(self.pool) else ()
+
+    @property
+    def units(self) -> int:
+        return self.logits.shape[0]
+
+    def choices(self) -> Tensor:
+        """Each unit's current argmax choice (an index into ``pool``)."""
+        return self.logits.detach().argmax(-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return apply_choices(x, self.choices(), self._fns or tuple(self.candidates))
+        y, choice = hard_gumbel_softmax(self.logits, self.tau)
+        if self.fused:
+            return _SelectST.apply(x, y, choice, self._fns)
+        return self.stacked(x, y, choice)
+
+    def stacked(self, x: Tensor, y: Tensor, choice: Tensor) -> Tensor:
+        """The straightforward form: all K activations weighted by h (the reference)."""
+        h = F.one_hot(choice, len(self.pool)).to(y.dtype) + (y - y.detach())
+        out = torch.zeros_like(x)
+        for j, act in enumerate(self.candidates):
+            out = out + _per_unit(h[:, j], x) * act(x)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"units={self.units}, pool={list(self.pool)}, tau={self.tau:g}, fused={self.fused}"
+
+
+class MixedActivation(nn.Module):
+    """Phase 2: fixed choices, units grouped as contiguous slices in ``pool`` order.
+
+    ``counts[j]`` units (a contiguous slice) use ``pool[j]``; :func:`smartmixed_core.freeze`
+    permutes the surrounding weights so that this layout holds.
+    """
+
+    def __init__(self, pool: Sequence[str], counts: Sequence[int],
+                 candidates: nn.ModuleList | None = None):
+        super().__init__()
+        self.pool = tuple(pool)
+        self.counts = [int(c) for c in counts]
+        if len(self.counts) != len(self.pool):
+            raise ValueError("counts must have one entry per pool member")
+        self.candidates = candidates or nn.ModuleList(ACTIVATIONS[n].module() for n in self.pool)
+        self._groups = [(self.candidates[j], c) for j, c in enumerate(self.counts) if c]
+
+    @property
+    def units(self) -> int:
+        return sum(self.counts)
+
+    def choices(self) -> Tensor:
+        return torch.repeat_interleave(torch.arange(len(self.pool)), torch.tensor(self.counts))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if len(self._groups) == 1:
+            return self._groups[0][0](x)
+        chunks = x.split([c for _, c in self._groups], dim=1)
+        return torch.cat([act(c) for (act, _), c in zip(self._groups, chunks)], dim=1)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{n}={c}" for n, c in zip(self.pool, self.counts) if c)
+
+
+GATES = ("layer", "neuron", "input")
+
+
+class MixtureActivation(nn.Module):
+    """Soft mixture ``sum_k g_k act_k(x)`` with ``g = softmax(z / temperature)``.
+
+    * AdAct: ``gate="layer"`` (one weight vector per layer; ``"neuron"`` per unit), T = 1.
+    * Gated mixtures: ``gate="layer"`` (static) or ``"input"`` (a linear head on the
+      spatially pooled pre-activation produces per-sample logits), temperature T and an
+      entropy weight: :meth:`aux_loss` is ``-entropy_weight * H(g)``, so a positive weight
+      rewards diverse gates (counters collapse) and a negative one pushes towards one-hot.
+    """
+
+    def __init__(self, units: int, pool: Sequence[str], gate: str = "layer",
+                 temperature: float = 1.0, entropy_weight: float = 0.0):
+        super().__init__()
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}")
+        self.pool = tuple(pool)
+        self.gate = gate
+        self.temperature = float(temperature)
+        self.entropy_weight = float(entropy_weight)
+        k = len(self.pool)
+        self.candidates = nn.ModuleList(ACTIVATIONS[n].module() for n in self.pool)
+        self.head = nn.Linear(units, k) if gate == "input" else None
+        self.weights: nn.Parameter | None
+        if gate == "input":
+            self.register_parameter("weights", None)
+        else:
+            self.weights = nn.Parameter(torch.zeros(units, k) if gate == "neuron" else torch.zeros(k))
+        self.register_buffer("gate_mean", torch.full((k,), 1.0 / k))
+        self._entropy: Tensor | None = None
+
+    def gates(self, x: Tensor) -> Tensor:
+        """``[K]`` (layer), ``[units, K]`` (neuron) or ``[batch, K]`` (input) gate weights."""
+        if self.head is not None:
+            z = self.head(x.mean(dim=tuple(range(2, x.dim()))) if x.dim() > 2 else x)
+        else:
+            z = self.weights
+        return torch.softmax(z / self.temperature, dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        g = self.gates(x)
+        ent = -(g * torch.log(g.clamp_min(1e-12))).sum(-1).mean()
+        self._entropy = ent if self.entropy_weight else None
+        with torch.no_grad():
+            self.gate_mean.copy_(g.reshape(-1, g.shape[-1]).mean(0))
+        out = torch.zeros_like(x)
+        for k, act in enumerate(self.candidates):
+            w = g[..., k]
+            if self.gate == "layer":
+                out = out + w * act(x)
+            elif self.gate == "neuron":
+                out = out + _per_unit(w, x) * act(x)
+            else:  # per-sample weights: [batch] -> [batch, 1, ...]
+                out = out + w.reshape(-1, *([1] * (x.dim() - 1))) * act(x)
+        return out
+
+    def aux_loss(self) -> Tensor | None:
+        """The entropy term of the last forward pass (``None`` when the weight is 0)."""
+        if self._entropy is None:
+            return None
+        return -self.entropy_weight * self._entropy
+
+    def dominant(self) -> str:
+        """The highest-weight activation (mean gate of the last forward pass), AdAct's export."""
+        return self.pool[int(self.gate_mean.argmax())]
+
+    def extra_repr(self) -> str:
+        return (f"pool={list(self.pool)}, gate={self.gate}, T={self.temperature:g}, "
+                f"entropy_weight={self.entropy_weight:g}")
+
+
+def gate_entropy(g: Tensor) -> float:
+    """Entropy (nats) of a gate distribution, normalised by log K into [0, 1]."""
+    g = g.reshape(-1, g.shape[-1])
+    ent = -(g * torch.log(g.clamp_min(1e-12))).sum(-1).mean()
+    return float(ent) / math.log(g.shape[-1])

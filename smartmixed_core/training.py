@@ -1,0 +1,155 @@
+"""The one training loop, :func:`fit`, used by every method and both SmartMixed phases.
+
+Data live on the training device as whole tensors; each epoch draws one index permutation
+from the run's own generator, so batch order is seeded per run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smartmixed_core.data import Splits
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the run cannot continue."""
+
+    def __init__(self, epoch: int, loss: float) -> None:
+        self.epoch = epoch
+        super().__init__(f"non-finite training loss ({loss}) at epoch {epoch}")
+
+
+class Callback(Protocol):
+    """Hooks called by :func:`fit`.  Both are optional; missing ones are skipped."""
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None: ...
+
+    def on_epoch_end(self, epoch: int, record: dict, model: nn.Module) -> bool | None:
+        """Add fields to ``record``; return True to stop training."""
+
+
+@dataclass
+class FitConfig:
+    """Optimisation settings for one call of :func:`fit`."""
+
+    epochs: int
+    """Epochs to train in this call."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    weight_decay: float = 0.0
+    """Adam weight decay (L2; decoupled with ``optimizer="adamw"``)."""
+    optimizer: str = "adam"
+    """``adam`` or ``adamw``."""
+    batch_size: int = 64
+    """Training batch size."""
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this value (the reference code used 1.0)."""
+    patience: int | None = None
+    """Stop after this many epochs without a better validation loss (None: never)."""
+    restore_best: bool = True
+    """Load the best-validation-loss weights at the end."""
+    eval_batch_size: int = 4096
+    """Batch size for validation/test passes (memory only; results do not depend on it)."""
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
+    """Eval-mode logits for ``x`` (mode restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def aux_loss(modules: Sequence[nn.Module]) -> Tensor | None:
+    """Sum of the modules' ``aux_loss()`` terms (e.g. gate entropy), or None."""
+    terms = [t for m in modules if (t := m.aux_loss()) is not None]
+    return torch.stack(terms).sum() if terms else None
+
+
+def fit(model: nn.Module, data: Splits, cfg: FitConfig, *, generator: torch.Generator,
+        callbacks: Sequence[object] = (), start_epoch: int = 0) -> FitResult:
+    """Train ``model`` on ``data`` (already on the model's device) for ``cfg.epochs`` epochs.
+
+    Epochs are numbered from ``start_epoch`` (phase 2 continues phase 1's numbering).  Each
+    history record holds ``epoch``, ``train_loss``, ``val_loss``, ``val_accuracy``, ``lr`` and
+    whatever callbacks add.  Raises :class:`NonFiniteLossError` on a NaN/inf loss.
+    """
+    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    aux_modules = [m for m in model.modules() if hasattr(m, "aux_loss")]
+    result = FitResult()
+    best_state = None
+    since_best = 0
+    n = len(data.x_train)
+    t0 = time.perf_counter()
+    for epoch in range(start_epoch, start_epoch + cfg.epochs):
+        for cb in callbacks:
+            if hasattr(cb, "on_epoch_start"):
+                cb.on_epoch_start(epoch, model)
+        model.train()
+        order = torch.randperm(n, generator=generator).to(data.x_train.device)
+        total = torch.zeros((), device=data.x_train.device)
+        for i in range(0, n, cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            total += loss.detach() * len(idx)
+            extra = aux_loss(aux_modules)
+            if extra is not None:
+                loss = loss + extra
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+        train_loss = float(total) / n
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(epoch, train_loss)
+        logits = predict(model, data.x_val, cfg.eval_batch_size)
+        val_loss = float(F.cross_entropy(logits, data.y_val))
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_accuracy": float((logits.argmax(1) == data.y_val).float().mean()),
+            "seconds": time.perf_counter() - t0,
+        }
+        if val_loss < result.best_val_loss:
+            result.best_val_loss, result.best_epoch, since_best = val_loss, epoch, 0
+            if cfg.restore_best:
+                best_state = copy.deepcopy(model.state_dict())
+        else:
+            since_best += 1
+        stop = False
+        for cb in callbacks:
+            if hasattr(cb, "on_epoch_end"):
+                stop = bool(cb.on_epoch_end(epoch, record, model)) or stop
+        result.history.append(record)
+        if stop:
+            break
+        if cfg.patience is not None and since_best >= cfg.patience:
+            result.stopped_early = True
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - t0
+    return result

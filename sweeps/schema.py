@@ -1,0 +1,58 @@
+"""The MLflow run schema: the one place that names tags, params, metrics and artifacts.
+
+Documented in docs/mlflow-schema.md; ``sweeps`` writes it and ``analysis`` reads it.  No imports
+beyond the standard library, so analysis can use it without Ray.
+
+Run tree per experiment::
+
+    sweep run   (tag smartmixed.kind=sweep)        spec params + spec.yaml artifact
+      trial run (tag smartmixed.kind=trial)        config params, seed-mean metrics per epoch
+        seed run (tag smartmixed.kind=seed)        one per (trial, seed), FINISHED exactly once
+"""
+
+from __future__ import annotations
+
+TAG_KIND = "smartmixed.kind"
+KIND_SWEEP, KIND_TRIAL, KIND_SEED = "sweep", "trial", "seed"
+TAG_SWEEP = "smartmixed.sweep"  # sweep name, on every run of the sweep
+TAG_TRIAL = "smartmixed.trial"  # trial id (stable across retries and resume)
+TAG_SEED = "smartmixed.seed"
+TAG_STATUS_REASON = "smartmixed.failure"  # why a trial/seed run failed (e.g. non-finite loss)
+TAG_PARENT = "mlflow.parentRunId"
+
+# Params of every seed run (and of trial runs): the configuration, as strings.
+SEED_PARAMS = (
+    "dataset", "model", "architecture", "method", "pool", "temperature", "temperature_end",
+    "transition_epoch", "epochs", "lr", "batch_size", "phase2_init",
+)
+EXTRA_PARAMS = (
+    "temperature_schedule", "weight_decay", "optimizer", "grad_clip", "patience", "gate",
+    "gate_temperature", "entropy_weight", "split_seed", "n_params",
+)
+
+# Final metrics of a seed run.
+FINAL_METRICS = (
+    "test_accuracy", "val_accuracy", "test_f1_macro", "test_roc_auc",
+    "phase1_test_accuracy", "phase1_val_accuracy", "phase2_start_test_accuracy",
+    "train_seconds", "n_params",
+)
+# Per-epoch metrics (step = epoch, 0-based, continuing across phases).
+EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy")
+# Per-epoch phase-1 metrics: fraction of layer l's units that changed choice since last epoch.
+SWITCH_METRIC = "switched/layer_{layer}"  # step = epoch
+TAU_METRIC = "tau"
+
+
+def selection_metric(layer: int, activation: str) -> str:
+    """Final fraction of layer ``layer`` (1-based) choosing ``activation``."""
+    return f"selection/layer_{layer}/{activation}"
+
+
+SELECTION_PREFIX = "selection/"
+
+# Artifacts of a seed run.
+ARTIFACT_CHOICES = "choices.json"  # {"layer_1": ["relu", ...], ...} in checkpoint unit order
+ARTIFACT_CHECKPOINT = "checkpoint.pt"  # smartmixed_core.runner.save_checkpoint format
+ARTIFACT_RESULT = "result.json"  # the seed's entry of the result.json contract
+ARTIFACT_SPEC = "spec.yaml"  # on the sweep run
+ARTIFACT_REPORT_DIR = "report"  # analysis report, on the sweep run
