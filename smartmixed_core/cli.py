@@ -20,9 +20,13 @@ from smartmixed_core.config import METHODS_HELP, RunConfig
 from smartmixed_core.data import DATASETS
 from smartmixed_core.errors import ConfigError
 
-app = typer.Typer(name="smartmixed", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False,
-                  help="SmartMixed: learned per-neuron activations, sweeps and analysis.")
+app = typer.Typer(
+    name="smartmixed",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="SmartMixed: learned per-neuron activations, sweeps and analysis.",
+)
 
 
 @app.callback()
@@ -39,7 +43,9 @@ def parse_seeds(text: str) -> list[int]:
         else:
             seeds = [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise ConfigError("seeds", f"expected integers like '0,1,2' or '0-4', got {text!r}") from None
+        raise ConfigError(
+            "seeds", f"expected integers like '0,1,2' or '0-4', got {text!r}"
+        ) from None
     if not seeds or any(s < 0 or s > 2**31 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError("seeds", f"need distinct integers in [0, 2^31], got {text!r}")
     return seeds
@@ -48,17 +54,22 @@ def parse_seeds(text: str) -> list[int]:
 @app.command()
 def train(
     dataset: Annotated[str, typer.Option(help=f"One of: {', '.join(DATASETS)}.")] = "digits",
-    arch: Annotated[Optional[str], typer.Option(
-        help="Hidden widths '64,32' or a paper architecture 'paper:784-512-10'.")] = None,
+    arch: Annotated[
+        Optional[str],
+        typer.Option(help="Hidden widths '64,32' or a paper architecture 'paper:784-512-10'."),
+    ] = None,
     method: Annotated[str, typer.Option(help=METHODS_HELP)] = "smartmixed",
     model: Annotated[str, typer.Option(help="mlp or convnet.")] = "mlp",
-    pool: Annotated[Optional[str], typer.Option(
-        help=f"Pool name ({', '.join(POOLS)}) or comma list of activations.")] = None,
+    pool: Annotated[
+        Optional[str],
+        typer.Option(help=f"Pool name ({', '.join(POOLS)}) or comma list of activations."),
+    ] = None,
     epochs: int = 40,
     transition_epoch: Annotated[int, typer.Option(help="Phase-1 epochs (smartmixed).")] = 15,
     temperature: float = 0.3,
-    temperature_end: Annotated[Optional[float], typer.Option(
-        help="Temperature at the end of phase 1 (default: constant).")] = None,
+    temperature_end: Annotated[
+        Optional[float], typer.Option(help="Temperature at the end of phase 1 (default: constant).")
+    ] = None,
     temperature_schedule: str = "exponential",
     phase2_init: Annotated[str, typer.Option(help="transfer or reinit.")] = "transfer",
     lr: float = 1e-3,
@@ -74,7 +85,9 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with image datasets.")] = None,
     download: bool = False,
-    out: Annotated[Path, typer.Option(help="Output folder for result.json and checkpoints.")] = Path("runs/train"),
+    out: Annotated[
+        Path, typer.Option(help="Output folder for result.json and checkpoints.")
+    ] = Path("runs/train"),
     checkpoints: Annotated[bool, typer.Option(help="Write one checkpoint per seed.")] = True,
     quiet: bool = False,
 ) -> None:
@@ -83,14 +96,31 @@ def train(
     from smartmixed_core.runner import load_data, save_checkpoint, train_seeds
 
     seed_list = parse_seeds(seeds)
-    cfg = RunConfig(dataset=dataset, data_dir=str(data_dir) if data_dir else None,
-                    download=download, model=model, arch=arch, method=method, pool=pool,
-                    temperature=temperature, temperature_end=temperature_end,
-                    temperature_schedule=temperature_schedule, transition_epoch=transition_epoch,
-                    epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
-                    batch_size=batch_size, grad_clip=grad_clip, patience=patience,
-                    phase2_init=phase2_init, gate=gate, gate_temperature=gate_temperature,
-                    entropy_weight=entropy_weight, device=device)
+    cfg = RunConfig(
+        dataset=dataset,
+        data_dir=str(data_dir) if data_dir else None,
+        download=download,
+        model=model,
+        arch=arch,
+        method=method,
+        pool=pool,
+        temperature=temperature,
+        temperature_end=temperature_end,
+        temperature_schedule=temperature_schedule,
+        transition_epoch=transition_epoch,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        grad_clip=grad_clip,
+        patience=patience,
+        phase2_init=phase2_init,
+        gate=gate,
+        gate_temperature=gate_temperature,
+        entropy_weight=entropy_weight,
+        device=device,
+    )
     if data_dir is not None and not data_dir.is_dir():
         raise ConfigError("data_dir", f"{data_dir} is not a readable directory")
     if out.exists() and not out.is_dir():
@@ -107,9 +137,11 @@ def train(
     tmp.write_text(json.dumps(doc, indent=1, allow_nan=True))
     tmp.replace(out / "result.json")
     s = doc["summary"]
-    typer.echo(f"{cfg.method} on {cfg.dataset} [{cfg.arch}], {s['n_seeds']} seed(s): "
-               f"test accuracy {s['test_accuracy_mean']:.4f} ± {s['test_accuracy_std']:.4f}, "
-               f"macro F1 {s['test_f1_macro_mean']:.4f}  ->  {out / 'result.json'}")
+    typer.echo(
+        f"{cfg.method} on {cfg.dataset} [{cfg.arch}], {s['n_seeds']} seed(s): "
+        f"test accuracy {s['test_accuracy_mean']:.4f} ± {s['test_accuracy_std']:.4f}, "
+        f"macro F1 {s['test_f1_macro_mean']:.4f}  ->  {out / 'result.json'}"
+    )
 
 
 def _attach_plugins() -> None:

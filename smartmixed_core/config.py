@@ -36,12 +36,15 @@ class Method:
 def parse_method(text: str, field: str = "method") -> Method:
     kind, _, rest = text.strip().lower().partition(":")
     if kind not in METHOD_KINDS:
-        raise choice_error(field, text, [*METHOD_KINDS[:2], "fixed:<activation>",
-                                         *METHOD_KINDS[3:]])
+        raise choice_error(
+            field, text, [*METHOD_KINDS[:2], "fixed:<activation>", *METHOD_KINDS[3:]]
+        )
     if kind == "fixed":
         if not rest:
-            raise ConfigError(field, "fixed needs an activation, e.g. fixed:relu; allowed: "
-                              + ", ".join(ACTIVATIONS))
+            raise ConfigError(
+                field,
+                "fixed needs an activation, e.g. fixed:relu; allowed: " + ", ".join(ACTIVATIONS),
+            )
         return Method(kind, tuple(canonical(a, field) for a in rest.split(",")))
     if rest:
         raise ConfigError(field, f"{kind} takes no ':' argument")
@@ -49,8 +52,11 @@ def parse_method(text: str, field: str = "method") -> Method:
 
 
 def _positive(field: str, value: float, *, integer: bool = False, upper: float = 1e9) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) if integer else (
-        isinstance(value, (int, float)) and not isinstance(value, bool))
+    ok = (
+        isinstance(value, int) and not isinstance(value, bool)
+        if integer
+        else (isinstance(value, (int, float)) and not isinstance(value, bool))
+    )
     if not ok or not math.isfinite(value) or value <= 0 or value > upper:
         kind = "an integer" if integer else "a number"
         raise ConfigError(field, f"must be {kind} in (0, {upper:g}], got {value!r}")
@@ -116,19 +122,24 @@ class RunConfig:
         if self.model == "convnet" and self.dataset in TABULAR_DATASETS:
             raise ConfigError("model", f"convnet needs an image dataset; {self.dataset} is tabular")
         if self.arch is None:
-            object.__setattr__(self, "arch", DEFAULT_CONV_CHANNELS if self.model == "convnet"
-                               else "64-32")
+            object.__setattr__(
+                self, "arch", DEFAULT_CONV_CHANNELS if self.model == "convnet" else "64-32"
+            )
         object.__setattr__(self, "arch", canonical_arch(parse_arch(self.arch)))
         method = parse_method(self.method)
         if self.pool is None:
             object.__setattr__(self, "pool", "adact" if method.kind == "adact" else "paper")
         object.__setattr__(self, "method", str(method))
         if method.kind == "fixed" and len(method.activations) not in (1, self.depth):
-            raise ConfigError("method", f"fixed needs 1 or {self.depth} activations "
-                              f"(one per hidden layer), got {len(method.activations)}")
+            raise ConfigError(
+                "method",
+                f"fixed needs 1 or {self.depth} activations "
+                f"(one per hidden layer), got {len(method.activations)}",
+            )
         pool = resolve_pool(self.pool)  # validates
-        object.__setattr__(self, "pool", ",".join(pool) if "," in self.pool
-                           else self.pool.strip().lower())
+        object.__setattr__(
+            self, "pool", ",".join(pool) if "," in self.pool else self.pool.strip().lower()
+        )
         _positive("epochs", self.epochs, integer=True, upper=100_000)
         _positive("batch_size", self.batch_size, integer=True, upper=10_000_000)
         _positive("lr", self.lr, upper=10.0)
@@ -142,25 +153,33 @@ class RunConfig:
             _positive("patience", self.patience, integer=True)
         if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < 10):
             raise ConfigError("weight_decay", f"must be in [0, 10), got {self.weight_decay!r}")
-        if not (isinstance(self.entropy_weight, (int, float))
-                and math.isfinite(self.entropy_weight) and abs(self.entropy_weight) <= 1e3):
-            raise ConfigError("entropy_weight", f"must be a number in [-1000, 1000], "
-                              f"got {self.entropy_weight!r}")
-        for name, value, allowed in (("temperature_schedule", self.temperature_schedule, SCHEDULES),
-                                     ("optimizer", self.optimizer, OPTIMIZERS),
-                                     ("phase2_init", self.phase2_init, PHASE2_INITS),
-                                     ("gate", self.gate, GATES)):
+        if not (
+            isinstance(self.entropy_weight, (int, float))
+            and math.isfinite(self.entropy_weight)
+            and abs(self.entropy_weight) <= 1e3
+        ):
+            raise ConfigError(
+                "entropy_weight", f"must be a number in [-1000, 1000], got {self.entropy_weight!r}"
+            )
+        for name, value, allowed in (
+            ("temperature_schedule", self.temperature_schedule, SCHEDULES),
+            ("optimizer", self.optimizer, OPTIMIZERS),
+            ("phase2_init", self.phase2_init, PHASE2_INITS),
+            ("gate", self.gate, GATES),
+        ):
             if value not in allowed:
                 raise choice_error(name, value, allowed)
-        if method.kind == "smartmixed" and not (
-                isinstance(self.transition_epoch, int) and 1 <= self.transition_epoch < self.epochs):
-            raise ConfigError("transition_epoch", f"must be an integer in [1, epochs-1] = "
-                              f"[1, {self.epochs - 1}], got {self.transition_epoch!r}")
+        t = self.transition_epoch
+        if method.kind == "smartmixed" and not (isinstance(t, int) and 1 <= t < self.epochs):
+            raise ConfigError(
+                "transition_epoch",
+                f"must be an integer in [1, epochs-1] = "
+                f"[1, {self.epochs - 1}], got {self.transition_epoch!r}",
+            )
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError("val_fraction", f"must be in (0, 1), got {self.val_fraction!r}")
         dev = self.device
-        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:")
-                                                   and dev[5:].isdigit())):
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {dev!r}")
 
     @property
@@ -183,8 +202,11 @@ class RunConfig:
     def phase1_epochs(self) -> int:
         """Epochs with a selective layer (0 for methods without phase 1)."""
         kind = self.parsed_method.kind
-        return self.transition_epoch if kind == "smartmixed" else (
-            self.epochs if kind == "selective" else 0)
+        return (
+            self.transition_epoch
+            if kind == "smartmixed"
+            else (self.epochs if kind == "selective" else 0)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -23,7 +23,7 @@ from smartmixed_core.errors import ConfigError, choice_error
 
 @dataclass(frozen=True)
 class RawData:
-    """Official train and test arrays; images as uint8/float ``[N, C, H, W]``, tabular ``[N, F]``."""
+    """Official train and test arrays: images ``[N, C, H, W]``, tabular ``[N, F]``."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -55,8 +55,13 @@ class Splits:
         return self.x_train.dim() == 4
 
     def to(self, device: torch.device | str) -> Splits:
-        return replace(self, **{f: getattr(self, f).to(device) for f in (
-            "x_train", "y_train", "x_val", "y_val", "x_test", "y_test")})
+        return replace(
+            self,
+            **{
+                f: getattr(self, f).to(device)
+                for f in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+            },
+        )
 
 
 class DataError(ConfigError):
@@ -71,20 +76,29 @@ def _sklearn(loader: str, as_image: bool) -> Callable[[Path | None, bool], RawDa
         bunch = getattr(datasets, loader)()
         x = bunch.images[:, None].astype(np.float32) if as_image else bunch.data.astype(np.float32)
         # No official test set: a fixed stratified 20% hold-out, the same for every seed.
-        xtr, xte, ytr, yte = train_test_split(x, bunch.target, test_size=0.2, random_state=0,
-                                              stratify=bunch.target)
+        xtr, xte, ytr, yte = train_test_split(
+            x, bunch.target, test_size=0.2, random_state=0, stratify=bunch.target
+        )
         return RawData(xtr, ytr, xte, yte, scale=1.0, standardize=True)
+
     return load
 
 
 def _missing(name: str, folder: Path, files: list[str]) -> DataError:
-    return DataError("data_dir", f"{name} not found: expected {', '.join(files)} under "
-                     f"{folder} (pass --download to fetch them)")
+    return DataError(
+        "data_dir",
+        f"{name} not found: expected {', '.join(files)} under "
+        f"{folder} (pass --download to fetch them)",
+    )
 
 
 def _torchvision_mnist(cls_name: str, name: str) -> Callable[[Path | None, bool], RawData]:
-    files = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    files = [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ]
 
     def load(data_dir: Path | None, download: bool) -> RawData:
         import torchvision
@@ -95,8 +109,15 @@ def _torchvision_mnist(cls_name: str, name: str) -> Callable[[Path | None, bool]
             tr, te = (cls(str(root), train=t, download=download) for t in (True, False))
         except RuntimeError:
             raise _missing(name, root / cls_name / "raw", files) from None
-        return RawData(tr.data[:, None].numpy(), tr.targets.numpy(), te.data[:, None].numpy(),
-                       te.targets.numpy(), scale=255.0, standardize=False)
+        return RawData(
+            tr.data[:, None].numpy(),
+            tr.targets.numpy(),
+            te.data[:, None].numpy(),
+            te.targets.numpy(),
+            scale=255.0,
+            standardize=False,
+        )
+
     return load
 
 
@@ -114,13 +135,21 @@ def _cifar10(data_dir: Path | None, download: bool) -> RawData:
     def read(n: str) -> tuple[np.ndarray, np.ndarray]:
         with open(folder / n, "rb") as f:
             d = pickle.load(f, encoding="bytes")
-        return (np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32),
-                np.asarray(d[b"labels"]))
+        return (
+            np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32),
+            np.asarray(d[b"labels"]),
+        )
 
     train = [read(n) for n in names[:-1]]
     xte, yte = read("test_batch")
-    return RawData(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
-                   xte, yte, scale=255.0, standardize=False)
+    return RawData(
+        np.concatenate([x for x, _ in train]),
+        np.concatenate([y for _, y in train]),
+        xte,
+        yte,
+        scale=255.0,
+        standardize=False,
+    )
 
 
 def _svhn(data_dir: Path | None, download: bool) -> RawData:
@@ -132,8 +161,9 @@ def _svhn(data_dir: Path | None, download: bool) -> RawData:
         import torchvision
 
         for split in ("train", "test"):
-            _download(lambda: torchvision.datasets.SVHN(str(root), split=split, download=True),
-                      "svhn")
+            _download(
+                lambda s=split: torchvision.datasets.SVHN(str(root), split=s, download=True), "svhn"
+            )
     if not all((root / n).exists() for n in names):
         raise _missing("svhn", root, names)
     arrays = []
@@ -177,9 +207,15 @@ def _load_raw(name: str, data_dir: str | None, download: bool) -> RawData:
     return DATASETS[name](Path(data_dir) if data_dir else None, download)
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, *, val_fraction: float = 0.1,
-                 split_seed: int = 0, download: bool = False,
-                 normalize_images: bool = False) -> Splits:
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    *,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    download: bool = False,
+    normalize_images: bool = False,
+) -> Splits:
     """Load ``name`` and split its official train set (stratified, ``split_seed``).
 
     Tabular features are standardised with train-split statistics only.  Images are scaled
@@ -192,8 +228,18 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, val_fraction:
     from sklearn.model_selection import train_test_split
 
     raw = _load_raw(name, str(data_dir) if data_dir else None, download)
-    xtr, xval, ytr, yval = train_test_split(raw.x_train, raw.y_train, test_size=val_fraction,
-                                            random_state=split_seed, stratify=raw.y_train)
+    try:
+        xtr, xval, ytr, yval = train_test_split(
+            raw.x_train,
+            raw.y_train,
+            test_size=val_fraction,
+            random_state=split_seed,
+            stratify=raw.y_train,
+        )
+    except ValueError as exc:  # too few samples per class to stratify
+        raise ConfigError(
+            "val_fraction", f"cannot split {name} ({len(raw.y_train)} samples) stratified: {exc}"
+        ) from None
     xs = [np.asarray(x, dtype=np.float32) / raw.scale for x in (xtr, xval, raw.x_test)]
     if raw.standardize:
         mean = xs[0].mean(0, keepdims=True)
@@ -204,5 +250,6 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, val_fraction:
         xs = [(x - 0.5) / 0.5 for x in xs]
     ys = [np.asarray(y, dtype=np.int64) for y in (ytr, yval, raw.y_test)]
     t = [torch.from_numpy(np.ascontiguousarray(a)) for a in (*xs, *ys)]
-    return Splits(name, t[0], t[3], t[1], t[4], t[2], t[5],
-                  num_classes=int(max(y.max() for y in ys)) + 1)
+    return Splits(
+        name, t[0], t[3], t[1], t[4], t[2], t[5], num_classes=int(max(y.max() for y in ys)) + 1
+    )

@@ -15,7 +15,10 @@ from torch import Tensor, nn
 
 from smartmixed_core.activations import ACTIVATIONS, is_pure
 
-GUMBEL_EPS = 1e-10
+# Uniform draws are clamped into [tiny, 1 - eps] of float32: 1 - 1e-10 would round to 1.0
+# and give infinite noise, so the upper bound must be representable.
+_U_LOW = torch.finfo(torch.float32).tiny
+_U_HIGH = 1.0 - torch.finfo(torch.float32).eps
 
 
 def _per_unit(v: Tensor, x: Tensor) -> Tensor:
@@ -28,7 +31,7 @@ def _per_unit(v: Tensor, x: Tensor) -> Tensor:
 def gumbel_noise(shape: Sequence[int], device: torch.device | str, dtype: torch.dtype) -> Tensor:
     """Gumbel(0, 1) noise from clamped uniforms: finite for every draw (paper eq. 1)."""
     u = torch.rand(shape, device=device, dtype=torch.float32)
-    u = u.clamp_(GUMBEL_EPS, 1.0 - GUMBEL_EPS)
+    u = u.clamp_(_U_LOW, _U_HIGH)
     return (-torch.log(-torch.log(u))).to(dtype)
 
 
@@ -133,8 +136,9 @@ class MixedActivation(nn.Module):
     permutes the surrounding weights so that this layout holds.
     """
 
-    def __init__(self, pool: Sequence[str], counts: Sequence[int],
-                 candidates: nn.ModuleList | None = None):
+    def __init__(
+        self, pool: Sequence[str], counts: Sequence[int], candidates: nn.ModuleList | None = None
+    ):
         super().__init__()
         self.pool = tuple(pool)
         self.counts = [int(c) for c in counts]
@@ -173,8 +177,14 @@ class MixtureActivation(nn.Module):
       rewards diverse gates (counters collapse) and a negative one pushes towards one-hot.
     """
 
-    def __init__(self, units: int, pool: Sequence[str], gate: str = "layer",
-                 temperature: float = 1.0, entropy_weight: float = 0.0):
+    def __init__(
+        self,
+        units: int,
+        pool: Sequence[str],
+        gate: str = "layer",
+        temperature: float = 1.0,
+        entropy_weight: float = 0.0,
+    ):
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}")
@@ -189,7 +199,8 @@ class MixtureActivation(nn.Module):
         if gate == "input":
             self.register_parameter("weights", None)
         else:
-            self.weights = nn.Parameter(torch.zeros(units, k) if gate == "neuron" else torch.zeros(k))
+            shape = (units, k) if gate == "neuron" else (k,)
+            self.weights = nn.Parameter(torch.zeros(shape))
         self.register_buffer("gate_mean", torch.full((k,), 1.0 / k))
         self._entropy: Tensor | None = None
 
@@ -229,8 +240,10 @@ class MixtureActivation(nn.Module):
         return self.pool[int(self.gate_mean.argmax())]
 
     def extra_repr(self) -> str:
-        return (f"pool={list(self.pool)}, gate={self.gate}, T={self.temperature:g}, "
-                f"entropy_weight={self.entropy_weight:g}")
+        return (
+            f"pool={list(self.pool)}, gate={self.gate}, T={self.temperature:g}, "
+            f"entropy_weight={self.entropy_weight:g}"
+        )
 
 
 def gate_entropy(g: Tensor) -> float:

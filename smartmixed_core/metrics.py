@@ -32,16 +32,17 @@ def classification_metrics(logits: Tensor, y: Tensor, num_classes: int) -> dict:
             if num_classes == 2:
                 auc = float(roc_auc_score(y_true, probs[:, 1]))
             else:
-                auc = float(roc_auc_score(y_true, probs, multi_class="ovr", average="macro",
-                                          labels=labels))
+                auc = float(
+                    roc_auc_score(y_true, probs, multi_class="ovr", average="macro", labels=labels)
+                )
         except ValueError:
             auc = math.nan
-    per_class = np.divide(np.diag(cm), support, out=np.full(num_classes, np.nan),
-                          where=support > 0)
+    per_class = np.divide(np.diag(cm), support, out=np.full(num_classes, np.nan), where=support > 0)
     return {
         "accuracy": float((y_pred == y_true).mean()),
-        "f1_macro": float(f1_score(y_true, y_pred, average="macro", labels=labels,
-                                   zero_division=0)),
+        "f1_macro": float(
+            f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0)
+        ),
         "roc_auc": auc,
         "per_class_accuracy": [None if math.isnan(v) else float(v) for v in per_class],
         "confusion_matrix": cm.tolist(),

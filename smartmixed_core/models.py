@@ -67,14 +67,19 @@ def parse_arch(spec: str | Sequence[int], field: str = "arch") -> tuple[int, ...
         if name in PAPER_ARCHITECTURES:
             return PAPER_ARCHITECTURES[name]
         if s.startswith("paper:"):
-            raise ConfigError(field, f"unknown paper architecture {name!r}; allowed: "
-                              + ", ".join(PAPER_ARCHITECTURES))
+            raise ConfigError(
+                field,
+                f"unknown paper architecture {name!r}; allowed: " + ", ".join(PAPER_ARCHITECTURES),
+            )
         parts = [p for p in s.replace(",", "-").split("-")] if s else []
         try:
             widths = tuple(int(p) for p in parts)
         except ValueError:
-            raise ConfigError(field, f"expected hidden widths like '64,32' or a paper "
-                              f"architecture such as 'paper:{REPRESENTATIVE}', got {spec!r}") from None
+            raise ConfigError(
+                field,
+                "expected hidden widths like '64,32' or a paper architecture "
+                f"such as 'paper:{REPRESENTATIVE}', got {spec!r}",
+            ) from None
     if not widths:
         raise ConfigError(field, "needs at least one hidden width")
     for w in widths:
@@ -103,8 +108,9 @@ class Backbone(nn.Module):
 class MLP(Backbone):
     """Fully connected network: ``in -> hidden[0] -> ... -> hidden[-1] -> classes`` (logits)."""
 
-    def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int,
-                 make_slot: SlotFactory):
+    def __init__(
+        self, in_features: int, hidden: Sequence[int], num_classes: int, make_slot: SlotFactory
+    ):
         super().__init__()
         widths = [in_features, *hidden]
         self.hidden = tuple(hidden)
@@ -133,8 +139,14 @@ class ConvNet(Backbone):
     Pooling uses ``ceil_mode`` so small images (8x8 digits) survive four halvings.
     """
 
-    def __init__(self, in_channels: int, image_size: tuple[int, int], num_classes: int,
-                 make_slot: SlotFactory, channels: Sequence[int] = (32, 64, 128, 256)):
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: tuple[int, int],
+        num_classes: int,
+        make_slot: SlotFactory,
+        channels: Sequence[int] = (32, 64, 128, 256),
+    ):
         super().__init__()
         chans = [in_channels, *channels]
         self.hidden = tuple(channels)
@@ -165,8 +177,14 @@ class ConvNet(Backbone):
     @torch.no_grad()
     def permute_units(self, layer: int, perm: Tensor) -> None:
         conv, norm = self.convs[layer], self.norms[layer]
-        for t in (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean,
-                  norm.running_var):
+        for t in (
+            conv.weight,
+            conv.bias,
+            norm.weight,
+            norm.bias,
+            norm.running_mean,
+            norm.running_var,
+        ):
             t.copy_(t[perm])
         if layer + 1 < len(self.convs):
             nxt = self.convs[layer + 1].weight

@@ -20,7 +20,12 @@ from smartmixed_core.activations import ACTIVATIONS
 from smartmixed_core.config import RunConfig
 from smartmixed_core.data import Splits, load_dataset
 from smartmixed_core.freeze import dominant_activations, freeze, selection_counts, unit_choices
-from smartmixed_core.layers import MixedActivation, MixtureActivation, SelectiveActivation, gate_entropy
+from smartmixed_core.layers import (
+    MixedActivation,
+    MixtureActivation,
+    SelectiveActivation,
+    gate_entropy,
+)
 from smartmixed_core.metrics import classification_metrics, count_parameters
 from smartmixed_core.models import MLP, Backbone, ConvNet, SlotFactory
 from smartmixed_core.training import FitConfig, fit, predict
@@ -50,13 +55,18 @@ def slot_factory(cfg: RunConfig, kind: str | None = None) -> SlotFactory:
         gate = cfg.gate if cfg.gate != "input" else "layer"
         return lambda layer, units: MixtureActivation(units, pool, gate)
     if kind == "gated":
-        return lambda layer, units: MixtureActivation(units, pool, cfg.gate, cfg.gate_temperature,
-                                                      cfg.entropy_weight)
+        return lambda layer, units: MixtureActivation(
+            units, pool, cfg.gate, cfg.gate_temperature, cfg.entropy_weight
+        )
     raise ValueError(kind)
 
 
-def build_model(cfg: RunConfig, input_shape: Sequence[int], num_classes: int,
-                make_slot: SlotFactory | None = None) -> Backbone:
+def build_model(
+    cfg: RunConfig,
+    input_shape: Sequence[int],
+    num_classes: int,
+    make_slot: SlotFactory | None = None,
+) -> Backbone:
     """The backbone of ``cfg`` with its method's slots (or ``make_slot``)."""
     make_slot = make_slot or slot_factory(cfg)
     if cfg.model == "convnet":
@@ -97,8 +107,10 @@ class SelectionTracker:
         record["phase"] = 1
         record["tau"] = model.acts[0].tau
         record["selection"] = selection_counts(model)
-        record["changed"] = {f"layer_{i + 1}": int((a != b).sum())
-                             for i, (a, b) in enumerate(zip(now, self.previous))}
+        record["changed"] = {
+            f"layer_{i + 1}": int((a != b).sum())
+            for i, (a, b) in enumerate(zip(now, self.previous))
+        }
         self.previous = now
 
 
@@ -124,8 +136,9 @@ def _evaluate(model: nn.Module, data: Splits, split: str) -> dict[str, Any]:
     return classification_metrics(predict(model, x), y, data.num_classes)
 
 
-def train_seed(cfg: RunConfig, seed: int, data: Splits | None = None,
-               callbacks: Sequence[object] = ()) -> SeedOutcome:
+def train_seed(
+    cfg: RunConfig, seed: int, data: Splits | None = None, callbacks: Sequence[object] = ()
+) -> SeedOutcome:
     """Train ``cfg`` once with ``seed`` (init, Gumbel noise and batch order all follow it).
 
     ``data`` must be on the training device; loaded from ``cfg`` when omitted.
@@ -136,27 +149,47 @@ def train_seed(cfg: RunConfig, seed: int, data: Splits | None = None,
     generator = torch.Generator().manual_seed(seed)
     kind = cfg.parsed_method.kind
     model = build_model(cfg, data.input_shape, data.num_classes).to(device)
-    fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                        optimizer=cfg.optimizer, batch_size=cfg.batch_size,
-                        grad_clip=cfg.grad_clip, patience=cfg.patience)
+    fit_cfg = FitConfig(
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        optimizer=cfg.optimizer,
+        batch_size=cfg.batch_size,
+        grad_clip=cfg.grad_clip,
+        patience=cfg.patience,
+    )
     out: dict[str, Any] = {"seed": seed}
     history: list[dict] = []
     t0 = time.perf_counter()
     if kind in ("smartmixed", "selective"):
         tracker = SelectionTracker(cfg, model)
-        r1 = fit(model, data, replace(fit_cfg, epochs=cfg.phase1_epochs), generator=generator,
-                 callbacks=[tracker, *callbacks])
+        r1 = fit(
+            model,
+            data,
+            replace(fit_cfg, epochs=cfg.phase1_epochs),
+            generator=generator,
+            callbacks=[tracker, *callbacks],
+        )
         history += r1.history
         out["selection"] = selection_counts(model)
         if kind == "smartmixed":
             val1, test1 = _evaluate(model, data, "val"), _evaluate(model, data, "test")
-            out["phase1"] = {"val_accuracy": val1["accuracy"], "test_accuracy": test1["accuracy"],
-                             "epochs": len(r1.history), "best_epoch": r1.best_epoch}
+            out["phase1"] = {
+                "val_accuracy": val1["accuracy"],
+                "test_accuracy": test1["accuracy"],
+                "epochs": len(r1.history),
+                "best_epoch": r1.best_epoch,
+            }
             model = freeze(model, cfg.phase2_init)  # type: ignore[arg-type]
             out["phase2_start_test_accuracy"] = _evaluate(model, data, "test")["accuracy"]
-            r2 = fit(model, data, replace(fit_cfg, epochs=cfg.epochs - cfg.transition_epoch),
-                     generator=generator, callbacks=[_PhaseTag(2), *callbacks],
-                     start_epoch=len(r1.history))
+            r2 = fit(
+                model,
+                data,
+                replace(fit_cfg, epochs=cfg.epochs - cfg.transition_epoch),
+                generator=generator,
+                callbacks=[_PhaseTag(2), *callbacks],
+                start_epoch=len(r1.history),
+            )
             history += r2.history
             out["best_epoch"] = r2.best_epoch
         else:
@@ -167,26 +200,35 @@ def train_seed(cfg: RunConfig, seed: int, data: Splits | None = None,
         out["best_epoch"] = r.best_epoch
     out["train_seconds"] = time.perf_counter() - t0
     val, test = _evaluate(model, data, "val"), _evaluate(model, data, "test")
-    out.update({
-        "val_accuracy": val["accuracy"],
-        "test_accuracy": test["accuracy"],
-        "test_f1_macro": test["f1_macro"],
-        "test_roc_auc": test["roc_auc"],
-        "test_per_class_accuracy": test["per_class_accuracy"],
-        "test_confusion_matrix": test["confusion_matrix"],
-        "n_params": count_parameters(model),
-    })
+    out.update(
+        {
+            "val_accuracy": val["accuracy"],
+            "test_accuracy": test["accuracy"],
+            "test_f1_macro": test["f1_macro"],
+            "test_roc_auc": test["roc_auc"],
+            "test_per_class_accuracy": test["per_class_accuracy"],
+            "test_confusion_matrix": test["confusion_matrix"],
+            "n_params": count_parameters(model),
+        }
+    )
     if kind in ("adact", "gated"):
         predict(model, data.x_val)  # refresh the mean gates on validation data
         out["optimized_activations"] = dominant_activations(model)
-        out["gate_entropy"] = [gate_entropy(s.gate_mean) for s in model.acts
-                               if isinstance(s, MixtureActivation)]
+        out["gate_entropy"] = [
+            gate_entropy(s.gate_mean) for s in model.acts if isinstance(s, MixtureActivation)
+        ]
     out["history"] = history
     return SeedOutcome(out, model, unit_choices(model))
 
 
-SUMMARY_KEYS = ("val_accuracy", "test_accuracy", "test_f1_macro", "test_roc_auc",
-                "train_seconds", "n_params")
+SUMMARY_KEYS = (
+    "val_accuracy",
+    "test_accuracy",
+    "test_f1_macro",
+    "test_roc_auc",
+    "train_seconds",
+    "n_params",
+)
 
 
 def summarize(seeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -196,8 +238,13 @@ def summarize(seeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if seeds and "phase1" in seeds[0]:
         keys += ["phase1_test_accuracy", "phase2_start_test_accuracy"]
     for key in keys:
-        vals = np.array([s["phase1"]["test_accuracy"] if key == "phase1_test_accuracy"
-                         else s[key] for s in seeds], dtype=float)
+        vals = np.array(
+            [
+                s["phase1"]["test_accuracy"] if key == "phase1_test_accuracy" else s[key]
+                for s in seeds
+            ],
+            dtype=float,
+        )
         summary[f"{key}_mean"] = float(vals.mean()) if len(vals) else math.nan
         summary[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
     return summary
@@ -205,18 +252,30 @@ def summarize(seeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def load_data(cfg: RunConfig) -> Splits:
     """``cfg``'s dataset split, on ``cfg``'s device."""
-    return load_dataset(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction,
-                        split_seed=cfg.split_seed, download=cfg.download,
-                        normalize_images=cfg.model == "convnet").to(resolve_device(cfg.device))
+    return load_dataset(
+        cfg.dataset,
+        cfg.data_dir,
+        val_fraction=cfg.val_fraction,
+        split_seed=cfg.split_seed,
+        download=cfg.download,
+        normalize_images=cfg.model == "convnet",
+    ).to(resolve_device(cfg.device))
 
 
-def train_seeds(cfg: RunConfig, seeds: Sequence[int], callbacks: CallbackFactory | None = None,
-                data: Splits | None = None) -> tuple[dict[str, Any], list[SeedOutcome]]:
+def train_seeds(
+    cfg: RunConfig,
+    seeds: Sequence[int],
+    callbacks: CallbackFactory | None = None,
+    data: Splits | None = None,
+) -> tuple[dict[str, Any], list[SeedOutcome]]:
     """Train ``cfg`` for every seed; returns the result.json document and the outcomes."""
     data = data if data is not None else load_data(cfg)
     outcomes = [train_seed(cfg, s, data, callbacks(s) if callbacks else ()) for s in seeds]
-    doc = {"config": cfg.to_dict(), "seeds": [o.summary for o in outcomes],
-           "summary": summarize([o.summary for o in outcomes])}
+    doc = {
+        "config": cfg.to_dict(),
+        "seeds": [o.summary for o in outcomes],
+        "summary": summarize([o.summary for o in outcomes]),
+    }
     return doc, outcomes
 
 
@@ -224,14 +283,26 @@ def save_checkpoint(path: str | Path, cfg: RunConfig, outcome: SeedOutcome) -> N
     """One structured checkpoint: config, seed, slot layout, per-unit choices and weights."""
     slots = []
     for s in outcome.model.acts:
-        slots.append({"type": "mixed", "counts": s.counts} if isinstance(s, MixedActivation)
-                     else {"type": type(s).__name__})
-    torch.save({"config": cfg.to_dict(), "seed": outcome.summary["seed"], "slots": slots,
-                "choices": outcome.choices, "state_dict": outcome.model.state_dict()}, path)
+        slots.append(
+            {"type": "mixed", "counts": s.counts}
+            if isinstance(s, MixedActivation)
+            else {"type": type(s).__name__}
+        )
+    torch.save(
+        {
+            "config": cfg.to_dict(),
+            "seed": outcome.summary["seed"],
+            "slots": slots,
+            "choices": outcome.choices,
+            "state_dict": outcome.model.state_dict(),
+        },
+        path,
+    )
 
 
-def load_checkpoint(path: str | Path, input_shape: Sequence[int],
-                    num_classes: int) -> tuple[RunConfig, Backbone]:
+def load_checkpoint(
+    path: str | Path, input_shape: Sequence[int], num_classes: int
+) -> tuple[RunConfig, Backbone]:
     """Rebuild the trained network saved by :func:`save_checkpoint` (on CPU)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     cfg = RunConfig(**ckpt["config"])

@@ -75,7 +75,7 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
     """Eval-mode logits for ``x`` (mode restored afterwards)."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    out = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
     model.train(was_training)
     return out
 
@@ -86,8 +86,15 @@ def aux_loss(modules: Sequence[nn.Module]) -> Tensor | None:
     return torch.stack(terms).sum() if terms else None
 
 
-def fit(model: nn.Module, data: Splits, cfg: FitConfig, *, generator: torch.Generator,
-        callbacks: Sequence[object] = (), start_epoch: int = 0) -> FitResult:
+def fit(
+    model: nn.Module,
+    data: Splits,
+    cfg: FitConfig,
+    *,
+    generator: torch.Generator,
+    callbacks: Sequence[object] = (),
+    start_epoch: int = 0,
+) -> FitResult:
     """Train ``model`` on ``data`` (already on the model's device) for ``cfg.epochs`` epochs.
 
     Epochs are numbered from ``start_epoch`` (phase 2 continues phase 1's numbering).  Each
@@ -110,7 +117,7 @@ def fit(model: nn.Module, data: Splits, cfg: FitConfig, *, generator: torch.Gene
         order = torch.randperm(n, generator=generator).to(data.x_train.device)
         total = torch.zeros((), device=data.x_train.device)
         for i in range(0, n, cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
+            idx = order[i : i + cfg.batch_size]
             loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
             total += loss.detach() * len(idx)
             extra = aux_loss(aux_modules)

@@ -1,0 +1,74 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smartmixed_core.activations import ACTIVATIONS, POOLS, canonical, get_activation, resolve_pool
+from smartmixed_core.errors import ConfigError
+
+REFERENCES = {
+    "relu": torch.relu,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.01),
+    "elu": lambda x: F.elu(x, 1.0),
+    "selu": torch.selu,
+    "prelu": lambda x: F.prelu(x, torch.tensor([0.25])),
+    "silu": lambda x: x * torch.sigmoid(x),
+    "mish": lambda x: x * torch.tanh(F.softplus(x)),
+    "gelu": F.gelu,
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_registry_matches_torch_reference(name):
+    x = torch.linspace(-6, 6, 1001)
+    expected = REFERENCES[name](x)
+    torch.testing.assert_close(get_activation(name)(x), expected)
+    if ACTIVATIONS[name].pure:
+        torch.testing.assert_close(ACTIVATIONS[name].fn(x), expected)
+
+
+def test_rrelu_is_leaky_in_eval_and_random_slope_in_training():
+    act = get_activation("rrelu")
+    x = -torch.ones(1000)
+    act.eval()
+    torch.testing.assert_close(act(x), x * (1 / 8 + 1 / 3) / 2)
+    act.train()
+    slopes = -act(x)
+    assert slopes.min() >= 1 / 8 - 1e-6 and slopes.max() <= 1 / 3 + 1e-6
+    assert slopes.std() > 0.01
+
+
+def test_pools():
+    assert resolve_pool("paper") == ("relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu")
+    assert resolve_pool("adact") == ("relu", "elu", "leaky_relu", "prelu", "rrelu", "silu", "mish")
+    assert resolve_pool(["ReLU", "swish"]) == ("relu", "silu")
+    assert resolve_pool("tanh, lrelu") == ("tanh", "leaky_relu")
+    assert all(n in ACTIVATIONS for pool in POOLS.values() for n in pool)
+    required = {
+        "relu",
+        "sigmoid",
+        "tanh",
+        "leaky_relu",
+        "elu",
+        "selu",
+        "prelu",
+        "rrelu",
+        "silu",
+        "mish",
+    }
+    assert required <= set(ACTIVATIONS)
+
+
+@pytest.mark.parametrize("bad", ["softmax2", "relu,nope"])
+def test_unknown_names_list_allowed(bad):
+    with pytest.raises(ConfigError) as err:
+        resolve_pool(bad) if "," in bad else canonical(bad)
+    assert "allowed" in str(err.value) and "leaky_relu" in str(err.value)
+
+
+def test_pool_validation():
+    with pytest.raises(ConfigError, match="at least two"):
+        resolve_pool(["relu"])
+    with pytest.raises(ConfigError, match="duplicate"):
+        resolve_pool("relu,ReLU")

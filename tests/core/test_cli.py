@@ -1,0 +1,155 @@
+"""``smartmixed train``: the result.json contract and bad-input handling."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from smartmixed_core.cli import main
+
+SEED_KEYS = {
+    "seed",
+    "val_accuracy",
+    "test_accuracy",
+    "test_f1_macro",
+    "test_roc_auc",
+    "selection",
+    "history",
+    "train_seconds",
+    "n_params",
+}
+
+
+def test_train_writes_result_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--arch",
+            "32,16",
+            "--method",
+            "smartmixed",
+            "--pool",
+            "paper",
+            "--epochs",
+            "4",
+            "--transition-epoch",
+            "2",
+            "--temperature",
+            "0.5",
+            "--temperature-end",
+            "0.1",
+            "--phase2-init",
+            "transfer",
+            "--lr",
+            "1e-3",
+            "--batch-size",
+            "64",
+            "--seeds",
+            "0,1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["config"]["arch"] == "32-16" and doc["config"]["temperature_end"] == 0.1
+    assert [s["seed"] for s in doc["seeds"]] == [0, 1]
+    for s in doc["seeds"]:
+        assert set(s) >= SEED_KEYS
+        assert set(s["phase1"]) >= {"val_accuracy", "test_accuracy"}
+        assert s["phase2_start_test_accuracy"] == s["phase1"]["test_accuracy"]
+        assert sum(s["selection"]["layer_2"].values()) == 16
+        assert len(s["history"]) == 4
+    accs = [s["test_accuracy"] for s in doc["seeds"]]
+    assert doc["summary"]["test_accuracy_mean"] == pytest.approx(sum(accs) / 2)
+    assert {"test_accuracy_std", "test_f1_macro_mean", "phase1_test_accuracy_mean"} <= set(
+        doc["summary"]
+    )
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["seed_0.pt", "seed_1.pt"]
+    ckpt = torch.load(out / "checkpoints" / "seed_0.pt", weights_only=False)
+    assert ckpt["seed"] == 0 and len(ckpt["choices"]["layer_1"]) == 32
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_fixed_method_has_no_phase_fields(tmp_path):
+    out = tmp_path / "fixed"
+    assert (
+        main(
+            [
+                "train",
+                "--method",
+                "fixed:relu",
+                "--epochs",
+                "2",
+                "--arch",
+                "8",
+                "--out",
+                str(out),
+                "--quiet",
+                "--no-checkpoints",
+            ]
+        )
+        == 0
+    )
+    seed = json.loads((out / "result.json").read_text())["seeds"][0]
+    assert "phase1" not in seed and "selection" not in seed
+    assert "phase2_start_test_accuracy" not in seed
+    assert not (out / "checkpoints").exists()
+
+
+BAD = [
+    (["--arch", "64,-3"], "arch"),
+    (["--arch", "0"], "arch"),
+    (["--temperature", "0"], "temperature"),
+    (["--temperature", "-1"], "temperature"),
+    (["--epochs", "10", "--transition-epoch", "10"], "transition_epoch"),
+    (["--dataset", "imagenet"], "dataset"),
+    (["--method", "boosting"], "method"),
+    (["--method", "fixed:softplus2"], "method"),
+    (["--pool", "relu,nope"], "pool"),
+    (["--dataset", "mnist", "--data-dir", "/nonexistent/dir"], "data_dir"),
+    (["--dataset", "mnist"], "data_dir"),
+    (["--epochs", "abc"], "--epochs"),
+    (["--seeds", "1,1"], "seeds"),
+    (["--model", "convnet", "--dataset", "breast_cancer"], "model"),
+]
+
+
+@pytest.mark.parametrize("args,field", BAD)
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, field):
+    out = tmp_path / "out"
+    assert main(["train", *args, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("smartmixed: error: ") and "\n" not in err
+    assert field in err
+    assert not out.exists()
+
+
+def test_console_script_exit_status(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smartmixed_core.cli",
+            "train",
+            "--lr",
+            "-1",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "smartmixed: error: lr: must be a number in (0, 10], got -1.0"
+    ]
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,128 @@
+import pytest
+import torch
+
+from smartmixed_core.activations import ACTIVATIONS, POOLS
+from smartmixed_core.layers import (
+    MixedActivation,
+    MixtureActivation,
+    SelectiveActivation,
+    apply_choices,
+    gumbel_noise,
+    hard_gumbel_softmax,
+)
+
+PAPER = POOLS["paper"]
+
+
+def test_gumbel_noise_is_finite_at_the_extremes(monkeypatch):
+    for _ in range(200):
+        g = gumbel_noise((1000, 6), "cpu", torch.float32)
+        assert torch.isfinite(g).all()
+    # Force the uniform draws to exactly 0 and 1: the clamp keeps the noise finite.
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.tensor([0.0, 1.0]).repeat(3))
+    assert torch.isfinite(gumbel_noise((6,), "cpu", torch.float32)).all()
+
+
+def test_hard_sample_is_one_hot_forward_with_soft_gradient():
+    logits = torch.randn(5, 6, requires_grad=True)
+    y, idx = hard_gumbel_softmax(logits, tau=0.5)
+    h = torch.nn.functional.one_hot(idx, 6).float() + (y - y.detach())
+    assert torch.equal(h, torch.nn.functional.one_hot(idx, 6).float())
+    (h * torch.arange(6.0)).sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_selective_layer_straight_through():
+    layer = SelectiveActivation(8, PAPER, tau=0.3)
+    layer.logits.data.normal_()
+    x = torch.randn(4, 8, requires_grad=True)
+    torch.manual_seed(1)
+    out = layer(x)
+    torch.manual_seed(1)
+    _, choice = hard_gumbel_softmax(layer.logits, 0.3)
+    fns = [ACTIVATIONS[n].fn for n in PAPER]
+    expected = torch.stack([fns[c](x[:, i]) for i, c in enumerate(choice.tolist())], 1)
+    torch.testing.assert_close(out, expected)  # forward is exactly one activation per unit
+    out.sum().backward()
+    assert layer.logits.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(16, 10), (4, 10, 3, 3)])
+def test_fused_matches_stacked_reference(shape):
+    """The fused layer (recompute in backward) equals the stack-all-K form in value and grads."""
+    torch.manual_seed(0)
+    fused = SelectiveActivation(10, PAPER, tau=0.7, fused=True)
+    fused.logits.data.normal_()
+    plain = SelectiveActivation(10, PAPER, tau=0.7, fused=False)
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(*shape)
+    w = torch.randn(*shape)
+    results = []
+    for layer in (fused, plain):
+        xi = x.clone().requires_grad_(True)
+        layer.zero_grad()
+        torch.manual_seed(42)
+        out = layer(xi)
+        (out * w).sum().backward()
+        results.append((out.detach(), xi.grad, layer.logits.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_impure_pool_falls_back_to_stacked():
+    layer = SelectiveActivation(6, POOLS["adact"])
+    assert not layer.fused
+    x = torch.randn(3, 6, requires_grad=True)
+    layer(x).sum().backward()
+    assert layer.logits.grad.abs().sum() > 0
+
+
+def test_no_nan_over_many_training_steps():
+    layer = SelectiveActivation(64, PAPER, tau=0.05)
+    layer.logits.data.normal_(std=20)  # extreme logits
+    x = torch.randn(32, 64) * 50
+    for _ in range(300):
+        layer.zero_grad()
+        out = layer(x.requires_grad_(True))
+        out.square().mean().backward()
+        assert torch.isfinite(out).all() and torch.isfinite(layer.logits.grad).all()
+
+
+def test_eval_is_deterministic_argmax():
+    layer = SelectiveActivation(12, PAPER).eval()
+    layer.logits.data.normal_()
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(layer(x), layer(x))
+    expected = apply_choices(x, layer.logits.argmax(-1), [ACTIVATIONS[n].fn for n in PAPER])
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_mixed_layer_uses_contiguous_groups():
+    layer = MixedActivation(PAPER, [2, 0, 3, 0, 0, 1])
+    x = torch.randn(4, 6)
+    expected = torch.cat([torch.relu(x[:, :2]), torch.tanh(x[:, 2:5]), torch.selu(x[:, 5:])], 1)
+    torch.testing.assert_close(layer(x), expected)
+    assert layer.choices().tolist() == [0, 0, 2, 2, 2, 5]
+
+
+def test_mixture_layer_weights_and_entropy():
+    layer = MixtureActivation(
+        4, ("relu", "tanh"), gate="layer", temperature=2.0, entropy_weight=0.5
+    )
+    layer.weights.data = torch.tensor([1.0, -1.0])
+    x = torch.randn(3, 4)
+    g = torch.softmax(torch.tensor([0.5, -0.5]), 0)
+    torch.testing.assert_close(layer(x), g[0] * torch.relu(x) + g[1] * torch.tanh(x))
+    entropy = -(g * g.log()).sum()
+    torch.testing.assert_close(layer.aux_loss(), -0.5 * entropy)
+    assert layer.dominant() == "relu"
+
+
+@pytest.mark.parametrize("gate", ["neuron", "input"])
+def test_mixture_gate_variants(gate):
+    layer = MixtureActivation(5, PAPER, gate=gate)
+    x = torch.randn(7, 5, requires_grad=True)
+    layer(x).sum().backward()
+    g = layer.gates(x)
+    assert g.shape == ((5, 6) if gate == "neuron" else (7, 6))
+    torch.testing.assert_close(g.sum(-1), torch.ones(g.shape[0]))

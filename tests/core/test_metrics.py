@@ -1,0 +1,31 @@
+import math
+
+import torch
+
+from smartmixed_core.metrics import classification_metrics, count_parameters
+
+
+def test_multiclass_metrics_by_hand():
+    # 3 classes; predictions: [0, 1, 1, 2, 2, 0]; truth: [0, 1, 2, 2, 2, 1]
+    logits = torch.eye(3)[[0, 1, 1, 2, 2, 0]] * 5
+    y = torch.tensor([0, 1, 2, 2, 2, 1])
+    m = classification_metrics(logits, y, 3)
+    assert m["accuracy"] == 4 / 6
+    assert m["confusion_matrix"] == [[1, 0, 0], [1, 1, 0], [0, 1, 2]]
+    assert m["per_class_accuracy"] == [1.0, 0.5, 2 / 3]
+    # F1 per class: c0: p=1/2 r=1 -> 2/3; c1: p=1/2 r=1/2 -> 1/2; c2: p=1 r=2/3 -> 0.8
+    assert math.isclose(m["f1_macro"], (2 / 3 + 0.5 + 0.8) / 3)
+    assert 0.0 <= m["roc_auc"] <= 1.0
+
+
+def test_binary_auc_and_missing_class():
+    logits = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, -1.0], [0.0, 0.5]])
+    y = torch.tensor([1, 1, 0, 0])
+    m = classification_metrics(logits, y, 2)
+    assert m["roc_auc"] == 1.0  # positives score 1, 2; negatives -1, 0.5
+    m = classification_metrics(logits, torch.tensor([1, 1, 1, 1]), 2)
+    assert math.isnan(m["roc_auc"]) and m["per_class_accuracy"][0] is None
+
+
+def test_count_parameters():
+    assert count_parameters(torch.nn.Linear(3, 2)) == 8

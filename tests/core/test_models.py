@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from smartmixed_core.errors import ConfigError
+from smartmixed_core.models import (
+    _PAPER_LAYERS,
+    MLP,
+    PAPER_ARCHITECTURES,
+    REPRESENTATIVE,
+    ConvNet,
+    parse_arch,
+)
+
+
+def relu_slot(layer, units):
+    return torch.nn.ReLU()
+
+
+def test_all_18_paper_architectures_distinct():
+    assert len(_PAPER_LAYERS) == 18
+    assert len(PAPER_ARCHITECTURES) == 18  # a duplicated key would drop one
+    assert PAPER_ARCHITECTURES[REPRESENTATIVE] == (768, 512, 512, 256, 256, 128)
+    assert PAPER_ARCHITECTURES["784-512-10"] == (512,)
+    deepest = "784-768-512-512-256-256-128-128-64-64-32-32-16-16-10"
+    assert len(PAPER_ARCHITECTURES[deepest]) == 13
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("64,32", (64, 32)),
+        ("64-32", (64, 32)),
+        ([8], (8,)),
+        ("paper:784-512-10", (512,)),
+        ("784-256-128-10", (256, 128)),
+    ],
+)
+def test_parse_arch(spec, expected):
+    assert parse_arch(spec) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "64,-3", "a,b", "paper:1-2-3", "0", [64, 0]])
+def test_parse_arch_rejects(bad):
+    with pytest.raises(ConfigError, match="arch"):
+        parse_arch(bad)
+
+
+def test_mlp_outputs_logits_without_softmax():
+    net = MLP(20, (16, 8), 3, relu_slot)
+    out = net(torch.randn(5, 20))
+    assert out.shape == (5, 3)
+    assert not torch.allclose(out.exp().sum(1), torch.ones(5))  # not probabilities
+    assert isinstance(list(net.modules())[-1], torch.nn.Linear)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (28, 28), (32, 32)])
+def test_convnet_shapes(size):
+    net = ConvNet(3 if size == (32, 32) else 1, size, 10, relu_slot)
+    assert len(net.convs) == 4 and len(net.norms) == 4
+    assert net(torch.randn(2, net.convs[0].in_channels, *size)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "convnet"])
+def test_permute_units_keeps_function(kind):
+    torch.manual_seed(0)
+    if kind == "mlp":
+        net, x = MLP(12, (10, 7), 4, relu_slot), torch.randn(6, 12)
+    else:
+        net, x = ConvNet(1, (8, 8), 4, relu_slot, (4, 6, 5, 3)), torch.randn(6, 1, 8, 8)
+    net.train()
+    net(x)  # populate BatchNorm running statistics
+    net.eval()
+    before = net(x)
+    for layer, width in enumerate(net.hidden):
+        net.permute_units(layer, torch.randperm(width))
+    torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-5)
