@@ -1,0 +1,1 @@
+"""Benchmarks of the core (not part of the test run): ``python -m benchmarks --help``."""

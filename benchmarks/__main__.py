@@ -1,0 +1,176 @@
+"""Speed ratios of the core, measured side by side in one process (medians, interleaved).
+
+    python -m benchmarks                     # CPU, batch 128 and 1024, paper net
+    python -m benchmarks --quick             # tiny smoke version
+    python -m benchmarks --json out.json
+
+"uniform mix" = plain MLPs of the same widths, one per pool activation, timed and averaged with
+the weights of the mixed net's activation mix: what the activations cost anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from benchmarks.baselines import GatherScatterMixed, StackAllK
+from smartmixed_core.activations import ACTIVATIONS, POOLS
+from smartmixed_core.freeze import freeze
+from smartmixed_core.layers import SelectiveActivation
+from smartmixed_core.models import MLP, PAPER_ARCHITECTURES, REPRESENTATIVE
+
+POOL = POOLS["paper"]
+# A mix like the paper's Fig. 3 (sigmoid rare): fraction of units per pool activation.
+MIX = {"relu": 0.25, "sigmoid": 0.02, "tanh": 0.08, "leaky_relu": 0.25, "elu": 0.2, "selu": 0.2}
+
+
+def timer(fn: Callable[[], object], sync: Callable[[], None]) -> Callable[[], float]:
+    def once() -> float:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t0
+
+    return once
+
+
+def measure(cases: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Median seconds per case, interleaving cases so machine noise hits all alike."""
+    for once in cases.values():
+        once(), once()  # warm-up
+    samples: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(repeats):
+        for k, once in cases.items():
+            samples[k].append(once())
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def selective_net(hidden, in_f, classes, device, layer=SelectiveActivation):
+    torch.manual_seed(0)
+    net = MLP(in_f, hidden, classes, lambda i, n: layer(n, POOL)).to(device)
+    gen = torch.Generator().manual_seed(1)
+    probs = torch.tensor([MIX[a] for a in POOL])
+    for slot in net.acts:  # logits whose argmax follows MIX
+        choice = torch.multinomial(probs, slot.logits.shape[0], True, generator=gen)
+        slot.logits.data = nn.functional.one_hot(choice, len(POOL)).float().to(device) * 3
+    return net
+
+
+def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    in_f, classes = 784, 10
+    x = torch.randn(batch, in_f, device=dev)
+    y = torch.randint(0, classes, (batch,), device=dev)
+    sel = selective_net(hidden, in_f, classes, dev)
+    stacked = selective_net(hidden, in_f, classes, dev, StackAllK)
+    mixed = freeze(sel.eval()).to(dev)
+    gather = freeze(sel.eval()).to(dev)
+    for i, slot in enumerate(sel.acts):  # the reference layout: unsorted, gather/scatter
+        gather.acts[i] = GatherScatterMixed(POOL, slot.choices())
+    uniform = {
+        a: MLP(in_f, hidden, classes, lambda i, n, a=a: ACTIVATIONS[a].module()).to(dev)
+        for a in POOL
+    }
+
+    def step(model: nn.Module) -> Callable[[], None]:
+        opt = torch.optim.Adam(model.parameters(), 1e-4)
+
+        def go() -> None:
+            model.train()
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return go
+
+    def infer(model: nn.Module) -> Callable[[], None]:
+        model.eval()
+
+        def go() -> None:
+            with torch.no_grad():
+                model(x)
+
+        return go
+
+    cases = {f"infer/uniform/{a}": timer(infer(m), sync) for a, m in uniform.items()}
+    cases |= {f"train/uniform/{a}": timer(step(m), sync) for a, m in uniform.items()}
+    cases |= {
+        "infer/mixed": timer(infer(mixed), sync),
+        "infer/gather_scatter": timer(infer(gather), sync),
+        "train/mixed": timer(step(mixed), sync),
+        "train/gather_scatter": timer(step(gather), sync),
+        "train/selective": timer(step(sel), sync),
+        "train/stack_all_k": timer(step(stacked), sync),
+    }
+    t = measure(cases, repeats)
+    mix = {
+        kind: sum(MIX[a] * t[f"{kind}/uniform/{a}"] for a in POOL) for kind in ("infer", "train")
+    }
+    return {
+        "phase2_infer_vs_uniform_mix": t["infer/mixed"] / mix["infer"],
+        "phase2_train_vs_uniform_mix": t["train/mixed"] / mix["train"],
+        "phase1_train_vs_uniform_mix": t["train/selective"] / mix["train"],
+        "phase1_train_vs_stack_all_k": t["train/selective"] / t["train/stack_all_k"],
+        "gather_scatter_infer_vs_uniform_mix": t["infer/gather_scatter"] / mix["infer"],
+        "gather_scatter_train_vs_uniform_mix": t["train/gather_scatter"] / mix["train"],
+        "relu_infer_ms": 1e3 * t["infer/uniform/relu"],
+        "relu_train_ms": 1e3 * t["train/uniform/relu"],
+    }
+
+
+TARGETS = {
+    "phase2_infer_vs_uniform_mix": ("<=", 1.05),
+    "phase2_train_vs_uniform_mix": ("<=", 1.10),
+    "phase1_train_vs_uniform_mix": ("<=", 1.5),
+    "phase1_train_vs_stack_all_k": ("<=", 0.6),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batches", default="128,1024")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--quick", action="store_true", help="tiny net, few repeats (smoke test)")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+    hidden = (32, 16) if args.quick else PAPER_ARCHITECTURES[REPRESENTATIVE]
+    repeats = 3 if args.quick else args.repeats
+    results = {
+        "device": args.device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "net": "784-" + "-".join(map(str, hidden)) + "-10",
+        "mix": MIX,
+        "by_batch": {},
+    }
+    for b in (int(v) for v in args.batches.split(",")):
+        results["by_batch"][b] = run(args.device, b, hidden, repeats)
+    print(f"device={args.device} threads={results['threads']} net={results['net']}")
+    print(
+        f"{'figure':42s}"
+        + "".join(f"{'batch ' + str(b):>12s}" for b in results["by_batch"])
+        + "   target"
+    )
+    for key in next(iter(results["by_batch"].values())):
+        target = " ".join(map(str, TARGETS.get(key, ("", ""))))
+        print(
+            f"{key:42s}"
+            + "".join(f"{r[key]:12.3f}" for r in results["by_batch"].values())
+            + f"   {target}"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

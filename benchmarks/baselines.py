@@ -1,0 +1,45 @@
+"""Straightforward implementations kept only as benchmark baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smartmixed_core.activations import ACTIVATIONS
+from smartmixed_core.layers import hard_gumbel_softmax
+
+
+class StackAllK(nn.Module):
+    """Phase 1 the obvious way: stack all K activations into ``[batch, units, K]``."""
+
+    def __init__(self, units: int, pool: Sequence[str], tau: float = 0.3):
+        super().__init__()
+        self.fns = [ACTIVATIONS[n].fn for n in pool]
+        self.logits = nn.Parameter(torch.zeros(units, len(pool)))
+        self.tau = tau
+
+    def forward(self, x: Tensor) -> Tensor:
+        y, idx = hard_gumbel_softmax(self.logits, self.tau)
+        h = F.one_hot(idx, y.shape[-1]).to(y.dtype) + (y - y.detach())
+        return (torch.stack([fn(x) for fn in self.fns], -1) * h).sum(-1)
+
+
+class GatherScatterMixed(nn.Module):
+    """Phase 2 as in the public reference: per group, gather by index and scatter back, with
+    the index tensors copied to the device on every forward."""
+
+    def __init__(self, pool: Sequence[str], choice: Tensor):
+        super().__init__()
+        self.fns = [ACTIVATIONS[n].fn for n in pool]
+        self.groups = [(j, (choice == j).nonzero().flatten().tolist()) for j in range(len(pool))]
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.zeros_like(x)
+        for j, idx in self.groups:
+            if idx:
+                index = torch.tensor(idx, device=x.device)
+                out[:, index] = self.fns[j](x[:, index])
+        return out
