@@ -10,6 +10,7 @@ demo: install
 		--transition-epoch 15 --seeds 0,1,2 --out runs/demo
 
 test: install
+	bash tools/ensure-chromium.sh
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest
 

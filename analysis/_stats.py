@@ -1,0 +1,46 @@
+"""Small statistics helpers shared by the stage modules."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+N_RESAMPLES = 9999
+RANDOM_STATE = 0
+ROUND = 10  # means equal to 10 decimals are ties (float noise must not break a tie)
+
+
+def bootstrap_ci(values, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
+                 random_state: int = RANDOM_STATE) -> tuple[float, float, str]:
+    """Percentile bootstrap CI of the mean: ``(low, high, note)``.
+
+    Fewer than two values -> NaN with a note; constant values -> the value itself (zero-width
+    interval) with a note.  The percentile method is used because BCa is undefined for
+    constant data and unstable for the 3-5 seeds typical here.
+    """
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) < 2:
+        return float("nan"), float("nan"), f"CI needs >= 2 values (have {len(x)})"
+    if np.ptp(x) == 0:
+        return float(x[0]), float(x[0]), "constant values: zero-width CI"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap((x,), np.mean, confidence_level=confidence,
+                              n_resamples=n_resamples, method="percentile",
+                              random_state=np.random.default_rng(random_state))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high), ""
+
+
+def std(values) -> float:
+    """Sample standard deviation (ddof=1); NaN for fewer than two values."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    return float(np.std(x, ddof=1)) if len(x) >= 2 else float("nan")
+
+
+def join_notes(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)

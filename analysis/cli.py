@@ -1,0 +1,62 @@
+"""``smartmixed analyze``: the report of an experiment's seed runs.
+
+    smartmixed analyze --experiment smartmixed-quick --out reports/quick
+
+Attached to the ``smartmixed`` app by ``smartmixed_core.cli`` via :func:`register`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from analysis.load import DEFAULT_TRACKING_URI
+from smartmixed_core.errors import ConfigError
+
+
+def analyze(
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")],
+    out: Annotated[Path, typer.Option(help="Report folder (index.html, CSVs, PNGs).")],
+    sweep: Annotated[Optional[str], typer.Option(help="Only this sweep's runs.")] = None,
+    tracking_uri: Annotated[str, typer.Option(help="MLflow tracking URI.")] =
+        DEFAULT_TRACKING_URI,
+    weights: Annotated[bool, typer.Option(
+        help="Read checkpoints for the weight heatmap.")] = True,
+    log: Annotated[bool, typer.Option(
+        help="Log the report as artifacts of the sweep parent run(s).")] = True,
+) -> None:
+    """Aggregate seeds, rank methods, test significance and selection consistency; write
+    OUT/index.html and the CSV/PNG files; log them to the sweep's MLflow parent run."""
+    from analysis.report import build_report, log_report, write_report
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError("out", f"{out} exists and is not a directory")
+    rep = build_report(experiment, sweep, tracking_uri, weights=weights)
+    write_report(rep, out)
+    _print_headline(rep.tables["headline"], rep.notes)
+    logged = log_report(rep, out) if log else []
+    where = (f"; logged to sweep run(s) {', '.join(r[:8] for r in logged)}" if logged
+             else "; no sweep parent run to log to" if log else "")
+    typer.echo(f"report: {out / 'index.html'}{where}")
+
+
+def _print_headline(table, notes: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="Methods over architectures (test accuracy)")
+    for col in table.columns:
+        t.add_column(col, justify="left" if col == "method" else "right")
+    for row in table.itertuples(index=False):
+        t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    console = Console()
+    console.print(t)
+    for n in notes:
+        console.print(f"[dim]{n}[/dim]")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``analyze`` command to the ``smartmixed`` app."""
+    app.command("analyze")(analyze)

@@ -1,0 +1,213 @@
+"""Load seed runs back from MLflow: one row per (configuration, seed).
+
+>>> runs = load_runs("smartmixed-quick", tracking_uri="sqlite:///mlflow.db")
+
+Deduplication rule (documented in docs/analysis.md): only FINISHED seed runs count; among
+FINISHED runs with the same configuration (every config param) and seed, the one that ended
+last is kept.  Retries and ``sweep resume`` can leave FAILED runs and, in the worst case,
+several FINISHED copies of the same computation; the newest is the most complete record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pandas as pd
+
+from smartmixed_core.errors import ConfigError
+from sweeps import schema
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+CONFIG_PARAMS: tuple[str, ...] = tuple(
+    p for p in (*schema.SEED_PARAMS, *schema.EXTRA_PARAMS) if p != "n_params"
+)
+"""Params that identify a configuration (``n_params`` is a result, not a choice)."""
+
+BASE_COLUMNS = ("run_id", "sweep", "trial", "seed", "status", "start_time", "end_time")
+
+
+def _check_uri(tracking_uri: str) -> None:
+    """Refuse URIs that cannot be read, before MLflow silently creates an empty store."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite":
+        path = unquote(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith(
+            "sqlite:///") else ""
+        if not path or path == ":memory:" or not Path(path).is_file():
+            raise ConfigError("tracking_uri", f"no SQLite tracking store at {tracking_uri!r}")
+    elif parsed.scheme in ("", "file"):
+        raise ConfigError("tracking_uri", f"{tracking_uri!r} is a folder store; MLflow 3 needs "
+                          "sqlite:///PATH or http(s)://HOST:PORT")
+    elif parsed.scheme not in ("http", "https", "databricks", "postgresql", "mysql", "mssql"):
+        raise ConfigError("tracking_uri", f"unsupported scheme {parsed.scheme!r} in "
+                          f"{tracking_uri!r}")
+
+
+def client_for(tracking_uri: str | None):
+    """An ``MlflowClient`` for ``tracking_uri`` (validated; nothing global is changed)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    _check_uri(uri)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+    except Exception as exc:  # a corrupt database, a bad server URL, ...
+        raise ConfigError("tracking_uri", f"cannot read {uri!r}: {_first_line(exc)}") from None
+    return client
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def get_experiment(client, experiment: str):
+    """The experiment named ``experiment``; ConfigError when missing or unreadable."""
+    try:
+        exp = client.get_experiment_by_name(experiment)
+    except Exception as exc:  # MLflow raises many types for a bad store/server
+        raise ConfigError("tracking_uri", f"cannot read {client.tracking_uri!r}: "
+                          f"{_first_line(exc)}") from None
+    if exp is None:
+        try:
+            names = sorted(e.name for e in client.search_experiments())
+        except Exception:
+            names = []
+        raise ConfigError("experiment", f"no experiment named {experiment!r}; found: "
+                          f"{', '.join(names) or 'none'}")
+    return exp
+
+
+def _search(client, experiment_id: str, filter_string: str) -> pd.DataFrame:
+    """All runs matching ``filter_string`` as a flat DataFrame (paged)."""
+    rows, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string,
+                                  max_results=5000, page_token=token)
+        for r in page:
+            row = {"run_id": r.info.run_id, "status": r.info.status,
+                   "start_time": r.info.start_time, "end_time": r.info.end_time}
+            row.update({f"params.{k}": v for k, v in r.data.params.items()})
+            row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
+            row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            return pd.DataFrame(rows)
+
+
+def _tag_filter(kind: str, sweep: str | None) -> str:
+    text = f"tags.`{schema.TAG_KIND}` = '{kind}'"
+    if sweep is not None:
+        text += f" AND tags.`{schema.TAG_SWEEP}` = '{sweep}'"
+    return text
+
+
+def load_runs(experiment: str, sweep: str | None = None,
+              tracking_uri: str | None = None) -> pd.DataFrame:
+    """FINISHED seed runs of ``experiment`` (optionally one sweep), deduplicated.
+
+    Columns: ``run_id, sweep, trial, seed, status, start_time, end_time``, the config params
+    (:data:`CONFIG_PARAMS` that were logged; a param a run did not log is ``""``),
+    ``config_id`` (same id = same configuration), and every metric by its schema name
+    (``test_accuracy``, ``selection/layer_1/relu``, ...; latest value).  ``df.attrs`` holds
+    ``n_seed_runs`` (before filtering), ``n_not_finished`` and ``n_duplicates`` (dropped).
+    """
+    client = client_for(tracking_uri)
+    exp = get_experiment(client, experiment)
+    raw = _search(client, exp.experiment_id, _tag_filter(schema.KIND_SEED, sweep))
+    where = f"experiment {experiment!r}" + (f", sweep {sweep!r}" if sweep else "")
+    if raw.empty:
+        raise ConfigError("experiment", f"no seed runs in {where}")
+    n_total = len(raw)
+    raw = raw[raw["status"] == "FINISHED"]
+    if raw.empty:
+        raise ConfigError("experiment", f"no FINISHED seed runs in {where} "
+                          f"({n_total} seed runs, none finished)")
+    df = _flatten(raw)
+    config_cols = [c for c in CONFIG_PARAMS if c in df.columns]
+    df = df.sort_values(["end_time", "start_time", "run_id"], na_position="first")
+    deduped = df.drop_duplicates(subset=[*config_cols, "seed"], keep="last")
+    out = deduped.sort_values([*config_cols, "seed"]).reset_index(drop=True)
+    out.insert(len(BASE_COLUMNS), "config_id",
+               out.groupby(config_cols, sort=True).ngroup().astype(int))
+    out.attrs.update(n_seed_runs=n_total, n_not_finished=n_total - len(raw),
+                     n_duplicates=len(df) - len(deduped), experiment=experiment, sweep=sweep,
+                     tracking_uri=client.tracking_uri, config_columns=config_cols)
+    return out
+
+
+def _flatten(raw: pd.DataFrame) -> pd.DataFrame:
+    """Strip MLflow prefixes, type the columns, keep params as strings."""
+    out = pd.DataFrame({
+        "run_id": raw["run_id"],
+        "sweep": raw.get(f"tags.{schema.TAG_SWEEP}", pd.Series("", index=raw.index)),
+        "trial": raw.get(f"tags.{schema.TAG_TRIAL}", raw["run_id"]),
+        "seed": pd.to_numeric(raw.get(f"tags.{schema.TAG_SEED}"), errors="coerce"),
+        "status": raw["status"],
+        "start_time": raw["start_time"],
+        "end_time": raw["end_time"],
+    })
+    if out["seed"].isna().any():
+        bad = out.loc[out["seed"].isna(), "run_id"].iloc[0]
+        raise ConfigError("experiment", f"seed run {bad} has no integer "
+                          f"{schema.TAG_SEED!r} tag")
+    out["seed"] = out["seed"].astype(int)
+    for p in CONFIG_PARAMS:
+        col = f"params.{p}"
+        if col in raw.columns:
+            out[p] = raw[col].fillna("").astype(str)
+    metrics = {c[len("metrics."):]: pd.to_numeric(raw[c], errors="coerce")
+               for c in raw.columns if c.startswith("metrics.")}
+    if "n_params" not in metrics and "params.n_params" in raw.columns:
+        metrics["n_params"] = pd.to_numeric(raw["params.n_params"], errors="coerce")
+    out = pd.concat([out, pd.DataFrame(metrics, index=raw.index)], axis=1)
+    return out.fillna({c: "" for c in ("sweep", "trial")})
+
+
+def config_columns(runs: pd.DataFrame) -> list[str]:
+    """The config param columns present in ``runs`` (in :data:`CONFIG_PARAMS` order)."""
+    return [c for c in CONFIG_PARAMS if c in runs.columns]
+
+
+def varying_columns(runs: pd.DataFrame) -> list[str]:
+    """Config columns that take more than one value (architecture and method always kept)."""
+    cols = config_columns(runs)
+    return [c for c in cols
+            if c in ("architecture", "method") or runs[c].nunique(dropna=False) > 1]
+
+
+def hidden_widths(architecture: str) -> tuple[int, ...]:
+    """``"64-32"`` -> ``(64, 32)``; empty tuple when not parseable."""
+    try:
+        return tuple(int(w) for w in str(architecture).split("-"))
+    except ValueError:
+        return ()
+
+
+def sweep_runs(client, experiment_id: str, sweeps: list[str] | None) -> pd.DataFrame:
+    """Sweep parent runs (newest first), optionally restricted to the named sweeps."""
+    df = _search(client, experiment_id, _tag_filter(schema.KIND_SWEEP, None))
+    if df.empty:
+        return df
+    col = f"tags.{schema.TAG_SWEEP}"
+    df["sweep"] = df[col] if col in df.columns else ""
+    if sweeps is not None:
+        df = df[df["sweep"].isin(sweeps)]
+    return df.sort_values("start_time", ascending=False)
+
+
+def metric_histories(client, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
+    """Per-step values of ``keys`` for each run: columns run_id, key, step, value."""
+    rows = []
+    for run_id in run_ids:
+        for key in keys:
+            for m in client.get_metric_history(run_id, key):
+                rows.append((run_id, key, int(m.step), float(m.value), m.timestamp))
+    df = pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"])
+    # A metric re-logged at the same step (retry): the last write wins.
+    df = df.sort_values("timestamp").drop_duplicates(["run_id", "key", "step"], keep="last")
+    return df.drop(columns="timestamp").sort_values(["run_id", "key", "step"]).reset_index(
+        drop=True)
+

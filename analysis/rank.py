@@ -1,0 +1,145 @@
+"""Rank methods per architecture (the paper's protocol, with ties handled).
+
+>>> rankings = rank_methods(aggregate_seeds(runs))
+>>> mean_reciprocal_rank(rankings)
+
+Ties.  Methods whose mean test accuracy is equal (to 10 decimals) share the *average* rank
+(``scipy.stats.rankdata(method="average")``): two methods tied for 1st both get 1.5.  For the
+reciprocal rank and the rank distribution a tie is resolved by its expectation under a random
+tie-break: a tie group spanning positions a..b gives each member reciprocal rank
+``mean(1/a, ..., 1/b)`` and credit ``1/(b-a+1)`` at each position a..b.  Reciprocal ranks of an
+architecture therefore still sum to ``1 + 1/2 + ... + 1/k``, as without ties.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from analysis._stats import ROUND
+from analysis.load import hidden_widths
+
+
+def architecture_order(architectures) -> list[str]:
+    """Architectures sorted by depth, then widths (as the paper lists them)."""
+    def key(a: str):
+        w = hidden_widths(a)
+        return (len(w), tuple(-x for x in w), a)
+    return sorted(set(architectures), key=key)
+
+
+def method_scores(configs: pd.DataFrame, metric: str = "test_accuracy",
+                  select_by: str = "val_accuracy") -> pd.DataFrame:
+    """One row per (architecture, method): the score of its configuration.
+
+    When other params were swept (several configurations per architecture and method), the
+    configuration with the best seed-mean ``select_by`` (validation accuracy: never the test
+    set) represents the pair; ``n_configs`` says how many competed.
+    """
+    sel = f"{select_by}_mean"
+    if sel not in configs.columns or configs[sel].isna().all():
+        sel = f"{metric}_mean"
+    rows = []
+    for (arch, method), g in configs.groupby(["architecture", "method"], sort=True):
+        best = g.loc[g[sel].fillna(-np.inf).idxmax()] if len(g) > 1 else g.iloc[0]
+        rows.append({"architecture": arch, "method": method, "config_id": best["config_id"],
+                     "mean": best[f"{metric}_mean"], "std": best[f"{metric}_std"],
+                     "ci_low": best[f"{metric}_ci_low"], "ci_high": best[f"{metric}_ci_high"],
+                     "n_seeds": int(best["n_seeds"]), "n_configs": len(g)})
+    return pd.DataFrame(rows)
+
+
+def rank_methods(configs: pd.DataFrame, metric: str = "test_accuracy",
+                 select_by: str = "val_accuracy") -> pd.DataFrame:
+    """Per architecture, methods ranked by mean ``metric`` (1 = best, ties averaged).
+
+    Columns: architecture, method, mean, std, n_seeds, rank, ci_low, ci_high, config_id,
+    n_configs, n_methods (methods run on that architecture), reciprocal_rank (tie-aware).
+    """
+    scores = method_scores(configs, metric, select_by)
+    parts = []
+    for arch in architecture_order(scores["architecture"]):
+        g = scores[scores["architecture"] == arch].copy()
+        g = g[g["mean"].notna()]
+        if g.empty:
+            continue
+        g["rank"] = stats.rankdata(-g["mean"].round(ROUND).to_numpy(), method="average")
+        g["n_methods"] = len(g)
+        g["reciprocal_rank"] = [_expected(r, t, lambda k: 1.0 / k)
+                                for r, t in zip(g["rank"], _tie_sizes(g["rank"]), strict=True)]
+        parts.append(g.sort_values(["rank", "method"]))
+    cols = ["architecture", "method", "mean", "std", "n_seeds", "rank", "ci_low", "ci_high",
+            "config_id", "n_configs", "n_methods", "reciprocal_rank"]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+
+
+def _tie_sizes(ranks: pd.Series) -> list[int]:
+    counts = ranks.value_counts()
+    return [int(counts[r]) for r in ranks]
+
+
+def _positions(rank: float, ties: int) -> range:
+    first = round(rank - (ties - 1) / 2)
+    return range(first, first + ties)
+
+
+def _expected(rank: float, ties: int, f) -> float:
+    return float(np.mean([f(k) for k in _positions(rank, ties)]))
+
+
+def mean_reciprocal_rank(rankings: pd.DataFrame) -> pd.DataFrame:
+    """Per method: ``mrr`` (mean tie-aware reciprocal rank over the architectures it ran on),
+    ``mean_rank``, ``n_architectures``; sorted best first.  A method missing on an
+    architecture is averaged over fewer architectures (see ``n_architectures``)."""
+    g = rankings.groupby("method")
+    out = pd.DataFrame({"mrr": g["reciprocal_rank"].mean(), "mean_rank": g["rank"].mean(),
+                        "n_architectures": g.size()}).reset_index()
+    return out.sort_values(["mrr", "method"], ascending=[False, True]).reset_index(drop=True)
+
+
+def rank_distribution(rankings: pd.DataFrame) -> pd.DataFrame:
+    """Rows = methods, columns = positions 1..k: how often each method finished there
+    (ties split evenly over the positions they span, so counts can be fractional)."""
+    k = int(rankings["n_methods"].max()) if len(rankings) else 0
+    methods = sorted(rankings["method"].unique())
+    dist = pd.DataFrame(0.0, index=pd.Index(methods, name="method"), columns=range(1, k + 1))
+    for _, g in rankings.groupby("architecture"):
+        ties_of = _tie_sizes(g["rank"])
+        for method, rank, ties in zip(g["method"], g["rank"], ties_of, strict=True):
+            for pos in _positions(rank, ties):
+                dist.loc[method, pos] += 1.0 / ties
+    return dist
+
+
+def first_rank_counts(rankings: pd.DataFrame) -> pd.DataFrame:
+    """Per method: ``first`` (expected first places, ties split), ``first_outright`` (sole
+    best), ``first_shared`` (tied for best)."""
+    dist = rank_distribution(rankings)
+    ties = rankings.groupby(["architecture", "rank"])["method"].transform("size")
+    best = rankings[rankings["rank"] - (ties - 1) / 2 == 1]
+    tied = ties[best.index]
+    out = pd.DataFrame({"method": dist.index,
+                        "first": dist[1].to_numpy() if 1 in dist.columns else 0.0})
+    out["first_outright"] = out["method"].map(best[tied == 1]["method"].value_counts()).fillna(0)
+    out["first_shared"] = out["method"].map(best[tied > 1]["method"].value_counts()).fillna(0)
+    out[["first_outright", "first_shared"]] = out[["first_outright", "first_shared"]].astype(int)
+    return out.sort_values(["first", "method"], ascending=[False, True]).reset_index(drop=True)
+
+
+def top_k_table(rankings: pd.DataFrame, k: int = 3) -> pd.DataFrame:
+    """The paper's Table II: per architecture the 1st..kth methods with mean accuracy.
+
+    A cell reads ``"method (0.9733)"``; tied methods share a cell, joined by ``" = "``, and
+    the next cell holds the next tie group (dense order).
+    """
+    rows = []
+    for arch, g in rankings.groupby("architecture", sort=False):
+        row = {"architecture": arch}
+        for pos, (_, tie) in enumerate(g.groupby("rank", sort=True), start=1):
+            if pos > k:
+                break
+            cells = (f"{m} ({v:.4f})" for m, v in zip(tie["method"], tie["mean"], strict=True))
+            row[f"rank_{pos}"] = " = ".join(cells)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["architecture", *(f"rank_{i}" for i in range(1, k + 1))])

@@ -1,0 +1,218 @@
+"""Assemble every stage into one report: tables, figures, a self-contained index.html.
+
+>>> report = build_report("smartmixed-quick", tracking_uri="sqlite:///mlflow.db")
+>>> write_report(report, "reports/quick"); report.tables["mrr"]
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis import plots
+from analysis.aggregate import aggregate_seeds
+from analysis.load import client_for, get_experiment, load_runs, metric_histories, sweep_runs
+from analysis.rank import (
+    first_rank_counts,
+    mean_reciprocal_rank,
+    rank_distribution,
+    rank_methods,
+    top_k_table,
+)
+from analysis.selection import (
+    depth_trend,
+    selection_consistency,
+    selection_long,
+    selection_summary,
+    switch_metric_keys,
+    switching_dynamics,
+)
+from analysis.significance import (
+    ASSUMPTIONS,
+    average_ranks,
+    friedman_test,
+    nemenyi_test,
+    wilcoxon_holm,
+)
+from analysis.weights import weight_groups
+from sweeps import schema
+
+# file stem -> (section title, what it holds); the order is the report's order.
+TABLES = {
+    "headline": ("Headline", "per method: MRR, mean rank, first places, mean test accuracy"),
+    "rankings": ("Rankings", "per architecture, methods ranked by seed-mean test accuracy"),
+    "mrr": ("Mean reciprocal rank", "tie-aware MRR over architectures"),
+    "rank_distribution": ("Rank distribution", "times each method finished at each position"),
+    "first_ranks": ("First-rank counts", "expected (ties split), outright and shared"),
+    "top3": ("Top 3 per architecture", "the paper's Table II"),
+    "friedman": ("Friedman test", "methods × architectures (complete blocks)"),
+    "nemenyi": ("Nemenyi post-hoc p-values", "pairwise, after Friedman"),
+    "wilcoxon": ("Pairwise Wilcoxon signed-rank, Holm-corrected", ""),
+    "assumptions": ("Test assumptions and minimum sample sizes", ""),
+    "configs": ("Configurations", "seed aggregates per configuration"),
+    "selection": ("Selection per layer", "fraction of units per activation, across seeds"),
+    "selection_consistency": ("Selection consistency across seeds",
+                              "Jensen–Shannon distance and chi-square homogeneity"),
+    "depth_trend": ("Depth trend", "Spearman rho of share vs relative depth, pooled"),
+    "switching": ("Selection dynamics", "fraction of units switching per phase-1 epoch"),
+    "weights": ("Weights by activation", "mean weight between neuron groups"),
+    "runs": ("Seed runs", "the deduplicated seed runs analysed"),
+}
+FIGURES = {
+    "mrr": "Mean reciprocal rank", "rank_distribution": "Rank distribution",
+    "accuracy": "Accuracy per architecture", "cd_diagram": "Critical difference diagram",
+    "selection": "Selection per layer", "depth_trend": "Depth trend",
+    "switching": "Selection dynamics", "weight_heatmap": "Weights by activation",
+}
+
+
+@dataclass
+class Report:
+    """Everything the analysis computed; tables are DataFrames, figures matplotlib Figures."""
+
+    experiment: str
+    sweep: str | None
+    tracking_uri: str
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def headline(rankings: pd.DataFrame) -> pd.DataFrame:
+    """Per method: mrr, mean_rank, first (ties split), n_architectures, mean test accuracy
+    over architectures; the table the CLI prints."""
+    mrr = mean_reciprocal_rank(rankings)
+    first = first_rank_counts(rankings)[["method", "first"]]
+    acc = rankings.groupby("method")["mean"].mean().rename("mean_test_accuracy")
+    return mrr.merge(first, on="method").merge(acc, on="method")[
+        ["method", "mrr", "mean_rank", "first", "n_architectures", "mean_test_accuracy"]]
+
+
+def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | None = None,
+                 *, weights: bool = True) -> Report:
+    """Run every stage on the experiment's seed runs (see the module docstrings)."""
+    runs = load_runs(experiment, sweep, tracking_uri)
+    client = client_for(runs.attrs["tracking_uri"])
+    rep = Report(experiment, sweep, client.tracking_uri)
+    a = runs.attrs
+    rep.notes.append(f"{len(runs)} FINISHED seed runs analysed ({a['n_seed_runs']} seed runs "
+                     f"found, {a['n_not_finished']} not FINISHED, {a['n_duplicates']} "
+                     "duplicate(s) dropped: newest FINISHED run per configuration and seed)")
+    configs = aggregate_seeds(runs)
+    rankings = rank_methods(configs)
+    t = rep.tables
+    t["headline"] = headline(rankings)
+    t["rankings"], t["mrr"] = rankings, mean_reciprocal_rank(rankings)
+    t["rank_distribution"] = rank_distribution(rankings).reset_index()
+    t["first_ranks"], t["top3"] = first_rank_counts(rankings), top_k_table(rankings)
+    t["friedman"], t["wilcoxon"] = friedman_test(rankings), wilcoxon_holm(rankings)
+    nemenyi = nemenyi_test(rankings)
+    t["nemenyi"] = nemenyi.rename_axis("method").reset_index()
+    t["assumptions"], t["configs"] = ASSUMPTIONS, configs
+    sel = selection_summary(runs)
+    t["selection"], t["selection_consistency"] = sel, selection_consistency(runs)
+    t["depth_trend"] = depth_trend(runs)
+    keys = switch_metric_keys(runs)
+    hist = metric_histories(client, list(runs["run_id"]), keys) if keys else pd.DataFrame()
+    t["switching"] = switching_dynamics(hist, runs)
+    selective = list(selection_long(runs)["run_id"].unique())
+    if weights and selective:
+        t["weights"], note = weight_groups(client, selective)
+        if note:
+            rep.notes.append("weights: " + note)
+    else:
+        t["weights"] = weight_groups(client, [])[0]
+    t["runs"] = runs
+    dist = rank_distribution(rankings)
+    rep.figures = {
+        "mrr": plots.plot_mrr(t["mrr"]), "rank_distribution": plots.plot_rank_distribution(dist),
+        "accuracy": plots.plot_accuracy(rankings),
+        "cd_diagram": plots.plot_cd_diagram(average_ranks(rankings), nemenyi),
+        "selection": plots.plot_selection(sel),
+        "depth_trend": plots.plot_depth_trend(sel, t["depth_trend"]),
+        "switching": plots.plot_switching(t["switching"]),
+        "weight_heatmap": plots.plot_weight_heatmap(t["weights"]),
+    }
+    return rep
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def render_html(rep: Report, pngs: dict[str, bytes]) -> str:
+    """A self-contained page: inline CSS, tables, plots as base64 data URIs, no scripts."""
+    title = f"SmartMixed analysis: {rep.experiment}" + (f" / {rep.sweep}" if rep.sweep else "")
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<link rel='icon' href='data:,'>", f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}"
+        "table{border-collapse:collapse;font-size:13px;margin:0.5em 0}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+        "th{background:#f3f3f3}img{max-width:100%;display:block;margin:0.5em 0}"
+        ".scroll{max-height:420px;overflow:auto}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>Tracking URI: <code>{html.escape(rep.tracking_uri)}</code></p>",
+        "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in rep.notes) + "</ul>",
+    ]
+    figs_after = {"headline": ["mrr", "rank_distribution"], "rankings": ["accuracy"],
+                  "nemenyi": ["cd_diagram"], "selection": ["selection"],
+                  "depth_trend": ["depth_trend"], "switching": ["switching"],
+                  "weights": ["weight_heatmap"]}
+    for stem, (heading, desc) in TABLES.items():
+        df = rep.tables.get(stem)
+        if df is None:
+            continue
+        parts.append(f"<h2 id='{stem}'>{html.escape(heading)}</h2>")
+        if desc:
+            parts.append(f"<p>{html.escape(desc)} (<code>{stem}.csv</code>)</p>")
+        for name in figs_after.get(stem, []):
+            if name in pngs:
+                data = base64.b64encode(pngs[name]).decode()
+                parts.append(f"<img alt='{FIGURES[name]}' src='data:image/png;base64,{data}'>")
+        body = (df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="NaN")
+                if not df.empty else "<p><em>empty</em></p>")
+        parts.append(f"<div class='scroll'>{body}</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(rep: Report, out: str | Path) -> list[Path]:
+    """Write ``out/index.html``, ``out/<table>.csv`` and ``out/<figure>.png``; returns paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stem, df in rep.tables.items():
+        path = out / f"{stem}.csv"
+        df.to_csv(path, index=False)
+        written.append(path)
+    pngs = {name: _png(fig) for name, fig in rep.figures.items()}
+    for name, data in pngs.items():
+        (out / f"{name}.png").write_bytes(data)
+        written.append(out / f"{name}.png")
+    (out / "index.html").write_text(render_html(rep, pngs), encoding="utf-8")
+    written.append(out / "index.html")
+    return written
+
+
+def log_report(rep: Report, out: str | Path) -> list[str]:
+    """Log the written report folder under ``report/`` of each analysed sweep's parent run
+    (the newest parent run per sweep name); returns the run ids logged to."""
+    client = client_for(rep.tracking_uri)
+    exp = get_experiment(client, rep.experiment)
+    names = sorted(set(rep.tables["runs"]["sweep"]) - {""})
+    parents = sweep_runs(client, exp.experiment_id, names)
+    if parents.empty:
+        return []
+    ids = list(parents.drop_duplicates("sweep")["run_id"])
+    for run_id in ids:
+        client.log_artifacts(run_id, str(out), artifact_path=schema.ARTIFACT_REPORT_DIR)
+    return ids

@@ -1,0 +1,89 @@
+"""``smartmixed analyze``: files written, artifacts logged, bad input -> one line, exit 2."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from conftest import EXP, Store
+
+from smartmixed_core.cli import main
+
+PLOTS = ("mrr", "rank_distribution", "accuracy", "cd_diagram", "selection", "depth_trend",
+         "switching", "weight_heatmap")
+
+
+def test_report_files(cli_report):
+    _, out, rc, _ = cli_report
+    assert rc == 0
+    for name in PLOTS:
+        data = (out / f"{name}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+    rankings = pd.read_csv(out / "rankings.csv")
+    assert list(rankings.columns[:6]) == ["architecture", "method", "mean", "std", "n_seeds",
+                                          "rank"]
+    assert len(rankings) == 8
+    assert rankings.loc[(rankings["architecture"] == "64-32")
+                        & (rankings["method"] == "fixed:elu"), "rank"].item() == 2.5
+    mrr = pd.read_csv(out / "mrr.csv").set_index("method")
+    assert mrr.loc["smartmixed", "mrr"] == pytest.approx(5 / 6)
+    assert len(pd.read_csv(out / "configs.csv")) == 8
+    sel = pd.read_csv(out / "selection.csv")
+    assert {"layer", "activation", "mean", "ci_low", "ci_high"} <= set(sel.columns)
+    for extra in ("friedman", "wilcoxon", "nemenyi", "assumptions", "top3",
+                  "selection_consistency", "depth_trend", "switching", "weights", "runs"):
+        assert (out / f"{extra}.csv").is_file()
+    html = (out / "index.html").read_text()
+    assert html.count("data:image/png;base64,") == len(PLOTS)
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+
+
+def test_headline_printed(cli_report):
+    stdout = cli_report[3]
+    assert "smartmixed" in stdout and "0.8333" in stdout  # MRR of smartmixed
+    assert "index.html" in stdout and "logged to sweep run" in stdout
+
+
+def test_report_logged_to_sweep_run(cli_report):
+    st = cli_report[0]
+    names = {f.path for f in st.client.list_artifacts(st.sweep_run_ids["s1"], "report")}
+    assert "report/index.html" in names and "report/rankings.csv" in names
+    assert not st.client.list_artifacts(st.sweep_run_ids["s2"])  # not analysed
+
+
+def run_cli(args, capsys):
+    rc = main(["analyze", *args])
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def test_unknown_experiment(cli_report, tmp_path, capsys):
+    st = cli_report[0]
+    rc, err = run_cli(["--experiment", "nope", "--tracking-uri", st.uri, "--out",
+                       str(tmp_path / "o")], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith("smartmixed: error: experiment: no experiment named 'nope'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_finished_runs(tmp_path, capsys):
+    st = Store(tmp_path)
+    st.run("seed", "s", tags={"smartmixed.seed": "0"}, status="KILLED")
+    capsys.readouterr()  # MLflow's own store-creation log lines
+    rc, err = run_cli(["--experiment", EXP, "--tracking-uri", st.uri, "--out",
+                       str(tmp_path / "o")], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1 and "no FINISHED seed runs" in err
+
+
+@pytest.mark.parametrize("uri", ["sqlite:////nonexistent/x.db", "bogus://x"])
+def test_unreadable_uri(uri, tmp_path, capsys):
+    rc, err = run_cli(["--experiment", EXP, "--tracking-uri", uri, "--out",
+                       str(tmp_path / "o")], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith("smartmixed: error: tracking_uri:")
+
+
+def test_out_is_a_file(cli_report, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    rc, err = run_cli(["--experiment", EXP, "--tracking-uri", cli_report[0].uri, "--out",
+                       str(tmp_path / "f")], capsys)
+    assert rc == 2 and "out:" in err

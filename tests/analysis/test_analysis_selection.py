@@ -1,0 +1,133 @@
+"""Selection consistency, depth trend, switching dynamics and the weight heatmap table."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from conftest import POOL, SELECTION, weight_value
+from scipy.stats import chi2 as chi2_dist
+
+from analysis import (
+    depth_trend,
+    group_weight_sums,
+    metric_histories,
+    selection_consistency,
+    selection_summary,
+    switching_dynamics,
+    weight_groups,
+)
+from analysis.load import client_for
+
+
+def js_distance(p, q):
+    """Hand formula: sqrt of the base-2 Jensen-Shannon divergence."""
+    p, q = np.asarray(p), np.asarray(q)
+    m = (p + q) / 2
+
+    def kl(a, b):
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / b[nz])))
+
+    return np.sqrt((kl(p, m) + kl(q, m)) / 2)
+
+
+def test_selection_summary(runs):
+    s = selection_summary(runs)
+    smart = s[s["architecture"] == "64-32"].set_index(["layer", "activation"])
+    assert smart.loc[(1, "relu"), "mean"] == pytest.approx((0.5 + 0.5 + 0.75) / 3)
+    assert smart.loc[(1, "relu"), "std"] == pytest.approx(np.std([0.5, 0.5, 0.75], ddof=1))
+    # resample means of (.5, .5, .75): P(.5) = 8/27, P(.75) = 1/27, both > 2.5%
+    assert (smart.loc[(1, "relu"), "ci_low"], smart.loc[(1, "relu"), "ci_high"]) == \
+        pytest.approx((0.5, 0.75))
+    assert smart.loc[(2, "selu"), "mean"] == 0.5 and "constant" in smart.loc[(2, "selu"), "note"]
+    assert (smart["n_seeds"] == 3).all() and smart.loc[(2, "relu"), "relative_depth"] == 1.0
+    one = s[s["architecture"] == "128-64"]
+    assert (one["n_seeds"] == 1).all() and one["ci_low"].isna().all()
+    assert set(s["method"]) == {"smartmixed"}  # fixed runs log no selection
+    assert list(s.loc[s["layer"] == 1, "activation"].unique()) == list(POOL)  # registry order
+
+
+def test_selection_consistency(runs):
+    c = selection_consistency(runs).set_index(["architecture", "layer"])
+    l1 = c.loc[("64-32", 1)]
+    dists = [js_distance(p, q) for p, q in itertools.combinations(
+        [SELECTION[("64-32", s)][0] for s in range(3)], 2)]
+    assert l1["jsd_mean"] == pytest.approx(np.mean(dists))
+    assert l1["jsd_max"] == pytest.approx(max(dists))
+    # counts (32,16,16) (32,32,0) (48,16,0); expected 37.33/21.33/5.33 per seed
+    assert l1["chi2"] == pytest.approx(4.5714286 + 8.0 + 32.0, rel=1e-6)
+    assert l1["dof"] == 4 and l1["min_expected"] == pytest.approx(16 / 3)
+    assert l1["p_value"] == pytest.approx(chi2_dist.sf(l1["chi2"], 4))
+    l2 = c.loc[("64-32", 2)]  # counts (8,8,16) (8,8,16) (0,16,16)
+    assert l2["chi2"] == pytest.approx(12.0) and l2["dof"] == 4
+    assert l2["note"] == ""
+    assert c.loc[("128-64", 1), "note"] == "one seed: nothing to compare"
+    assert np.isnan(c.loc[("128-64", 1), "jsd_mean"])
+
+
+def test_single_activation_layer_is_not_tested(runs):
+    r = runs[(runs["architecture"] == "64-32") & (runs["method"] == "smartmixed")].copy()
+    for a in POOL:
+        r[f"selection/layer_1/{a}"] = 1.0 if a == "relu" else 0.0
+    c = selection_consistency(r).set_index("layer")
+    assert c.loc[1, "jsd_mean"] == 0 and np.isnan(c.loc[1, "chi2"])
+    assert "single activation" in c.loc[1, "note"]
+
+
+def test_depth_trend(runs):
+    t = depth_trend(runs, n_resamples=500).set_index("activation")
+    # selu: depth .5 -> (.25, 0, 0, 0), depth 1 -> (.5, .5, .5, .5); ranks by hand:
+    # dx = (-2)*4 + (2)*4, dy = (-.5, -2.5, -2.5, -2.5, 2, 2, 2, 2) -> 32 / sqrt(32 * 35)
+    assert t.loc["selu", "rho"] == pytest.approx(32 / np.sqrt(32 * 35))
+    assert t.loc["selu", "n_points"] == 8 and t.loc["selu", "n_architectures"] == 2
+    assert t.loc["selu", "n_runs"] == 4
+    assert t.loc["selu", "ci_low"] <= t.loc["selu", "rho"] <= t.loc["selu", "ci_high"] <= 1
+    assert t.loc["relu", "rho"] < 0
+    assert t.loc["selu", "mean_first_layer"] == pytest.approx(0.0625)
+    assert t.loc["selu", "mean_last_layer"] == pytest.approx(0.5)
+
+
+def test_depth_trend_degenerate(runs):
+    one_layer = runs[runs["architecture"] == "64-32"].drop(
+        columns=[c for c in runs.columns if c.startswith("selection/layer_2")])
+    t = depth_trend(one_layer)
+    assert t["rho"].isna().all() and (t["note"] == "relative depth is constant").all()
+
+
+def test_switching_dynamics(store, runs):
+    keys = ["switched/layer_1", "switched/layer_2"]
+    hist = metric_histories(client_for(store.uri), list(runs["run_id"]), keys)
+    d = switching_dynamics(hist, runs).set_index(["layer", "epoch"])
+    assert d.loc[1, "mean"].tolist() == pytest.approx([0.5, 0.2, 0.0])
+    assert d.loc[1, "std"].tolist() == pytest.approx([0.1, 0.1, 0.0])
+    assert d.loc[2, "mean"].tolist() == pytest.approx([0.2, 0.0, 0.0])
+    assert (d["n_seeds"] == 3).all() and set(d["architecture"]) == {"64-32"}
+
+
+def test_group_weight_sums_by_hand():
+    import torch
+
+    w = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # rows = targets, columns = sources
+    sd = {"linears.0.weight": torch.zeros(2, 5), "linears.1.weight": w}
+    got = group_weight_sums(sd, {"layer_1": ["relu", "elu"], "layer_2": ["elu", "relu"]})
+    got = got.set_index(["source", "target"])["sum"].to_dict()
+    assert got == {("relu", "elu"): 1, ("elu", "elu"): 2, ("relu", "relu"): 3,
+                   ("elu", "relu"): 4}
+
+
+def test_weight_groups_from_checkpoints(store, runs):
+    ids = list(runs.loc[runs[[c for c in runs if c.startswith("selection/")]].notna().any(
+        axis=1), "run_id"])
+    table, note = weight_groups(client_for(store.uri), ids)
+    assert "2 run(s) skipped" in note and "no checkpoint.pt" in note  # seed 2, 128-64
+    t = table.set_index(["source", "target"])
+    l1 = {0: dict(relu=32, elu=16, selu=16), 1: dict(relu=32, elu=32, selu=0)}
+    l2 = dict(relu=8, elu=8, selu=16)
+    for src, tgt in itertools.product(POOL, POOL):
+        n = sum(l1[s][src] * l2[tgt] for s in (0, 1))
+        assert t.loc[(src, tgt), "n_connections"] == n
+        assert t.loc[(src, tgt), "mean_weight"] == pytest.approx(weight_value(src, tgt))
+        assert t.loc[(src, tgt), "mean_abs_weight"] == pytest.approx(weight_value(src, tgt))
+    assert t.loc[("selu", "relu"), "n_runs"] == 1 and t.loc[("relu", "relu"), "n_runs"] == 2
