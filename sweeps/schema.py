@@ -19,6 +19,7 @@ TAG_TRIAL = "smartmixed.trial"  # trial id (stable across retries and resume)
 TAG_SEED = "smartmixed.seed"
 TAG_STATUS_REASON = "smartmixed.failure"  # why a trial/seed run failed (e.g. non-finite loss)
 TAG_PARENT = "mlflow.parentRunId"
+TAG_WORKER = "smartmixed.worker"  # "host:pid" of the process running the trial (latest attempt)
 
 # Params of every seed run (and of trial runs): the configuration, as strings.
 SEED_PARAMS = (
@@ -56,3 +57,13 @@ ARTIFACT_CHECKPOINT = "checkpoint.pt"  # smartmixed_core.runner.save_checkpoint 
 ARTIFACT_RESULT = "result.json"  # the seed's entry of the result.json contract
 ARTIFACT_SPEC = "spec.yaml"  # on the sweep run
 ARTIFACT_REPORT_DIR = "report"  # analysis report, on the sweep run
+
+# Trial runs: params = SEED_PARAMS + EXTRA_PARAMS of the trial's configuration, plus the values
+# the searcher sampled (space keys, e.g. depth/width) under this prefix.
+SAMPLED_PREFIX = "sampled."
+# Trial runs: seed-mean EPOCH_METRICS per epoch (step = epoch), and at the end the mean and
+# sample std over seeds of these (as "<name>_mean", "<name>_std"), plus "n_seeds".
+TRIAL_SUMMARY_METRICS = (
+    "val_accuracy", "test_accuracy", "test_f1_macro", "test_roc_auc", "train_seconds",
+    "n_params", "phase1_test_accuracy", "phase2_start_test_accuracy",
+)

@@ -1,0 +1,133 @@
+"""``smartmixed sweep run|resume|status``.  Imports stay light: Ray, MLflow and Optuna load
+inside the commands, so ``smartmixed train`` does not pay for them.
+
+    smartmixed sweep run sweeps/presets/quick.yaml
+    smartmixed sweep run search --set search.num_samples=4 --smoke-test
+    smartmixed sweep resume quick-digits
+    smartmixed sweep status ./ray_results/quick-digits
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+sweep_app = typer.Typer(name="sweep", no_args_is_help=True, add_completion=False,
+                        help="Ray Tune sweeps of the core, tracked in MLflow.")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the ``sweep`` command group to the ``smartmixed`` app."""
+    app.add_typer(sweep_app, name="sweep")
+
+
+@sweep_app.command("run")
+def run(
+    spec: Annotated[str, typer.Argument(help="Spec YAML file or preset name "
+                                        "(quick, paper, search, adact, gated).")],
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a spec field: dotted.key=value (YAML value); repeatable.")] = None,
+    address: Annotated[Optional[str], typer.Option(
+        help="Join a Ray cluster: 'auto' or ray://host:10001 (default: local Ray).")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(
+        help="MLflow tracking URI (overrides the spec's tracking_uri).")] = None,
+    smoke_test: Annotated[bool, typer.Option(
+        "--smoke-test", help="Shrink to 1-2 trials, 1 seed, 2 epochs, CPU.")] = False,
+) -> int:
+    """Run a sweep described by SPEC."""
+    from sweeps.launch import execute, prepare
+    from sweeps.spec import load_spec
+
+    loaded = load_spec(spec, set_ or [], smoke_test=smoke_test)
+    spec_, path, ctx = prepare(loaded, tracking_uri)
+    typer.echo(f"sweep {spec_.name}: results in {path}, MLflow {ctx.tracking_uri}", err=True)
+    return _finish(execute(spec_, path, ctx, address=address))
+
+
+@sweep_app.command("resume")
+def resume(
+    name_or_path: Annotated[str, typer.Argument(help="Sweep folder, or its name under "
+                                                "./ray_results.")],
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address.")] = None,
+) -> int:
+    """Continue an interrupted sweep: finished seeds are kept, the rest is trained."""
+    from sweeps.launch import execute, load_state, locate
+
+    path = locate(name_or_path)
+    spec, ctx = load_state(path)
+    from sweeps import tracking
+
+    tracking.check_tracking(ctx.tracking_uri)
+    return _finish(execute(spec, path, ctx, address=address, restore=True))
+
+
+@sweep_app.command("status")
+def status(
+    name_or_path: Annotated[str, typer.Argument(help="Sweep folder, or its name under "
+                                                "./ray_results.")],
+) -> int:
+    """Show a sweep's trials (from MLflow) without starting Ray."""
+    from sweeps import tracking
+    from sweeps.launch import load_state, locate
+
+    path = locate(name_or_path)
+    spec, ctx = load_state(path)
+    tracking.check_tracking(ctx.tracking_uri)
+    _print_summary(spec, ctx, path, limit=None)
+    return 0
+
+
+def _finish(outcome: Any) -> int:
+    _print_summary(outcome.spec, outcome.context, outcome.path)
+    if outcome.interrupted:
+        typer.echo(f"interrupted: continue with  smartmixed sweep resume {outcome.path}", err=True)
+        return 130
+    return 0
+
+
+def _print_summary(spec: Any, ctx: Any, path: Any, limit: int | None = 10) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from sweeps.launch import trial_rows
+
+    rows = trial_rows(ctx, spec)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    table = Table(title=f"sweep {spec.name}: {len(rows)} trials "
+                  + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
+    for col in ("trial", "status", "method", "architecture", "params",
+                f"{spec.search.metric} (seed mean)", "test_accuracy", "seeds"):
+        table.add_column(col)
+    for r in rows[:limit]:
+        metric = "" if r["metric"] is None else f"{r['metric']:.4f}"
+        if r["metric"] is not None and r["val_accuracy_std"] is not None \
+                and spec.search.metric == "val_accuracy":
+            metric += f" ± {r['val_accuracy_std']:.4f}"
+        params = ", ".join(f"{k}={_short(v)}" for k, v in r["params"].items()
+                           if k not in ("method", "arch", "architecture"))
+        table.add_row(r["trial"], r["status"] + (f" ({r['reason'][:40]})" if r["reason"] else ""),
+                      r["method"] or "", r["architecture"] or "", params, metric,
+                      "" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}",
+                      f"{r['seeds_finished']}/{len(spec.seeds)}")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
+    uri = ctx.tracking_uri
+    console.print(f"Ray results: {path}")
+    console.print(f"MLflow: experiment [bold]{spec.experiment}[/] (id {ctx.experiment_id}), "
+                  f"sweep run {ctx.sweep_run_id} at {uri}", soft_wrap=True)
+    if uri.startswith(("http://", "https://")):
+        console.print(f"Open the UI: {uri}/#/experiments/{ctx.experiment_id}", soft_wrap=True)
+    else:
+        console.print(f"Open the UI: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
+
+
+def _short(v: str) -> str:
+    try:
+        return f"{float(v):.4g}"
+    except ValueError:
+        return v

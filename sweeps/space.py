@@ -1,0 +1,102 @@
+"""Search spaces: Optuna define-by-run (conditional parameters) and the grid factorial.
+
+Conditional parameters (:data:`sweeps.spec.CONDITIONAL`, e.g. ``temperature`` and
+``transition_epoch`` only for smartmixed) are sampled only when the trial's method uses them,
+so Optuna never learns from a value that had no effect and the grid never repeats a
+configuration that differs only in an unused parameter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sweeps.spec import ALIASES, CONDITIONAL, SweepSpec
+
+if TYPE_CHECKING:
+    import optuna
+
+
+def _order(spec: SweepSpec) -> list[str]:
+    """Space keys with method (and dataset) first: the conditions are known before use."""
+    keys = list(spec.search.space)
+    return sorted(keys, key=lambda k: (k not in ("method", "dataset"), keys.index(k)))
+
+
+def _applies(key: str, method: str) -> bool:
+    kinds = CONDITIONAL.get(ALIASES.get(key, key))
+    return kinds is None or method.split(":")[0].strip().lower() in kinds
+
+
+def _encode(value: Any) -> Any:
+    """Optuna categorical choices must be None/bool/int/float/str: lists become JSON."""
+    plain = value is None or isinstance(value, (bool, int, float, str))
+    return value if plain else json.dumps(value)
+
+
+class DefineByRun:
+    """The Optuna define-by-run function of a spec's space (picklable: Ray checkpoints the
+    searcher with it).  Returns no constants."""
+
+    def __init__(self, spec: SweepSpec):
+        self.spec = spec
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        spec = self.spec
+        method = str(spec.base().get("method", "smartmixed"))
+        for key in _order(spec):
+            dist = spec.search.space[key]
+            if not _applies(key, method):
+                continue
+            kind, vals = dist.kind, dist.values
+            if kind == "choice":
+                value = trial.suggest_categorical(key, [_encode(v) for v in vals])
+            elif kind == "int":
+                value = trial.suggest_int(key, vals[0], vals[1])
+            else:
+                value = trial.suggest_float(key, vals[0], vals[1], log=kind == "loguniform")
+            if key == "method":
+                method = str(value)
+        return None
+
+
+def define_by_run(spec: SweepSpec) -> Callable[[optuna.Trial], None]:
+    """The Optuna define-by-run function for ``spec``'s space."""
+    return DefineByRun(spec)
+
+
+def decode(params: dict[str, Any]) -> dict[str, Any]:
+    """Undo :func:`_encode` for values that were JSON lists/dicts."""
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, str) and v[:1] in "[{":
+            with contextlib.suppress(ValueError):
+                v = json.loads(v)
+        out[k] = v
+    return out
+
+
+def grid(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The full factorial of the space's ``choice`` lists, without conditional duplicates."""
+    keys = _order(spec)
+    for key in keys:
+        if spec.search.space[key].kind != "choice":
+            from smartmixed_core.errors import ConfigError
+
+            raise ConfigError(f"search.space.{key}", "grid needs choice: [...] for every "
+                              "parameter (use algorithm optuna or random for ranges)")
+    base_method = str(spec.base().get("method", "smartmixed"))
+    seen: set[str] = set()
+    out = []
+    for combo in itertools.product(*(spec.search.space[k].values for k in keys)):
+        params = dict(zip(keys, combo))
+        method = str(params.get("method", base_method))
+        params = {k: v for k, v in params.items() if _applies(k, method)}
+        fingerprint = json.dumps(params, sort_keys=True, default=str)
+        if fingerprint not in seen:
+            seen.add(fingerprint)
+            out.append(params)
+    return out

@@ -1,0 +1,380 @@
+"""The sweep spec: a YAML file validated with pydantic into :class:`SweepSpec`.
+
+Every error becomes one :class:`~smartmixed_core.errors.ConfigError` whose field is the dotted
+path inside the YAML (``search.space.method.choice[1]``) and whose message says what is
+allowed.  Names (datasets, methods, activations) are validated by the core registries through
+:class:`~smartmixed_core.config.RunConfig`, never by lists written here.
+
+    spec = load_spec("sweeps/presets/quick.yaml", overrides=["search.num_samples=4"])
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from smartmixed_core.activations import resolve_pool
+from smartmixed_core.config import METHOD_KINDS, RunConfig
+from smartmixed_core.data import DATASETS
+from smartmixed_core.errors import ConfigError, choice_error
+from smartmixed_core.models import PAPER_ARCHITECTURES
+
+RUN_FIELDS = tuple(f.name for f in fields(RunConfig))
+ALIASES = {"architecture": "arch"}
+"""Spec key -> RunConfig field."""
+ARCH_KEYS = ("depth", "width")
+"""Space-only keys that build ``arch`` as a funnel: width, width/2, ... (depth layers)."""
+SPACE_KEYS = (*RUN_FIELDS, *ALIASES, *ARCH_KEYS)
+
+CONDITIONAL: dict[str, tuple[str, ...]] = {
+    "temperature": ("smartmixed", "selective"),
+    "temperature_end": ("smartmixed", "selective"),
+    "temperature_schedule": ("smartmixed", "selective"),
+    "transition_epoch": ("smartmixed",),
+    "phase2_init": ("smartmixed",),
+    "gate": ("adact", "gated"),
+    "gate_temperature": ("gated",),
+    "entropy_weight": ("gated",),
+}
+"""Parameters that only matter for some method kinds (define-by-run samples them only then)."""
+assert all(k in METHOD_KINDS for kinds in CONDITIONAL.values() for k in kinds)
+
+METRICS = ("val_accuracy", "val_loss")
+"""Seed-mean metrics a sweep may optimise: validation only, never the test set."""
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+_KINDS = {"choice": "choice", "uniform": "uniform", "loguniform": "loguniform", "int": "integer"}
+"""YAML key -> attribute."""
+
+
+class Distribution(_Strict):
+    """One search dimension: exactly one of the keys."""
+
+    choice: Optional[list[Any]] = Field(None, min_length=1)
+    uniform: Optional[tuple[float, float]] = None
+    loguniform: Optional[tuple[float, float]] = None
+    integer: Optional[tuple[int, int]] = Field(None, alias="int")
+
+    @model_validator(mode="after")
+    def _one(self) -> Distribution:
+        given = [k for k in _KINDS if getattr(self, _KINDS[k]) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of choice: [...], uniform: [lo, hi], "
+                             "loguniform: [lo, hi], int: [lo, hi]")
+        kind = given[0]
+        if kind != "choice":
+            lo, hi = getattr(self, _KINDS[kind])
+            if not lo < hi:
+                raise ValueError(f"{kind} needs lo < hi, got [{lo}, {hi}]")
+            if kind == "loguniform" and lo <= 0:
+                raise ValueError(f"loguniform needs lo > 0, got {lo}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in _KINDS if getattr(self, _KINDS[k]) is not None)
+
+    @property
+    def values(self) -> list[Any]:
+        """Values to validate: every choice, or both ends of a range."""
+        return list(getattr(self, _KINDS[self.kind]))
+
+
+class Search(_Strict):
+    algorithm: Literal["optuna", "grid", "random"] = "optuna"
+    """optuna (TPE, define-by-run), random (Optuna's RandomSampler) or grid (full factorial)."""
+    num_samples: int = Field(8, ge=1, le=100_000)
+    """Trials for optuna/random; ignored by grid."""
+    metric: Literal[METRICS] = "val_accuracy"  # type: ignore[valid-type]
+    mode: Literal["max", "min"] = "max"
+    seed: int = 0
+    """Sampler seed."""
+    space: dict[str, Distribution] = Field(default_factory=dict)
+
+    @field_validator("space")
+    @classmethod
+    def _keys(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
+        for key in space:
+            if key not in SPACE_KEYS:
+                raise ValueError(f"unknown parameter {key!r}; allowed: {', '.join(SPACE_KEYS)}")
+        if ("depth" in space) != ("width" in space):
+            raise ValueError("depth and width go together (they build the architecture)")
+        if "depth" in space and ({"arch", "architecture"} & set(space)):
+            raise ValueError("give either architecture or depth+width, not both")
+        return space
+
+
+class Asha(_Strict):
+    grace_period: int = Field(5, ge=1)
+    reduction_factor: float = Field(3.0, gt=1)
+
+
+class Scheduler(_Strict):
+    asha: Optional[Asha] = None
+
+
+class Resources(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class SweepSpec(_Strict):
+    """A validated sweep; see docs/sweeps.md for every field."""
+
+    name: str
+    experiment: str = "smartmixed"
+    tracking_uri: str = "sqlite:///mlflow.db"
+    storage_path: str = "./ray_results"
+    dataset: str = "digits"
+    model: str = "mlp"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    search: Search = Field(default_factory=Search)
+    scheduler: Optional[Scheduler] = None
+    resources: Resources = Field(default_factory=Resources)
+    max_concurrent: Optional[int] = Field(None, ge=1)
+    """Trials at once (default: as many as the cluster's resources allow)."""
+    max_failures: int = Field(2, ge=0)
+    """Retries of a crashed trial (finished seeds are not retrained)."""
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("use letters, digits, '.', '_' or '-' (it names folders and runs)")
+        return v
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if v not in DATASETS:
+            raise choice_error("dataset", v, DATASETS)
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v) or any(s < 0 for s in v):
+            raise ValueError(f"need distinct non-negative integers, got {v}")
+        return v
+
+    # -- configurations ------------------------------------------------------------------
+    def base(self) -> dict[str, Any]:
+        """RunConfig values shared by every trial (top-level dataset/model, then ``fixed``)."""
+        return {"dataset": self.dataset, "model": self.model,
+                **{ALIASES.get(k, k): v for k, v in self.fixed.items()}}
+
+    def run_config(self, params: dict[str, Any]) -> RunConfig:
+        """The RunConfig of one trial from its sampled ``params`` (space keys)."""
+        values = self.base()
+        params = dict(params)
+        if "depth" in params:
+            depth, width = int(params.pop("depth")), int(params.pop("width"))
+            params["arch"] = "-".join(str(max(width >> i, 4)) for i in range(depth))
+        for key, value in params.items():
+            if value is not None:
+                values[ALIASES.get(key, key)] = value
+        return RunConfig.from_dict(values)
+
+    def method_kinds(self) -> set[str]:
+        """Method kinds any trial can have."""
+        dist = self.search.space.get("method")
+        methods = dist.choice if dist is not None and dist.choice else [self.base().get(
+            "method", RunConfig.method)]
+        return {str(m).split(":")[0].strip().lower() for m in methods}
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in ("function-after",) and not str(part).startswith("function-"):
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _from_pydantic(exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    msg = err["msg"].removeprefix("Value error, ")
+    if "ctx" in err and isinstance(err["ctx"].get("error"), ConfigError):
+        msg = err["ctx"]["error"].message
+    return ConfigError(_path(err["loc"]) or "spec", msg)
+
+
+def _check_configs(spec: SweepSpec) -> None:
+    """Build a RunConfig for ``fixed`` and for every choice / range end of the space."""
+    first = {k: d.values[0] for k, d in spec.search.space.items()}
+    try:
+        spec.run_config(first)
+    except ConfigError as exc:
+        field = exc.field if exc.field in ("dataset", "model") else f"fixed.{exc.field}"
+        raise ConfigError(field, exc.message) from None
+    for key, dist in spec.search.space.items():
+        if key in ARCH_KEYS:
+            continue
+        for i, value in enumerate(dist.values):
+            params: dict[str, Any] = {**first, key: value}
+            kinds = CONDITIONAL.get(ALIASES.get(key, key))
+            if kinds and str(params.get("method", spec.base().get("method", "smartmixed"))
+                             ).split(":")[0] not in kinds:
+                params["method"] = kinds[0]
+            where = f"search.space.{key}.{dist.kind}" + (f"[{i}]" if dist.kind == "choice" else "")
+            try:
+                spec.run_config(params)
+            except ConfigError as exc:
+                raise ConfigError(where, exc.message) from None
+            except TypeError as exc:
+                raise ConfigError(where, f"bad value {value!r} ({exc})") from None
+    for key in ARCH_KEYS:
+        dist = spec.search.space.get(key)
+        if dist is not None and any(not isinstance(v, int) or v < 1 for v in dist.values):
+            raise ConfigError(f"search.space.{key}", "needs positive integers")
+    if spec.resources.gpu == 0 and spec.base().get("device", "auto").startswith("cuda"):
+        raise ConfigError("fixed.device", "device is cuda but resources.gpu is 0")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"search.num_samples=4"`` -> (["search", "num_samples"], 4); values are YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set", f"expected key=value (dotted key), got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of ``doc`` with every ``key=value`` set (intermediate mappings created)."""
+    doc = copy.deepcopy(doc)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = doc
+        for k in keys[:-1]:
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(text.partition("=")[0], f"{k!r} is not a mapping")
+            node = child
+        node[keys[-1]] = value
+    return doc
+
+
+def smoke(doc: dict[str, Any]) -> dict[str, Any]:
+    """Shrink a spec document to 1-2 trials, one seed, 2 epochs, CPU."""
+    doc = copy.deepcopy(doc)
+    doc["seeds"] = list(doc.get("seeds") or [0])[:1]
+    fixed = doc.setdefault("fixed", {}) or {}
+    doc["fixed"] = fixed
+    fixed.update(epochs=2, transition_epoch=1, device="cpu")
+    fixed.pop("patience", None)
+    search = doc.setdefault("search", {}) or {}
+    doc["search"] = search
+    search["num_samples"] = min(int(search.get("num_samples", 2)), 2)
+    space = search.get("space") or {}
+    space.pop("transition_epoch", None)
+    if search.get("algorithm") == "grid":  # keep the first two combinations
+        for key in list(space):
+            space[key] = {"choice": list(space[key].get("choice", []))[:2]}
+        for key in list(space)[1:]:
+            space[key]["choice"] = space[key]["choice"][:1]
+    doc.pop("scheduler", None)
+    doc["resources"] = {"cpu": 1, "gpu": 0}
+    return doc
+
+
+def expand_choices(doc: dict[str, Any]) -> dict[str, Any]:
+    """Expand the shorthands ``paper:*`` (the paper's 18 architectures) and ``fixed:*`` (one
+    fixed method per activation of the pool) inside ``choice`` lists."""
+    space = (doc.get("search") or {}).get("space") if isinstance(doc.get("search"), dict) else None
+    if not isinstance(space, dict):
+        return doc
+    doc = copy.deepcopy(doc)
+    space = doc["search"]["space"]
+    fixed = doc.get("fixed") if isinstance(doc.get("fixed"), dict) else {}
+    for key, dist in space.items():
+        if not (isinstance(dist, dict) and isinstance(dist.get("choice"), list)):
+            continue
+        out: list[Any] = []
+        for value in dist["choice"]:
+            if value == "paper:*" and ALIASES.get(key, key) == "arch":
+                out += [f"paper:{name}" for name in PAPER_ARCHITECTURES]
+            elif value == "fixed:*" and key == "method":
+                out += [f"fixed:{a}" for a in resolve_pool(fixed.get("pool") or "paper",
+                                                           "fixed.pool")]
+            else:
+                out.append(value)
+        dist["choice"] = out
+    return doc
+
+
+def parse_spec(doc: Any) -> SweepSpec:
+    """Validate a spec document (a mapping) into a :class:`SweepSpec`."""
+    if not isinstance(doc, dict):
+        raise ConfigError("spec", "the YAML must be a mapping of fields (name, seeds, search, ...)")
+    doc = expand_choices(doc)
+    try:
+        spec = SweepSpec.model_validate(doc)
+    except ValidationError as exc:
+        raise _from_pydantic(exc) from None
+    _check_configs(spec)
+    return spec
+
+
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    """The raw YAML document of ``path`` (a file, or a preset name such as ``quick``)."""
+    p = Path(path)
+    if not p.exists() and (PRESETS / f"{path}.yaml").exists():
+        p = PRESETS / f"{path}.yaml"
+    if not p.is_file():
+        raise ConfigError("spec", f"{path} is not a file; presets: " + ", ".join(preset_names()))
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError("spec", f"{p} is not valid YAML: {' '.join(str(exc).split())}") from None
+    return doc if doc is not None else {}
+
+
+def load_spec(path: str | Path, overrides: list[str] = (), *,  # type: ignore[assignment]
+              smoke_test: bool = False) -> SweepSpec:
+    """Read, override, optionally shrink, and validate a spec file."""
+    doc = read_spec_file(path)
+    if not isinstance(doc, dict):
+        raise ConfigError("spec", "the YAML must be a mapping of fields (name, seeds, search, ...)")
+    doc = expand_choices(apply_overrides(doc, list(overrides)))
+    if smoke_test:
+        doc = smoke(doc)
+    return parse_spec(doc)
+
+
+PRESETS = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def to_yaml(spec: SweepSpec) -> str:
+    """The spec as YAML (what is logged and saved for ``sweep resume``)."""
+    return yaml.safe_dump(spec_doc(spec), sort_keys=False)
+
+
+def spec_doc(spec: SweepSpec) -> dict[str, Any]:
+    """The spec as a plain document that :func:`parse_spec` reads back unchanged."""
+    return spec.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -1,0 +1,130 @@
+"""Helpers for the sweep tests: spec files in tmp_path, the CLI, and a check of the MLflow run
+tree of docs/mlflow-schema.md."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweeps import schema
+
+SMOKE = {
+    "name": "t-sweep",
+    "experiment": "t-exp",
+    "dataset": "digits",
+    "seeds": [0, 1],
+    "fixed": {"epochs": 3, "transition_epoch": 1, "architecture": "16", "device": "cpu"},
+    "search": {"algorithm": "grid", "metric": "val_accuracy", "mode": "max",
+               "space": {"method": {"choice": ["smartmixed", "fixed:relu"]}}},
+    "resources": {"cpu": 1, "gpu": 0},
+    "max_concurrent": 2,
+}
+
+
+def write_spec(tmp_path: Path, uri: str | None = None, **changes: Any) -> Path:
+    doc = json.loads(json.dumps(SMOKE))
+    doc.update(storage_path=str(tmp_path / "ray_results"),
+               tracking_uri=uri or f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for key, value in changes.items():
+        doc[key] = value
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def cli(*args: str) -> int:
+    from smartmixed_core.cli import main
+
+    return main(list(args))
+
+
+def smartmixed_cmd() -> list[str]:
+    return [sys.executable, "-c", "import sys; from smartmixed_core.cli import main; "
+            "sys.exit(main())"]
+
+
+def tag(run: Any, key: str) -> str | None:
+    return run.data.tags.get(key)
+
+
+def runs_by_kind(uri: str, experiment: str) -> dict[str, list[Any]]:
+    from mlflow import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment)
+    out: dict[str, list[Any]] = {schema.KIND_SWEEP: [], schema.KIND_TRIAL: [], schema.KIND_SEED: []}
+    if exp is None:
+        return out
+    for run in c.search_runs([exp.experiment_id], "", max_results=5000):
+        out[tag(run, schema.TAG_KIND)].append(run)
+    return out
+
+
+def assert_run_tree(uri: str, experiment: str, name: str, n_trials: int, seeds: list[int],
+                    epochs: int) -> dict[str, list[Any]]:
+    """The schema of issue 3 item 4, with values checked against each other."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient(uri)
+    runs = runs_by_kind(uri, experiment)
+    (sweep,) = runs[schema.KIND_SWEEP]
+    assert sweep.info.status == "FINISHED" and tag(sweep, schema.TAG_SWEEP) == name
+    assert sweep.data.params["name"] == name and "search.algorithm" in sweep.data.params
+    assert schema.ARTIFACT_SPEC in {a.path for a in c.list_artifacts(sweep.info.run_id)}
+    trials = runs[schema.KIND_TRIAL]
+    assert len(trials) == n_trials
+    finished = [r for r in runs[schema.KIND_SEED] if r.info.status == "FINISHED"]
+    for trial in trials:
+        assert trial.info.status == "FINISHED"
+        assert tag(trial, schema.TAG_PARENT) == sweep.info.run_id
+        tid = tag(trial, schema.TAG_TRIAL)
+        history = c.get_metric_history(trial.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == list(range(epochs))  # once per epoch
+        mine = [r for r in finished if tag(r, schema.TAG_TRIAL) == tid]
+        assert sorted(int(tag(r, schema.TAG_SEED)) for r in mine) == sorted(seeds)  # one each
+        for seed_run in mine:
+            assert tag(seed_run, schema.TAG_PARENT) == trial.info.run_id
+            assert tag(seed_run, schema.TAG_SWEEP) == name
+            p, m = seed_run.data.params, seed_run.data.metrics
+            assert set(schema.SEED_PARAMS) <= set(p)
+            assert p["method"] == trial.data.params["method"]
+            for key in ("test_accuracy", "val_accuracy", "test_f1_macro"):
+                assert 0.0 <= m[key] <= 1.0
+            losses = c.get_metric_history(seed_run.info.run_id, "train_loss")
+            assert sorted(x.step for x in losses) == list(range(epochs))
+            arts = {a.path for a in c.list_artifacts(seed_run.info.run_id)}
+            assert {schema.ARTIFACT_CHOICES, schema.ARTIFACT_CHECKPOINT,
+                    schema.ARTIFACT_RESULT} <= arts
+            if p["method"] == "smartmixed":
+                assert "phase1_test_accuracy" in m and "phase2_start_test_accuracy" in m
+                fractions = [v for k, v in m.items() if k.startswith("selection/layer_1/")]
+                assert len(fractions) == 6 and abs(sum(fractions) - 1) < 1e-6
+        mean = sum(r.data.metrics["val_accuracy"] for r in mine) / len(mine)
+        assert abs(trial.data.metrics["val_accuracy_mean"] - mean) < 1e-9
+    return runs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+

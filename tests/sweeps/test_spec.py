@@ -1,0 +1,98 @@
+"""Spec validation, overrides, smoke shrinking and search spaces (no Ray)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from smartmixed_core.activations import POOLS
+from smartmixed_core.errors import ConfigError
+from smartmixed_core.models import PAPER_ARCHITECTURES
+from sweeps.space import decode, define_by_run, grid
+from sweeps.spec import load_spec, parse_spec, preset_names, spec_doc
+
+
+def _spec(**changes):
+    doc = {"name": "s", "fixed": {"epochs": 10, "transition_epoch": 3}}
+    doc.update(changes)
+    return parse_spec(doc)
+
+
+def test_every_preset_validates_and_shrinks():
+    assert preset_names() == ["adact", "gated", "paper", "quick", "search"]
+    for name in preset_names():
+        spec = load_spec(name)
+        small = load_spec(name, smoke_test=True)
+        assert small.seeds == spec.seeds[:1] and small.fixed["epochs"] == 2
+        assert small.resources.gpu == 0 and small.fixed["device"] == "cpu"
+        n = len(grid(small)) if small.search.algorithm == "grid" else small.search.num_samples
+        assert 1 <= n <= 2
+        assert parse_spec(spec_doc(spec)) == spec  # what is saved for resume reads back
+
+
+def test_paper_preset_is_the_full_factorial():
+    spec = load_spec("paper")
+    configs = grid(spec)
+    assert len(configs) == len(PAPER_ARCHITECTURES) * (len(POOLS["paper"]) + 1) == 126
+    assert {c["method"] for c in configs} == {"smartmixed", *(f"fixed:{a}" for a in POOLS["paper"])}
+
+
+def test_grid_drops_conditional_duplicates():
+    spec = load_spec("gated")  # 2 gates x 3 T x 3 lambda for gated + 3 fixed baselines
+    configs = grid(spec)
+    assert len(configs) == 2 * 3 * 3 + 3
+    assert {"method": "fixed:tanh"} in configs
+
+
+@pytest.mark.parametrize(("change", "field", "words"), [
+    ({"dataset": "mnistt"}, "dataset", "allowed: digits, breast_cancer"),
+    ({"search": {"algorithm": "bayes"}}, "search.algorithm", "'optuna', 'grid' or 'random'"),
+    ({"search": {"metric": "test_accuracy"}}, "search.metric", "val_accuracy"),
+    ({"search": {"space": {"method": {"choice": ["smartmixed", "fixed:foo"]}}}},
+     "search.space.method.choice[1]", "allowed: relu"),
+    ({"search": {"space": {"lr": {"loguniform": [0, 1]}}}}, "search.space.lr", "lo > 0"),
+    ({"search": {"space": {"transition_epoch": {"int": [2, 50]}}}},
+     "search.space.transition_epoch.int", "[1, 9]"),
+    ({"search": {"space": {"colour": {"choice": [1]}}}}, "search.space", "allowed: dataset"),
+    ({"fixed": {"lr": -1}}, "fixed.lr", "(0, 10]"),
+    ({"fixed": {"epochs": 10, "learning_rate": 1}}, "fixed.learning_rate", "unknown setting"),
+    ({"seeds": [1, 1]}, "seeds", "distinct"),
+    ({"resources": {"cpu": 0}}, "resources.cpu", "greater than 0"),
+    ({"name": "a b"}, "name", "letters"),
+])
+def test_errors_name_the_field_and_what_is_allowed(change, field, words):
+    with pytest.raises(ConfigError) as info:
+        _spec(**change)
+    assert info.value.field == field
+    assert words in info.value.message
+
+
+def test_overrides_are_dotted_yaml_values(tmp_path):
+    spec = load_spec("quick", ["search.num_samples=3", "fixed.lr=0.01", "seeds=[4, 5]",
+                               "name=other"])
+    assert (spec.search.num_samples, spec.fixed["lr"], spec.seeds, spec.name) == (
+        3, 0.01, [4, 5], "other")
+    with pytest.raises(ConfigError, match="--set"):
+        load_spec("quick", ["novalue"])
+    with pytest.raises(ConfigError, match=r"search\.num_samples"):
+        load_spec("quick", ["search.num_samples=0"])
+
+
+def test_define_by_run_samples_conditional_params_only_for_smartmixed():
+    spec = load_spec("quick")
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    space = define_by_run(spec)
+    for _ in range(30):
+        trial = study.ask()
+        space(trial)
+        params = decode(trial.params)
+        smart = params["method"] == "smartmixed"
+        assert ("temperature" in params) == smart and ("transition_epoch" in params) == smart
+        cfg = spec.run_config(params)
+        assert cfg.method == params["method"] and cfg.arch == params["architecture"]
+        study.tell(trial, 0.5)
+
+
+def test_depth_and_width_build_a_funnel():
+    spec = _spec(search={"space": {"depth": {"int": [1, 3]}, "width": {"choice": [64]}}})
+    assert spec.run_config({"depth": 3, "width": 64}).arch == "64-32-16"

@@ -1,0 +1,89 @@
+"""Real smoke-size sweeps on a local Ray (2 CPUs): SQLite store, a real MLflow server, bad
+input reported before anything starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from smartmixed_core.config import RunConfig
+from smartmixed_core.runner import load_checkpoint, load_data
+from smartmixed_core.training import predict
+from sweeps import schema
+from sweeps.launch import JOURNAL_FILE, STATE_FILE
+from tests.sweeps.sweep_helpers import assert_run_tree, cli, runs_by_kind, write_spec
+
+
+def test_grid_sweep_on_sqlite_writes_the_run_tree(tmp_path, ray_local, capsys):
+    spec = write_spec(tmp_path)
+    assert cli("sweep", "run", str(spec)) == 0
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = assert_run_tree(uri, "t-exp", "t-sweep", n_trials=2, seeds=[0, 1], epochs=3)
+    out = capsys.readouterr().out
+    assert "mlflow ui --backend-store-uri " + uri in out and "2 finished" in out
+    # The checkpoint artifact rebuilds the network that scored the logged test accuracy.
+    c = MlflowClient(uri)
+    seed_run = next(r for r in runs[schema.KIND_SEED] if r.data.params["method"] == "smartmixed")
+    path = c.download_artifacts(seed_run.info.run_id, schema.ARTIFACT_CHECKPOINT, str(tmp_path))
+    data = load_data(RunConfig(dataset="digits", device="cpu"))
+    _, model = load_checkpoint(path, data.input_shape, data.num_classes)
+    acc = float((predict(model, data.x_test).argmax(1) == data.y_test).float().mean())
+    assert acc == pytest.approx(seed_run.data.metrics["test_accuracy"])
+    path = c.download_artifacts(seed_run.info.run_id, schema.ARTIFACT_CHOICES, str(tmp_path))
+    choices = json.loads(Path(path).read_text())
+    assert len(choices["layer_1"]) == 16  # architecture "16": one name per unit
+    for act in set(choices["layer_1"]):
+        share = seed_run.data.metrics[f"selection/layer_1/{act}"]
+        assert share == pytest.approx(choices["layer_1"].count(act) / 16)
+    # status reads MLflow only.
+    assert cli("sweep", "status", str(tmp_path / "ray_results" / "t-sweep")) == 0
+    assert "t-sweep: 2 trials 2 finished" in capsys.readouterr().out
+
+
+def test_optuna_sweep_against_a_real_mlflow_server(tmp_path, ray_local, mlflow_server):
+    spec = write_spec(tmp_path, uri=mlflow_server, search={
+        "algorithm": "optuna", "num_samples": 2, "metric": "val_accuracy", "mode": "max",
+        "space": {"method": {"choice": ["smartmixed", "fixed:tanh"]},
+                  "temperature": {"loguniform": [0.1, 1.0]}, "lr": {"loguniform": [1e-3, 1e-2]}}})
+    assert cli("sweep", "run", str(spec), "--set", "seeds=[3]") == 0
+    runs = assert_run_tree(mlflow_server, "t-exp", "t-sweep", n_trials=2, seeds=[3], epochs=3)
+    for trial in runs[schema.KIND_TRIAL]:  # conditional: temperature only for smartmixed
+        sampled = {k for k in trial.data.params if k.startswith(schema.SAMPLED_PREFIX)}
+        assert ("sampled.temperature" in sampled) == (trial.data.params["method"] == "smartmixed")
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    folder = tmp_path / "ray_results" / "t-sweep"
+    storage = JournalStorage(JournalFileBackend(str(folder / JOURNAL_FILE)))
+    study = optuna.load_study(study_name="t-sweep", storage=storage)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2
+    best = max(r.data.metrics["val_accuracy_mean"] for r in runs[schema.KIND_TRIAL])
+    assert study.best_value == pytest.approx(best)
+    assert json.loads((folder / STATE_FILE).read_text())["tracking_uri"] == mlflow_server
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--set", "search.algorithm=bayes"], "search.algorithm"),
+    (["--set", "fixed.pool=nope"], "fixed.pool"),
+    (["--set", "search.space.lr={uniform: [0.1, 0.2]}"], "grid needs choice"),
+    (["--tracking-uri", "http://127.0.0.1:9"], "cannot reach the MLflow tracking server"),
+])
+def test_bad_input_exits_2_before_anything_is_created(tmp_path, capsys, args, words):
+    spec = write_spec(tmp_path)
+    assert cli("sweep", "run", str(spec), *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smartmixed: error: ") and words in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "ray_results").exists()
+    assert runs_by_kind(f"sqlite:///{tmp_path / 'mlflow.db'}", "t-exp")[schema.KIND_SWEEP] == []
+
+
+def test_a_second_sweep_with_the_same_name_is_refused(tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    (tmp_path / "ray_results" / "t-sweep").mkdir(parents=True)
+    assert cli("sweep", "run", str(spec)) == 2
+    assert "sweep resume" in capsys.readouterr().err
