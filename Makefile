@@ -5,9 +5,15 @@ PYTHON ?= python3
 install:
 	$(PYTHON) -m pip install -q -e '.[dev]'
 
+# The demo keeps its MLflow store, Ray results and report under runs/demo (reset each time).
+DEMO := runs/demo
 demo: install
-	smartmixed train --dataset digits --arch 64,32 --method smartmixed --epochs 40 \
-		--transition-epoch 15 --seeds 0,1,2 --out runs/demo
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	smartmixed sweep run sweeps/presets/quick.yaml --tracking-uri sqlite:///$(DEMO)/mlflow.db \
+		--set storage_path=$(DEMO)/ray_results
+	smartmixed analyze --experiment smartmixed-quick --sweep quick-digits \
+		--tracking-uri sqlite:///$(DEMO)/mlflow.db --out $(DEMO)/report
+	@echo "Report: $(DEMO)/report/index.html   MLflow UI: mlflow ui --backend-store-uri sqlite:///$(DEMO)/mlflow.db"
 
 test: install
 	bash tools/ensure-chromium.sh
