@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,14 +190,23 @@ def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | No
     started = _init_ray(address)
     c = tracking.client(ctx.tracking_uri)
     c.update_run(ctx.sweep_run_id, status="RUNNING")
+    previous = signal.getsignal(signal.SIGINT)
+    watch = (threading.current_thread() is threading.main_thread()
+             and not int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")))
+    if watch:
+        signal.signal(signal.SIGINT, _second_interrupt)
     try:
         results = _tuner(spec, ctx, path, restore).fit()
         trials = results._experiment_analysis.trials  # statuses are not public on ResultGrid
         errored = sum(1 for t in trials if t.status == "ERROR")
-        interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+        # Ray's SIGINT handler puts back the handler it found (ours) once it has fired.
+        interrupted = (watch and signal.getsignal(signal.SIGINT) is _second_interrupt) or any(
+            t.status not in ("TERMINATED", "ERROR") for t in trials)
     except KeyboardInterrupt:
         interrupted, errored = True, 0
     finally:
+        if watch:
+            signal.signal(signal.SIGINT, previous)
         if started:
             ray.shutdown()
     reason = ("sweep interrupted; smartmixed sweep resume continues it" if interrupted
@@ -205,6 +216,11 @@ def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | No
         tracking.close_running(c, runs, "KILLED", reason)
     c.set_terminated(ctx.sweep_run_id, "KILLED" if interrupted else "FINISHED")
     return SweepOutcome(spec, path, ctx, interrupted, errored)
+
+
+def _second_interrupt(signum: int, frame: Any) -> None:
+    """SIGINT handler in place while Ray runs (Ray's own handler wraps it)."""
+    raise KeyboardInterrupt
 
 
 def trial_rows(ctx: SweepContext, spec: SweepSpec) -> list[dict[str, Any]]:
