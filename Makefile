@@ -1,7 +1,7 @@
 # The README's two commands: `make demo` (the main job) and `make test` (the test suite).
 PYTHON ?= python3
 
-.PHONY: install demo test lint
+.PHONY: install demo test test-slow lint
 install:
 	$(PYTHON) -m pip install -q -e '.[dev]'
 
@@ -18,7 +18,12 @@ demo: install
 test: install
 	bash tools/ensure-chromium.sh
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -m "not slow"
+
+# Multi-process tests: two-node Ray cluster, killed worker, interrupted driver + resume,
+# smoke sweep then analysis (several minutes).
+test-slow: install
+	$(PYTHON) -m pytest -m slow
 
 lint:
 	$(PYTHON) -m ruff check .
