@@ -5,6 +5,7 @@ SmartMixed = ``fit(selective, transition_epoch)`` -> :func:`freeze` -> ``fit(mix
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from smartmixed_core.layers import (
 )
 from smartmixed_core.metrics import classification_metrics, count_parameters
 from smartmixed_core.models import MLP, Backbone, ConvNet, SlotFactory
-from smartmixed_core.training import FitConfig, fit, predict
+from smartmixed_core.training import FitConfig, FitState, fit, predict
 
 CallbackFactory = Callable[[int], Sequence[object]]
 """``seed -> callbacks`` for that seed's :func:`fit` calls."""
@@ -131,24 +132,111 @@ class SeedOutcome:
     choices: dict[str, list[str]] = field(default_factory=dict)
 
 
+@dataclass
+class SeedState:
+    """Where :func:`train_seed` stands: a mid-run checkpoint of one seed.
+
+    Given as ``train_seed(..., state=s)``, ``s`` is kept current after every epoch (before
+    the epoch-end callbacks run); :meth:`snapshot` copies it.  ``train_seed`` given a copy
+    (``SeedState.restore(d)``) continues after its epoch with the same numbers as an
+    uninterrupted run, bit for bit on the same device.
+    """
+
+    phase: int = 0
+    """The fit in progress: 1 = phase 1 (or the only one), 2 = SmartMixed phase 2; 0 = none."""
+    fit: FitState = field(default_factory=FitState)
+    out: dict[str, Any] = field(default_factory=dict)
+    """Summary fields of the finished phases (phase-1 results, selection)."""
+    history: list[dict] = field(default_factory=list)
+    """History of the finished phases."""
+    seconds: float = 0.0
+    model: nn.Module | None = None
+    """The live model (not part of a snapshot: its weights and slot layout are)."""
+    model_state: dict | None = None
+    slots: list[dict] | None = None
+    _t0: float = 0.0
+
+    @property
+    def epoch(self) -> int:
+        """Last completed epoch (-1: none)."""
+        return self.fit.epoch if self.phase else -1
+
+    def snapshot(self) -> dict[str, Any]:
+        """A resumable deep copy as plain data (``torch.save``-able)."""
+        assert self.model is not None
+        return {
+            "phase": self.phase,
+            "fit": self.fit.snapshot(),
+            "out": copy.deepcopy(self.out),
+            "history": copy.deepcopy(self.history),
+            "seconds": time.perf_counter() - self._t0,
+            "model_state": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "slots": slot_layout(self.model),
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> SeedState:
+        return cls(**{**snap, "fit": FitState(**snap["fit"])})
+
+
+def slot_layout(model: nn.Module) -> list[dict[str, Any]]:
+    """Each hidden layer's slot: ``{"type": "mixed", "counts": [...]}`` or its class name."""
+    return [
+        {"type": "mixed", "counts": s.counts}
+        if isinstance(s, MixedActivation)
+        else {"type": type(s).__name__}
+        for s in model.acts
+    ]
+
+
+def model_from_slots(
+    cfg: RunConfig, input_shape: Sequence[int], num_classes: int, slots: list[dict[str, Any]]
+) -> Backbone:
+    """``cfg``'s backbone with the slot layout of :func:`slot_layout` (untrained weights)."""
+    base = slot_factory(cfg)
+
+    def make_slot(layer: int, units: int) -> nn.Module:
+        if slots[layer]["type"] == "mixed":
+            return MixedActivation(cfg.pool_names, slots[layer]["counts"])
+        return base(layer, units)
+
+    return build_model(cfg, input_shape, num_classes, make_slot)
+
+
 def _evaluate(model: nn.Module, data: Splits, split: str) -> dict[str, Any]:
     x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
     return classification_metrics(predict(model, x), y, data.num_classes)
 
 
 def train_seed(
-    cfg: RunConfig, seed: int, data: Splits | None = None, callbacks: Sequence[object] = ()
+    cfg: RunConfig,
+    seed: int,
+    data: Splits | None = None,
+    callbacks: Sequence[object] = (),
+    state: SeedState | None = None,
 ) -> SeedOutcome:
     """Train ``cfg`` once with ``seed`` (init, Gumbel noise and batch order all follow it).
 
-    ``data`` must be on the training device; loaded from ``cfg`` when omitted.
+    ``data`` must be on the training device; loaded from ``cfg`` when omitted.  ``state``
+    (optional) is kept current after every epoch; one restored from a snapshot makes the
+    run continue after the snapshot's epoch (see :class:`SeedState`).
     """
     data = data if data is not None else load_data(cfg)
     device = data.x_train.device
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     kind = cfg.parsed_method.kind
-    model = build_model(cfg, data.input_shape, data.num_classes).to(device)
+    resume = state is not None and state.phase > 0
+    if resume:
+        assert state is not None and state.slots is not None and state.model_state is not None
+        model = model_from_slots(cfg, data.input_shape, data.num_classes, state.slots)
+        model.load_state_dict(state.model_state)
+        model.to(device)
+    else:
+        model = build_model(cfg, data.input_shape, data.num_classes).to(device)
+    if state is None:
+        state = SeedState()  # kept current but not read back: same path either way
+    state.model = model
     fit_cfg = FitConfig(
         epochs=cfg.epochs,
         lr=cfg.lr,
@@ -158,10 +246,13 @@ def train_seed(
         grad_clip=cfg.grad_clip,
         patience=cfg.patience,
     )
-    out: dict[str, Any] = {"seed": seed}
-    history: list[dict] = []
-    t0 = time.perf_counter()
-    if kind in ("smartmixed", "selective"):
+    out: dict[str, Any] = {"seed": seed, **(state.out if resume else {})}
+    history: list[dict] = list(state.history) if resume else []
+    t0 = time.perf_counter() - (state.seconds if resume else 0.0)
+    state._t0 = t0
+    if not resume:
+        state.phase = 1
+    if kind in ("smartmixed", "selective") and state.phase == 1:
         tracker = SelectionTracker(cfg, model)
         r1 = fit(
             model,
@@ -169,6 +260,7 @@ def train_seed(
             replace(fit_cfg, epochs=cfg.phase1_epochs),
             generator=generator,
             callbacks=[tracker, *callbacks],
+            state=state.fit,
         )
         history += r1.history
         out["selection"] = selection_counts(model)
@@ -182,20 +274,24 @@ def train_seed(
             }
             model = freeze(model, cfg.phase2_init)  # type: ignore[arg-type]
             out["phase2_start_test_accuracy"] = _evaluate(model, data, "test")["accuracy"]
-            r2 = fit(
-                model,
-                data,
-                replace(fit_cfg, epochs=cfg.epochs - cfg.transition_epoch),
-                generator=generator,
-                callbacks=[_PhaseTag(2), *callbacks],
-                start_epoch=len(r1.history),
-            )
-            history += r2.history
-            out["best_epoch"] = r2.best_epoch
+            state.phase, state.fit, state.model = 2, FitState(), model
+            state.out, state.history = {k: v for k, v in out.items() if k != "seed"}, history
         else:
             out["best_epoch"] = r1.best_epoch
-    else:
-        r = fit(model, data, fit_cfg, generator=generator, callbacks=callbacks)
+    if kind == "smartmixed" and state.phase == 2:
+        r2 = fit(
+            model,
+            data,
+            replace(fit_cfg, epochs=cfg.epochs - cfg.transition_epoch),
+            generator=generator,
+            callbacks=[_PhaseTag(2), *callbacks],
+            start_epoch=out["phase1"]["epochs"],
+            state=state.fit,
+        )
+        history += r2.history
+        out["best_epoch"] = r2.best_epoch
+    elif kind not in ("smartmixed", "selective"):
+        r = fit(model, data, fit_cfg, generator=generator, callbacks=callbacks, state=state.fit)
         history += r.history
         out["best_epoch"] = r.best_epoch
     out["train_seconds"] = time.perf_counter() - t0
@@ -281,18 +377,11 @@ def train_seeds(
 
 def save_checkpoint(path: str | Path, cfg: RunConfig, outcome: SeedOutcome) -> None:
     """One structured checkpoint: config, seed, slot layout, per-unit choices and weights."""
-    slots = []
-    for s in outcome.model.acts:
-        slots.append(
-            {"type": "mixed", "counts": s.counts}
-            if isinstance(s, MixedActivation)
-            else {"type": type(s).__name__}
-        )
     torch.save(
         {
             "config": cfg.to_dict(),
             "seed": outcome.summary["seed"],
-            "slots": slots,
+            "slots": slot_layout(outcome.model),
             "choices": outcome.choices,
             "state_dict": outcome.model.state_dict(),
         },
@@ -306,14 +395,6 @@ def load_checkpoint(
     """Rebuild the trained network saved by :func:`save_checkpoint` (on CPU)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     cfg = RunConfig(**ckpt["config"])
-    slots = ckpt["slots"]
-    base = slot_factory(cfg)
-
-    def make_slot(layer: int, units: int) -> nn.Module:
-        if slots[layer]["type"] == "mixed":
-            return MixedActivation(cfg.pool_names, slots[layer]["counts"])
-        return base(layer, units)
-
-    model = build_model(cfg, input_shape, num_classes, make_slot)
+    model = model_from_slots(cfg, input_shape, num_classes, ckpt["slots"])
     model.load_state_dict(ckpt["state_dict"])
     return cfg, model

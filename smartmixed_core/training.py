@@ -62,6 +62,38 @@ class FitConfig:
 
 
 @dataclass
+class FitState:
+    """Where a :func:`fit` call stands after its latest completed epoch: a resume point.
+
+    Given as ``fit(..., state=s)``, ``s`` is updated in place after every epoch, before the
+    epoch-end callbacks run, so a callback (or a thread a callback waits for) can copy it
+    with :meth:`snapshot`.  A ``fit`` given a state whose ``epoch`` is not -1 continues after
+    that epoch with the same numbers as an uninterrupted run (weights are the caller's: load
+    them into the model first).  A stop requested by a callback at that epoch is not kept.
+    """
+
+    epoch: int = -1
+    """Last completed epoch (absolute numbering); -1 before the first."""
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_loss: float = math.inf
+    best_state: dict | None = None
+    since_best: int = 0
+    seconds: float = 0.0
+    optimizer: dict | None = None
+    generator: Tensor | None = None
+    """State of the batch-order generator."""
+    rng: Tensor | None = None
+    """torch's global CPU generator (Gumbel noise, dropout)."""
+    cuda_rng: Tensor | None = None
+    """The training device's CUDA generator, when training on CUDA."""
+
+    def snapshot(self) -> dict:
+        """A deep copy as a plain dict (``torch.save``-able; ``FitState(**d)`` restores)."""
+        return copy.deepcopy(self.__dict__)
+
+
+@dataclass
 class FitResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
@@ -94,12 +126,15 @@ def fit(
     generator: torch.Generator,
     callbacks: Sequence[object] = (),
     start_epoch: int = 0,
+    state: FitState | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data`` (already on the model's device) for ``cfg.epochs`` epochs.
 
     Epochs are numbered from ``start_epoch`` (phase 2 continues phase 1's numbering).  Each
     history record holds ``epoch``, ``train_loss``, ``val_loss``, ``val_accuracy``, ``lr`` and
     whatever callbacks add.  Raises :class:`NonFiniteLossError` on a NaN/inf loss.
+    ``state`` (optional): kept current after every epoch, and resumed from when it already
+    holds a completed epoch (see :class:`FitState`).
     """
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
     opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -108,8 +143,22 @@ def fit(
     best_state = None
     since_best = 0
     n = len(data.x_train)
-    t0 = time.perf_counter()
-    for epoch in range(start_epoch, start_epoch + cfg.epochs):
+    device = data.x_train.device
+    first, elapsed = start_epoch, 0.0
+    if state is not None and state.epoch >= 0:  # continue after a completed epoch
+        opt.load_state_dict(state.optimizer)
+        generator.set_state(state.generator)
+        torch.set_rng_state(state.rng)
+        if state.cuda_rng is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state.cuda_rng, device)
+        result.history = list(state.history)
+        result.best_epoch, result.best_val_loss = state.best_epoch, state.best_val_loss
+        best_state, since_best, elapsed = state.best_state, state.since_best, state.seconds
+        first = state.epoch + 1
+        if cfg.patience is not None and since_best >= cfg.patience:
+            result.stopped_early, first = True, start_epoch + cfg.epochs
+    t0 = time.perf_counter() - elapsed
+    for epoch in range(first, start_epoch + cfg.epochs):
         for cb in callbacks:
             if hasattr(cb, "on_epoch_start"):
                 cb.on_epoch_start(epoch, model)
@@ -146,6 +195,14 @@ def fit(
                 best_state = copy.deepcopy(model.state_dict())
         else:
             since_best += 1
+        if state is not None:
+            state.epoch, state.history = epoch, [*result.history, record]
+            state.best_epoch, state.best_val_loss = result.best_epoch, result.best_val_loss
+            state.best_state, state.since_best = best_state, since_best
+            state.seconds = record["seconds"]
+            state.optimizer, state.generator = opt.state_dict(), generator.get_state()
+            state.rng = torch.get_rng_state()
+            state.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         stop = False
         for cb in callbacks:
             if hasattr(cb, "on_epoch_end"):
