@@ -27,12 +27,14 @@ class ActivationSpec:
     ``fn`` is a pure elementwise function when the activation has no parameters and no
     randomness (``pure``); the fused selective layer and the mixed layer use it directly.
     ``module`` builds a fresh ``nn.Module`` (PReLU carries a learnable slope, RReLU samples
-    slopes in training), so every slot owns its own instance.
+    slopes in training), so every slot owns its own instance.  ``inplace`` is ``fn``
+    overwriting its argument, used by the mixed layer at inference.
     """
 
     name: str
     module: Callable[[], nn.Module]
     fn: Callable[[Tensor], Tensor] | None = None
+    inplace: Callable[[Tensor], Tensor] | None = None
 
     @property
     def pure(self) -> bool:
@@ -43,19 +45,35 @@ def _leaky_relu(x: Tensor) -> Tensor:
     return F.leaky_relu(x, 0.01)
 
 
+def _leaky_relu_(x: Tensor) -> Tensor:
+    return F.leaky_relu_(x, 0.01)
+
+
+def _elu_(x: Tensor) -> Tensor:
+    return F.elu_(x)
+
+
+def _silu_(x: Tensor) -> Tensor:
+    return F.silu(x, inplace=True)
+
+
+def _mish_(x: Tensor) -> Tensor:
+    return F.mish(x, inplace=True)
+
+
 ACTIVATIONS: dict[str, ActivationSpec] = {
     spec.name: spec
     for spec in (
-        ActivationSpec("relu", nn.ReLU, torch.relu),
-        ActivationSpec("sigmoid", nn.Sigmoid, torch.sigmoid),
-        ActivationSpec("tanh", nn.Tanh, torch.tanh),
-        ActivationSpec("leaky_relu", nn.LeakyReLU, _leaky_relu),
-        ActivationSpec("elu", nn.ELU, F.elu),
-        ActivationSpec("selu", nn.SELU, F.selu),
+        ActivationSpec("relu", nn.ReLU, torch.relu, torch.relu_),
+        ActivationSpec("sigmoid", nn.Sigmoid, torch.sigmoid, torch.sigmoid_),
+        ActivationSpec("tanh", nn.Tanh, torch.tanh, torch.tanh_),
+        ActivationSpec("leaky_relu", nn.LeakyReLU, _leaky_relu, _leaky_relu_),
+        ActivationSpec("elu", nn.ELU, F.elu, _elu_),
+        ActivationSpec("selu", nn.SELU, F.selu, torch.selu_),
         ActivationSpec("prelu", nn.PReLU),
         ActivationSpec("rrelu", nn.RReLU),
-        ActivationSpec("silu", nn.SiLU, F.silu),
-        ActivationSpec("mish", nn.Mish, F.mish),
+        ActivationSpec("silu", nn.SiLU, F.silu, _silu_),
+        ActivationSpec("mish", nn.Mish, F.mish, _mish_),
         ActivationSpec("gelu", nn.GELU, F.gelu),
     )
 }

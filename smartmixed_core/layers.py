@@ -45,39 +45,58 @@ def hard_gumbel_softmax(logits: Tensor, tau: float) -> tuple[Tensor, Tensor]:
     return y, y.argmax(-1)
 
 
+def sort_units(choice: Tensor, k: int) -> tuple[Tensor, list[int]]:
+    """The permutation that groups units by choice (stable) and each group's size."""
+    return torch.argsort(choice, stable=True), torch.bincount(choice, minlength=k).tolist()
+
+
 def apply_choices(x: Tensor, choice: Tensor, fns: Sequence) -> Tensor:
-    """Apply ``fns[choice[i]]`` to unit ``i`` of ``x`` (units in any order)."""
+    """Apply ``fns[choice[i]]`` to unit ``i`` of ``x`` (units in any order, dimension 1)."""
+    perm, counts = sort_units(choice, len(fns))
     out = torch.empty_like(x)
-    for j, fn in enumerate(fns):
-        idx = (choice == j).nonzero().flatten()
-        if idx.numel():
-            out.index_copy_(1, idx, fn(x.index_select(1, idx)))
-    return out
+    return out.index_copy_(1, perm, _grouped_apply(x.index_select(1, perm), counts, fns))
+
+
+def _grouped_apply(xp: Tensor, counts: Sequence[int], fns: Sequence) -> Tensor:
+    """``fns[j]`` on the ``j``-th contiguous block of ``counts[j]`` units (dimension 1)."""
+    used = [(fn, c) for fn, c in zip(fns, counts) if c]
+    if len(used) == 1:
+        return used[0][0](xp)
+    chunks = xp.split([c for _, c in used], dim=1)
+    return torch.cat([fn(c) for (fn, _), c in zip(used, chunks)], dim=1)
 
 
 class _SelectST(torch.autograd.Function):
     """Fused hard straight-through selection for pure activations.
 
-    Forward evaluates only each unit's chosen activation.  Backward recomputes: the input
-    gradient flows through the chosen activation; the gradient of the soft sample ``y`` is
-    ``sum_batch(grad * act_j(x))`` for each candidate ``j``, one candidate at a time, so no
-    ``[batch, units, K]`` stack is ever stored.
+    Forward sorts the units by choice (one gather), applies each activation to its contiguous
+    block and scatters back: a fixed number of kernels whatever the choices.  Backward
+    recomputes: the input gradient flows through the chosen activation (same sorted layout);
+    the gradient of the soft sample ``y`` is ``sum_batch(grad * act_j(x))`` for each candidate
+    ``j``, evaluated one candidate at a time, so no ``[batch, units, K]`` stack is ever stored
+    between forward and backward.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, choice: Tensor, fns: tuple) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, choice)
-        ctx.fns = fns
-        return apply_choices(x, choice, fns)
+        perm, counts = sort_units(choice, len(fns))
+        out = torch.empty_like(x)
+        out.index_copy_(1, perm, _grouped_apply(x.index_select(1, perm), counts, fns))
+        ctx.save_for_backward(x, perm)
+        ctx.fns, ctx.counts = fns, counts
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, choice = ctx.saved_tensors
+        x, perm = ctx.saved_tensors
         grad_x = grad_y = None
         if ctx.needs_input_grad[0]:
             with torch.enable_grad():
-                xr = x.detach().requires_grad_(True)
-                (grad_x,) = torch.autograd.grad(apply_choices(xr, choice, ctx.fns), xr, grad)
+                xp = x.index_select(1, perm).requires_grad_(True)
+                (gp,) = torch.autograd.grad(
+                    _grouped_apply(xp, ctx.counts, ctx.fns), xp, grad.index_select(1, perm)
+                )
+            grad_x = torch.empty_like(x).index_copy_(1, perm, gp)
         if ctx.needs_input_grad[1]:
             dims = [0, *range(2, x.dim())]
             grad_y = torch.stack([(grad * fn(x)).sum(dims) for fn in ctx.fns], dim=-1)
@@ -133,7 +152,9 @@ class MixedActivation(nn.Module):
     """Phase 2: fixed choices, units grouped as contiguous slices in ``pool`` order.
 
     ``counts[j]`` units (a contiguous slice) use ``pool[j]``; :func:`smartmixed_core.freeze`
-    permutes the surrounding weights so that this layout holds.
+    permutes the surrounding weights so that this layout holds.  :meth:`forward` takes units
+    on dimension 1 (any backbone); :meth:`forward_units_first` takes them on dimension 0, where
+    every group is one contiguous block of memory (the MLP's phase-2 layout).
     """
 
     def __init__(
@@ -146,6 +167,13 @@ class MixedActivation(nn.Module):
             raise ValueError("counts must have one entry per pool member")
         self.candidates = candidates or nn.ModuleList(ACTIVATIONS[n].module() for n in self.pool)
         self._groups = [(self.candidates[j], c) for j, c in enumerate(self.counts) if c]
+        # (in-place fn, first row, end row) per group, or None when a member has no pure form.
+        ends = torch.tensor(self.counts).cumsum(0).tolist()
+        inplace = [
+            (ACTIVATIONS[n].inplace, end - c, end)
+            for n, c, end in zip(self.pool, self.counts, ends) if c
+        ]
+        self._inplace = inplace if all(fn for fn, _, _ in inplace) else None
 
     @property
     def units(self) -> int:
@@ -155,10 +183,22 @@ class MixedActivation(nn.Module):
         return torch.repeat_interleave(torch.arange(len(self.pool)), torch.tensor(self.counts))
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._grouped(x, 1)
+
+    def forward_units_first(self, h: Tensor) -> Tensor:
+        """The same map on ``h`` of shape ``[units, batch]``.  Without autograd (inference)
+        each group is overwritten in place: ``h`` must be a temporary the caller owns."""
+        if self._inplace is None or torch.is_grad_enabled():
+            return self._grouped(h, 0)
+        for fn, start, end in self._inplace:
+            fn(h[start:end])
+        return h
+
+    def _grouped(self, x: Tensor, dim: int) -> Tensor:
         if len(self._groups) == 1:
             return self._groups[0][0](x)
-        chunks = x.split([c for _, c in self._groups], dim=1)
-        return torch.cat([act(c) for (act, _), c in zip(self._groups, chunks)], dim=1)
+        chunks = x.split([c for _, c in self._groups], dim=dim)
+        return torch.cat([act(c) for (act, _), c in zip(self._groups, chunks)], dim=dim)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{n}={c}" for n, c in zip(self.pool, self.counts) if c)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from smartmixed_core.errors import ConfigError
+from smartmixed_core.layers import MixedActivation
 
 SlotFactory = Callable[[int, int], nn.Module]
 
@@ -120,9 +121,19 @@ class MLP(Backbone):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)
+        if self.acts and all(isinstance(a, MixedActivation) for a in self.acts):
+            return self._forward_units_first(x)
         for linear, act in zip(self.linears, self.acts):
             x = act(linear(x))
         return self.head(x)
+
+    def _forward_units_first(self, x: Tensor) -> Tensor:
+        """Phase 2: hidden states as ``[units, batch]`` (``h' = W h + b``), so each activation
+        group of a mixed slot is a contiguous block.  Same function, same weights."""
+        h = x.t()
+        for linear, act in zip(self.linears, self.acts):
+            h = act.forward_units_first(torch.addmm(linear.bias.unsqueeze(1), linear.weight, h))
+        return torch.addmm(self.head.bias, h.t(), self.head.weight.t())
 
     @torch.no_grad()
     def permute_units(self, layer: int, perm: Tensor) -> None:

@@ -61,3 +61,21 @@ def test_freeze_rejects_non_selective():
     net = MLP(4, (3,), 2, lambda layer, units: torch.nn.ReLU())
     with pytest.raises(TypeError):
         freeze(net)
+
+
+@pytest.mark.parametrize("pool", ["paper", "adact"])
+def test_mixed_mlp_units_first_layout_equals_selective_in_every_mode(pool):
+    """The phase-2 MLP runs units-first (in place without autograd): same function with and
+    without grad, in train and eval mode, as the selective net's eval output."""
+    net, x = build("mlp", POOLS[pool])
+    with torch.no_grad():
+        expected = net(x)
+    mixed = freeze(net)
+    with torch.no_grad():
+        inference = mixed.eval()(x)
+    training = mixed.train(pool == "paper")(x)  # RReLU (adact) samples slopes in training
+    assert (inference - expected).abs().max() < 1e-5
+    assert (training.detach() - expected).abs().max() < 1e-5
+    training.sum().backward()
+    weights = [p for m in (*mixed.linears, mixed.head) for p in m.parameters()]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in weights)

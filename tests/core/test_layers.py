@@ -126,3 +126,46 @@ def test_mixture_gate_variants(gate):
     g = layer.gates(x)
     assert g.shape == ((5, 6) if gate == "neuron" else (7, 6))
     torch.testing.assert_close(g.sum(-1), torch.ones(g.shape[0]))
+
+
+def naive_choices(x, choice, pool):
+    """Unit by unit: the definition ``apply_choices`` must equal."""
+    fns = [ACTIVATIONS[n].fn for n in pool]
+    return torch.stack([fns[c](x[:, i]) for i, c in enumerate(choice.tolist())], 1)
+
+
+@pytest.mark.parametrize("shape", [(7, 13), (3, 13, 2, 2)])
+def test_apply_choices_matches_unit_by_unit_with_empty_groups(shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    choice = torch.tensor([4, 0, 4, 2, 0, 0, 5, 4, 2, 2, 0, 4, 5])  # no sigmoid, no leaky
+    fns = [ACTIVATIONS[n].fn for n in PAPER]
+    torch.testing.assert_close(apply_choices(x, choice, fns), naive_choices(x, choice, PAPER))
+
+
+def test_mixed_units_first_equals_units_on_dim1_and_is_inplace_only_without_grad():
+    torch.manual_seed(0)
+    layer = MixedActivation(PAPER, [3, 0, 2, 4, 1, 5])
+    x = torch.randn(8, 15)
+    expected = naive_choices(x, layer.choices(), PAPER)
+    torch.testing.assert_close(layer(x), expected)
+    h = x.t().contiguous().requires_grad_(True)
+    out = layer.forward_units_first(h)  # autograd on: a new tensor, input untouched
+    assert out.data_ptr() != h.data_ptr()
+    torch.testing.assert_close(out.t(), expected)
+    out.sum().backward()
+    assert h.grad is not None and torch.isfinite(h.grad).all()
+    with torch.no_grad():
+        h2 = x.t().contiguous()
+        out2 = layer.forward_units_first(h2)
+    assert out2.data_ptr() == h2.data_ptr()  # inference: overwritten in place
+    torch.testing.assert_close(out2.t(), expected)
+
+
+def test_mixed_impure_pool_units_first_is_not_inplace():
+    layer = MixedActivation(POOLS["adact"], [2, 1, 0, 2, 1, 1, 1])
+    h = torch.randn(8, 5)
+    before = h.clone()
+    with torch.no_grad():
+        out = layer.forward_units_first(h)
+    assert torch.equal(h, before) and out.shape == h.shape
