@@ -203,7 +203,7 @@ def model_from_slots(
     return build_model(cfg, input_shape, num_classes, make_slot)
 
 
-def _evaluate(model: nn.Module, data: Splits, split: str) -> dict[str, Any]:
+def evaluate(model: nn.Module, data: Splits, split: str) -> dict[str, Any]:
     x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
     return classification_metrics(predict(model, x), y, data.num_classes)
 
@@ -265,7 +265,7 @@ def train_seed(
         history += r1.history
         out["selection"] = selection_counts(model)
         if kind == "smartmixed":
-            val1, test1 = _evaluate(model, data, "val"), _evaluate(model, data, "test")
+            val1, test1 = evaluate(model, data, "val"), evaluate(model, data, "test")
             out["phase1"] = {
                 "val_accuracy": val1["accuracy"],
                 "test_accuracy": test1["accuracy"],
@@ -273,7 +273,7 @@ def train_seed(
                 "best_epoch": r1.best_epoch,
             }
             model = freeze(model, cfg.phase2_init)  # type: ignore[arg-type]
-            out["phase2_start_test_accuracy"] = _evaluate(model, data, "test")["accuracy"]
+            out["phase2_start_test_accuracy"] = evaluate(model, data, "test")["accuracy"]
             state.phase, state.fit, state.model = 2, FitState(), model
             state.out, state.history = {k: v for k, v in out.items() if k != "seed"}, history
         else:
@@ -294,8 +294,22 @@ def train_seed(
         r = fit(model, data, fit_cfg, generator=generator, callbacks=callbacks, state=state.fit)
         history += r.history
         out["best_epoch"] = r.best_epoch
-    out["train_seconds"] = time.perf_counter() - t0
-    val, test = _evaluate(model, data, "val"), _evaluate(model, data, "test")
+    return finish_seed(cfg, model, data, out, history, time.perf_counter() - t0)
+
+
+def finish_seed(
+    cfg: RunConfig,
+    model: Backbone,
+    data: Splits,
+    out: dict[str, Any],
+    history: list[dict],
+    seconds: float,
+) -> SeedOutcome:
+    """A trained seed's outcome: final metrics on validation and test, parameter count,
+    mixture exports, history (``out`` holds what the phases recorded)."""
+    kind = cfg.parsed_method.kind
+    out["train_seconds"] = seconds
+    val, test = evaluate(model, data, "val"), evaluate(model, data, "test")
     out.update(
         {
             "val_accuracy": val["accuracy"],
@@ -363,10 +377,31 @@ def train_seeds(
     seeds: Sequence[int],
     callbacks: CallbackFactory | None = None,
     data: Splits | None = None,
+    batched: bool | None = None,
 ) -> tuple[dict[str, Any], list[SeedOutcome]]:
-    """Train ``cfg`` for every seed; returns the result.json document and the outcomes."""
+    """Train ``cfg`` for every seed; returns the result.json document and the outcomes.
+
+    ``batched``: train the seeds together as one batched model
+    (:mod:`smartmixed_core.batched`); ``None`` does so on CUDA when there are several seeds
+    and the configuration allows it.  Results match one-by-one training up to float rounding.
+    """
+    from smartmixed_core.batched import batchable, train_seeds_batched
+
     data = data if data is not None else load_data(cfg)
-    outcomes = [train_seed(cfg, s, data, callbacks(s) if callbacks else ()) for s in seeds]
+    if batched is None:
+        batched = data.x_train.device.type == "cuda" and len(seeds) > 1 and not batchable(cfg)
+    if batched:
+        t0 = time.perf_counter()
+        trained = train_seeds_batched(
+            cfg, seeds, data, [callbacks(s) if callbacks else () for s in seeds]
+        )
+        seconds = (time.perf_counter() - t0) / len(seeds)  # shared: each seed's share
+        outcomes = [
+            finish_seed(cfg, model, data, {"seed": seed, **out}, history, seconds)
+            for seed, (model, out, history) in zip(seeds, trained)
+        ]
+    else:
+        outcomes = [train_seed(cfg, s, data, callbacks(s) if callbacks else ()) for s in seeds]
     doc = {
         "config": cfg.to_dict(),
         "seeds": [o.summary for o in outcomes],

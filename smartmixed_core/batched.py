@@ -1,0 +1,387 @@
+"""K seeds of one configuration trained as one batched model.
+
+Every seed keeps what makes it that seed: its initial weights (built exactly as
+:func:`~smartmixed_core.runner.train_seed` builds them), its own batch order (its own
+generator) and its own Gumbel noise (a generator started from the global RNG state that
+``train_seed`` would have at the same point).  The weights are stacked along a leading seed
+dimension and each layer runs as one batched matmul, so K small networks cost a few kernels
+instead of K times as many, which is what pays on a GPU.  The loss is the sum of the
+per-seed mean losses, so each seed's gradient is its own; Adam is elementwise and gradient
+clipping is done per seed.  Per-seed results equal one-by-one training up to float rounding
+(the batched matmul sums in another order) and do not depend on which other seeds share
+the batch.
+
+Supported: MLP backbones with fixed activations or SmartMixed/selective slots over pure
+activations (no PReLU/RReLU).  :func:`batchable` says whether a configuration qualifies.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smartmixed_core.activations import ACTIVATIONS, is_pure
+from smartmixed_core.config import RunConfig
+from smartmixed_core.data import Splits
+from smartmixed_core.freeze import freeze
+from smartmixed_core.layers import _U_HIGH, _U_LOW, MixedActivation, SelectiveActivation
+from smartmixed_core.models import MLP
+from smartmixed_core.training import FitConfig, NonFiniteLossError
+
+
+def batchable(cfg: RunConfig) -> str | None:
+    """``None`` when ``cfg`` can train its seeds batched, else the reason it cannot."""
+    kind = cfg.parsed_method.kind
+    if cfg.model != "mlp":
+        return "only MLP backbones are batched"
+    if kind == "fixed":
+        acts = cfg.parsed_method.activations
+    elif kind in ("smartmixed", "selective"):
+        acts = cfg.pool_names
+    else:
+        return f"method {kind} is not batched"
+    if not is_pure(acts):
+        return "activations with parameters or noise (prelu, rrelu) are not batched"
+    return None
+
+
+class _Fixed(nn.Module):
+    def __init__(self, fn: Any):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+def _select(x: Tensor, choice: Tensor, fns: Sequence[Any]) -> Tensor:
+    """``fns[choice[k, n]]`` applied to unit ``n`` of seed ``k``; ``x`` is ``[K, B, N]``."""
+    out = fns[0](x)
+    for j in range(1, len(fns)):
+        out = torch.where((choice == j).unsqueeze(1), fns[j](x), out)
+    return out
+
+
+class _Selective(nn.Module):
+    """Phase-1 slot of K seeds: logits ``[K, N, P]``, noise from each seed's generator."""
+
+    def __init__(self, slots: Sequence[SelectiveActivation], noise: Sequence[torch.Generator]):
+        super().__init__()
+        self.pool = slots[0].pool
+        self.fns = tuple(ACTIVATIONS[n].fn for n in self.pool)
+        self.tau = slots[0].tau
+        self.logits = nn.Parameter(torch.stack([s.logits.detach() for s in slots]).clone())
+        self.noise = noise
+
+    def choices(self) -> Tensor:
+        return self.logits.detach().argmax(-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return _select(x, self.choices(), self.fns)
+        shape = self.logits.shape[1:]
+        # Same draws as gumbel_noise() on the global CPU generator in train_seed.
+        u = torch.stack([torch.rand(shape, generator=g, dtype=torch.float32) for g in self.noise])
+        g = -torch.log(-torch.log(u.clamp_(_U_LOW, _U_HIGH)))
+        y = torch.softmax((self.logits + g.to(self.logits)) / self.tau, -1)
+        choice = y.argmax(-1)
+        h = F.one_hot(choice, len(self.pool)).to(y.dtype) + (y - y.detach())  # [K, N, P]
+        out = torch.zeros_like(x)
+        for j, fn in enumerate(self.fns):
+            out = out + h[:, :, j].unsqueeze(1) * fn(x)
+        return out
+
+
+class _Mixed(nn.Module):
+    """Phase-2 slot of K seeds: each seed's fixed per-unit choices ``[K, N]``."""
+
+    def __init__(self, slots: Sequence[MixedActivation]):
+        super().__init__()
+        self.pool = slots[0].pool
+        self.fns = tuple(ACTIVATIONS[n].fn for n in self.pool)
+        self.register_buffer("choice", torch.stack([s.choices() for s in slots]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _select(x, self.choice, self.fns)
+
+
+class BatchedMLP(nn.Module):
+    """K :class:`~smartmixed_core.models.MLP` of one architecture as one module.
+
+    :meth:`forward` takes ``[K, B, *features]`` (each seed its own batch),
+    :meth:`forward_shared` ``[B, *features]`` (one batch for all seeds); both return
+    ``[K, B, classes]``.  :meth:`write_back` copies seed
+    ``k``'s weights into an unbatched MLP.
+    """
+
+    def __init__(self, models: Sequence[MLP], noise: Sequence[torch.Generator] = ()):
+        super().__init__()
+        if not models:
+            raise ValueError("BatchedMLP needs at least one model")
+        self.k = len(models)
+        linears = [[*m.linears, m.head] for m in models]
+        self.weights = nn.ParameterList(
+            torch.stack([ls[i].weight.detach() for ls in linears]).clone()
+            for i in range(len(linears[0]))
+        )
+        self.biases = nn.ParameterList(
+            torch.stack([ls[i].bias.detach() for ls in linears]).clone()
+            for i in range(len(linears[0]))
+        )
+        self.acts = nn.ModuleList()
+        for layer, first in enumerate(models[0].acts):
+            slots = [m.acts[layer] for m in models]
+            if isinstance(first, SelectiveActivation):
+                self.acts.append(_Selective(slots, noise))
+            elif isinstance(first, MixedActivation):
+                self.acts.append(_Mixed(slots))
+            else:
+                self.acts.append(_Fixed(first))
+
+    def forward_shared(self, x: Tensor) -> Tensor:
+        return self(x.unsqueeze(0).expand(self.k, *x.shape))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.reshape(x.shape[0], x.shape[1], -1)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if i < len(self.acts):
+                h = self.acts[i](h)
+        return h
+
+    @torch.no_grad()
+    def write_back(self, k: int, model: MLP) -> None:
+        for w, b, lin in zip(self.weights, self.biases, [*model.linears, model.head]):
+            lin.weight.copy_(w[k])
+            lin.bias.copy_(b[k])
+        for slot, mine in zip(model.acts, self.acts):
+            if isinstance(mine, _Selective):
+                slot.logits.copy_(mine.logits[k])
+
+    def seed_state(self, k: int) -> list[Tensor]:
+        return [p[k].detach().clone() for p in self.parameters()]
+
+    @torch.no_grad()
+    def load_seed_state(self, k: int, state: Sequence[Tensor]) -> None:
+        for p, v in zip(self.parameters(), state):
+            p[k].copy_(v)
+
+
+@dataclass
+class _SeedRun:
+    """One seed's bookkeeping inside a batched fit."""
+
+    seed: int
+    batches: torch.Generator
+    noise: torch.Generator
+    first_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_loss: float = math.inf
+    best_state: list[Tensor] | None = None
+    since_best: int = 0
+    stopped: bool = False
+    rng_at_stop: tuple[Tensor, Tensor] | None = None
+
+
+def _clip_per_seed(params: Sequence[Tensor], max_norm: float) -> None:
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
+
+
+def _selection(model: BatchedMLP, k: int) -> tuple[dict[str, dict[str, int]], list[Tensor]]:
+    counts, choices = {}, []
+    for i, slot in enumerate(model.acts):
+        if isinstance(slot, (_Selective, _Mixed)):
+            c = slot.choices()[k] if isinstance(slot, _Selective) else slot.choice[k]
+            choices.append(c.clone())
+            n = torch.bincount(c.cpu(), minlength=len(slot.pool)).tolist()
+            counts[f"layer_{i + 1}"] = dict(zip(slot.pool, n))
+    return counts, choices
+
+
+def fit_batched(
+    model: BatchedMLP,
+    data: Splits,
+    cfg: FitConfig,
+    runs: Sequence[_SeedRun],
+    *,
+    tau: Any = None,
+    phase: int | None = None,
+    callbacks: Sequence[Sequence[object]] = (),
+) -> None:
+    """:func:`~smartmixed_core.training.fit` for K seeds at once, record for record.
+
+    ``runs[k]`` collects seed ``k``'s history, best epoch and best weights; a seed whose
+    patience runs out stops recording (its generators are set back to where it stopped, so
+    what follows is what it would do alone) while the others go on.  ``tau(epoch)`` sets the
+    phase-1 temperature; ``phase`` tags records (phase 1 also gets selection counts).
+    """
+    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n, device, k = len(data.x_train), data.x_train.device, model.k
+    previous = [_selection(model, i)[1] for i in range(k)]
+    t0 = time.perf_counter()
+    for step in range(cfg.epochs):
+        if all(r.stopped for r in runs):
+            break
+        if tau is not None:
+            for slot in model.acts:
+                slot.tau = tau(runs[0].first_epoch + step)
+        model.train()
+        order = torch.stack([torch.randperm(n, generator=r.batches) for r in runs]).to(device)
+        total = torch.zeros(k, device=device)
+        for i in range(0, n, cfg.batch_size):
+            idx = order[:, i : i + cfg.batch_size]
+            logits = model(data.x_train[idx])
+            target = data.y_train[idx]
+            losses = F.cross_entropy(
+                logits.flatten(0, 1), target.flatten(), reduction="none"
+            ).view(k, -1).mean(1)
+            total += losses.detach() * idx.shape[1]
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            if cfg.grad_clip:
+                _clip_per_seed(list(model.parameters()), cfg.grad_clip)
+            opt.step()
+        train_loss = (total / n).tolist()
+        model.eval()
+        with torch.no_grad():
+            val = torch.cat(
+                [model.forward_shared(data.x_val[j : j + cfg.eval_batch_size])
+                 for j in range(0, len(data.x_val), cfg.eval_batch_size)], dim=1
+            )
+        seconds = time.perf_counter() - t0
+        for s, run in enumerate(runs):
+            if run.stopped:
+                continue
+            if not math.isfinite(train_loss[s]):
+                raise NonFiniteLossError(run.first_epoch + step, train_loss[s])
+            val_loss = float(F.cross_entropy(val[s], data.y_val))
+            epoch = run.first_epoch + step
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "train_loss": train_loss[s],
+                "val_loss": val_loss,
+                "val_accuracy": float((val[s].argmax(1) == data.y_val).float().mean()),
+                "seconds": seconds,
+            }
+            if val_loss < run.best_val_loss:
+                run.best_val_loss, run.best_epoch, run.since_best = val_loss, epoch, 0
+                if cfg.restore_best:
+                    run.best_state = model.seed_state(s)
+            else:
+                run.since_best += 1
+            if phase == 1:
+                counts, now = _selection(model, s)
+                record["phase"] = 1
+                record["tau"] = model.acts[0].tau
+                record["selection"] = counts
+                record["changed"] = {
+                    f"layer_{i + 1}": int((a != b).sum())
+                    for i, (a, b) in enumerate(zip(now, previous[s]))
+                }
+                previous[s] = now
+            elif phase is not None:
+                record["phase"] = phase
+            for cb in callbacks[s] if callbacks else ():
+                if hasattr(cb, "on_epoch_end"):
+                    cb.on_epoch_end(epoch, record, None)
+            run.history.append(record)
+            if cfg.patience is not None and run.since_best >= cfg.patience:
+                run.stopped = True
+                if not cfg.restore_best:
+                    run.best_state = model.seed_state(s)
+                run.rng_at_stop = (run.batches.get_state(), run.noise.get_state())
+    for s, run in enumerate(runs):
+        if run.best_state is not None:
+            model.load_seed_state(s, run.best_state)
+        if run.rng_at_stop is not None:
+            run.batches.set_state(run.rng_at_stop[0])
+            run.noise.set_state(run.rng_at_stop[1])
+
+
+def train_seeds_batched(
+    cfg: RunConfig,
+    seeds: Sequence[int],
+    data: Splits,
+    callbacks: Sequence[Sequence[object]] = (),
+) -> list[tuple[MLP, dict[str, Any], list[dict]]]:
+    """Train ``cfg`` for all ``seeds`` as one batched model (see :func:`batchable`).
+
+    Returns, per seed, the trained unbatched model, the summary fields of the phases
+    (``phase1``, ``selection``, ``phase2_start_test_accuracy``, ``best_epoch``) and the
+    history: what :func:`~smartmixed_core.runner.train_seed` computes before its final
+    evaluation.  Callbacks get ``model=None``.
+    """
+    from smartmixed_core.freeze import selection_counts
+    from smartmixed_core.runner import build_model, evaluate, temperature_at
+
+    if (reason := batchable(cfg)) is not None:
+        raise ValueError(reason)
+    device = data.x_train.device
+    models, runs = [], []
+    for seed in seeds:
+        torch.manual_seed(seed)  # the same construction as train_seed
+        batches = torch.Generator().manual_seed(seed)
+        models.append(build_model(cfg, data.input_shape, data.num_classes).to(device))
+        noise = torch.Generator()
+        noise.set_state(torch.get_rng_state())
+        runs.append(_SeedRun(seed, batches, noise))
+    kind = cfg.parsed_method.kind
+    fit_cfg = FitConfig(
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        optimizer=cfg.optimizer,
+        batch_size=cfg.batch_size,
+        grad_clip=cfg.grad_clip,
+        patience=cfg.patience,
+    )
+    outs: list[dict[str, Any]] = [{} for _ in seeds]
+    selective = kind in ("smartmixed", "selective")
+    model = BatchedMLP(models, [r.noise for r in runs])
+    first = replace(fit_cfg, epochs=cfg.phase1_epochs) if selective else fit_cfg
+    fit_batched(model, data, first, runs, phase=1 if selective else None, callbacks=callbacks,
+                tau=(lambda e: temperature_at(cfg, e)) if selective else None)
+    for s, m in enumerate(models):
+        model.write_back(s, m)
+        outs[s]["best_epoch"] = runs[s].best_epoch
+        if selective:
+            outs[s]["selection"] = selection_counts(m)
+    histories = [list(r.history) for r in runs]
+    if kind == "smartmixed":
+        for s, (m, run) in enumerate(zip(models, runs)):
+            outs[s]["phase1"] = {
+                "val_accuracy": evaluate(m, data, "val")["accuracy"],
+                "test_accuracy": evaluate(m, data, "test")["accuracy"],
+                "epochs": len(run.history),
+                "best_epoch": run.best_epoch,
+            }
+            rng = torch.get_rng_state()
+            torch.set_rng_state(run.noise.get_state())  # reinit draws as train_seed would
+            models[s] = freeze(m, cfg.phase2_init)  # type: ignore[arg-type]
+            run.noise.set_state(torch.get_rng_state())
+            torch.set_rng_state(rng)
+            outs[s]["phase2_start_test_accuracy"] = evaluate(models[s], data, "test")["accuracy"]
+            run.first_epoch, run.history = len(run.history), []
+            run.best_epoch, run.best_val_loss, run.best_state = -1, math.inf, None
+            run.since_best, run.stopped, run.rng_at_stop = 0, False, None
+        model = BatchedMLP(models)
+        second = replace(fit_cfg, epochs=cfg.epochs - cfg.transition_epoch)
+        fit_batched(model, data, second, runs, phase=2, callbacks=callbacks)
+        for s, m in enumerate(models):
+            model.write_back(s, m)
+            outs[s]["best_epoch"] = runs[s].best_epoch
+            histories[s] += runs[s].history
+    return [(m, o, h) for m, o, h in zip(models, outs, histories)]

@@ -1,0 +1,103 @@
+"""Seeds trained as one batched model equal seeds trained one by one (float64, so that
+rounding cannot flip a discrete choice), and a seed's result does not depend on which
+other seeds share the batch."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from smartmixed_core.batched import BatchedMLP, batchable
+from smartmixed_core.config import RunConfig
+from smartmixed_core.layers import MixedActivation
+from smartmixed_core.runner import load_data, train_seeds
+
+COMPARED = ("val_accuracy", "test_accuracy", "test_f1_macro", "best_epoch")
+
+
+@pytest.fixture(scope="module")
+def data64():
+    cfg = RunConfig(dataset="digits", device="cpu")
+    d = load_data(cfg)
+    wide = {f: getattr(d, f).double() for f in ("x_train", "x_val", "x_test")}
+    return dataclasses.replace(d, **wide)
+
+
+def config(**kw):
+    base = dict(dataset="digits", arch="16-8", epochs=5, transition_epoch=3, batch_size=128,
+                temperature=0.5, temperature_end=0.2, lr=3e-3, device="cpu")
+    return RunConfig(**{**base, **kw})
+
+
+def run(cfg, seeds, data, batched):
+    torch.set_default_dtype(torch.float64)
+    try:
+        _, outcomes = train_seeds(cfg, seeds, data=data, batched=batched)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    return outcomes
+
+
+def assert_same(a, b):
+    for key in COMPARED:
+        assert a.summary[key] == pytest.approx(b.summary[key], abs=1e-9), key
+    assert a.choices == b.choices
+    ha, hb = a.summary["history"], b.summary["history"]
+    assert [r["epoch"] for r in ha] == [r["epoch"] for r in hb]
+    for ra, rb in zip(ha, hb):
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-9)
+        assert ra["val_loss"] == pytest.approx(rb["val_loss"], rel=1e-9)
+        for key in ("phase", "selection", "changed", "tau"):
+            assert ra.get(key) == rb.get(key), key
+    for pa, pb in zip(a.model.state_dict().values(), b.model.state_dict().values()):
+        torch.testing.assert_close(pa, pb, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"method": "smartmixed", "phase2_init": "reinit", "grad_clip": 0.5},
+        {"method": "fixed:elu", "patience": 1, "epochs": 6, "lr": 0.05},
+        {"method": "smartmixed", "patience": 1, "epochs": 7, "transition_epoch": 4, "lr": 0.1},
+    ],
+    ids=["reinit-clip", "fixed-patience", "smartmixed-patience"],
+)
+def test_batched_equals_one_by_one(kw, data64):
+    cfg = config(**kw)
+    seeds = [0, 1]
+    alone = run(cfg, seeds, data64, batched=False)
+    together = run(cfg, seeds, data64, batched=True)
+    for a, b in zip(alone, together):
+        assert_same(a, b)
+    if cfg.parsed_method.kind == "smartmixed":
+        assert all(isinstance(s, MixedActivation) for s in together[0].model.acts)
+        assert together[0].choices != together[1].choices  # seeds really differ
+    if cfg.patience:  # early stopping really happened, at different epochs per seed
+        lengths = [len(o.summary["history"]) for o in together]
+        assert min(lengths) < cfg.epochs and len(set(lengths)) == 2
+
+
+def test_seed_result_does_not_depend_on_its_batch(data64):
+    cfg = config(method="smartmixed")
+    (single,) = run(cfg, [1], data64, batched=True)
+    pair = run(cfg, [4, 1], data64, batched=True)
+    assert_same(single, pair[1])
+
+
+def test_batched_k1_float32_close_to_unbatched():
+    cfg = config(method="smartmixed", epochs=4, transition_epoch=2)
+    data = load_data(cfg)
+    (a,), (b,) = (train_seeds(cfg, [3], data=data, batched=f)[1] for f in (False, True))
+    assert abs(a.summary["test_accuracy"] - b.summary["test_accuracy"]) <= 0.02
+    assert math.isclose(a.summary["history"][0]["train_loss"],
+                        b.summary["history"][0]["train_loss"], rel_tol=1e-4)
+
+
+def test_batchable_names_what_it_cannot_batch():
+    assert batchable(config(method="smartmixed")) is None
+    assert "prelu" in batchable(config(method="smartmixed", pool="adact"))
+    assert "adact" in batchable(config(method="adact"))
+    assert "MLP" in batchable(config(model="convnet", method="fixed:relu", arch="8,8,8,8"))
+    with pytest.raises(ValueError):
+        BatchedMLP([])
