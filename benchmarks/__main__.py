@@ -19,8 +19,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from benchmarks.baselines import GatherScatterMixed, StackAllK
+from benchmarks.baselines import GatherScatterMixed, StackAllK, mnist_like_loader
 from smartmixed_core.activations import ACTIVATIONS, POOLS
+from smartmixed_core.batched import BatchedMLP
 from smartmixed_core.freeze import freeze
 from smartmixed_core.layers import SelectiveActivation
 from smartmixed_core.models import MLP, PAPER_ARCHITECTURES, REPRESENTATIVE
@@ -110,6 +111,20 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
         "train/selective": timer(step(sel), sync),
         "train/stack_all_k": timer(step(stacked), sync),
     }
+    seeds = [selective_net(hidden, in_f, classes, dev) for _ in range(SEEDS)]
+    batched = BatchedMLP(seeds, [torch.Generator().manual_seed(s) for s in range(SEEDS)])
+    xs, ys = x.expand(SEEDS, *x.shape), y.expand(SEEDS, *y.shape)
+    opt_k = torch.optim.Adam(batched.parameters(), 1e-4)
+
+    def step_batched() -> None:
+        batched.train()
+        logits = batched(xs)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), ys.flatten(), reduction="none")
+        opt_k.zero_grad(set_to_none=True)
+        loss.view(SEEDS, -1).mean(1).sum().backward()
+        opt_k.step()
+
+    cases[f"train/selective_x{SEEDS}_batched"] = timer(step_batched, sync)
     t = measure(cases, repeats)
     mix = {
         kind: sum(MIX[a] * t[f"{kind}/uniform/{a}"] for a in POOL) for kind in ("infer", "train")
@@ -119,6 +134,8 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
         "phase2_train_vs_uniform_mix": t["train/mixed"] / mix["train"],
         "phase1_train_vs_uniform_mix": t["train/selective"] / mix["train"],
         "phase1_train_vs_stack_all_k": t["train/selective"] / t["train/stack_all_k"],
+        f"seeds{SEEDS}_batched_train_vs_1_seed": t[f"train/selective_x{SEEDS}_batched"]
+        / t["train/selective"],
         "gather_scatter_infer_vs_uniform_mix": t["infer/gather_scatter"] / mix["infer"],
         "gather_scatter_train_vs_uniform_mix": t["train/gather_scatter"] / mix["train"],
         "relu_infer_ms": 1e3 * t["infer/uniform/relu"],
@@ -126,11 +143,50 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
     }
 
 
+def epoch_vs_dataloader(device: str, batch: int, hidden, batches: int, repeats: int) -> float:
+    """Time per batch of a torchvision-DataLoader loop (MNIST-sized, per-sample PIL ->
+    ToTensor -> Normalize) over that of the core's loop (whole dataset as a device tensor,
+    one index permutation), same model and optimiser step; a full epoch scales both alike."""
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    loader, images, labels = mnist_like_loader(batch)
+    x_all = (images.float().div(255).sub(0.1307).div(0.3081)).flatten(1).to(dev)
+    y_all = labels.to(dev)
+    model = MLP(784, hidden, 10, lambda i, n: nn.ReLU()).to(dev)
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    gen = torch.Generator().manual_seed(0)
+
+    def train_on(xb: torch.Tensor, yb: torch.Tensor) -> None:
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def tensors() -> None:
+        order = torch.randperm(len(x_all), generator=gen).to(dev)
+        for i in range(batches):
+            idx = order[i * batch : (i + 1) * batch]
+            train_on(x_all[idx], y_all[idx])
+
+    def dataloader() -> None:
+        for i, (xb, yb) in enumerate(loader):
+            train_on(xb.to(dev, non_blocking=True).flatten(1), yb.to(dev, non_blocking=True))
+            if i + 1 == batches:
+                break
+
+    t = measure({"tensors": timer(tensors, sync), "dataloader": timer(dataloader, sync)}, repeats)
+    return t["dataloader"] / t["tensors"]
+
+
+SEEDS = 8
+
 TARGETS = {
     "phase2_infer_vs_uniform_mix": ("<=", 1.05),
     "phase2_train_vs_uniform_mix": ("<=", 1.10),
     "phase1_train_vs_uniform_mix": ("<=", 1.5),
     "phase1_train_vs_stack_all_k": ("<=", 0.6),
+    f"seeds{SEEDS}_batched_train_vs_1_seed": ("<=", 2.0),
+    "epoch_dataloader_vs_tensors": (">=", 20.0),
 }
 
 
@@ -154,6 +210,9 @@ def main() -> None:
     }
     for b in (int(v) for v in args.batches.split(",")):
         results["by_batch"][b] = run(args.device, b, hidden, repeats)
+        results["by_batch"][b]["epoch_dataloader_vs_tensors"] = epoch_vs_dataloader(
+            args.device, b, hidden, batches=2 if args.quick else 20, repeats=min(repeats, 5)
+        )
     print(f"device={args.device} threads={results['threads']} net={results['net']}")
     print(
         f"{'figure':42s}"

@@ -43,3 +43,21 @@ class GatherScatterMixed(nn.Module):
                 index = torch.tensor(idx, device=x.device)
                 out[:, index] = self.fns[j](x[:, index])
         return out
+
+
+def mnist_like_loader(batch: int, n: int = 54_000) -> tuple[object, Tensor, Tensor]:
+    """The reference input pipeline on MNIST-sized data: torchvision's MNIST dataset (one PIL
+    image per sample, ``ToTensor`` + ``Normalize``) behind a shuffling ``DataLoader``.  The
+    images are random (no download here); the per-sample work is what MNIST does."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 10, (n,), generator=gen)
+    ds = datasets.MNIST.__new__(datasets.MNIST)  # the class's __getitem__, our tensors
+    ds.data, ds.targets, ds.target_transform = images, labels, None
+    ds.transform = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
+    )
+    return DataLoader(ds, batch_size=batch, shuffle=True), images, labels
