@@ -30,11 +30,16 @@ def analyze(
     """Aggregate seeds, rank methods, test significance and selection consistency; write
     OUT/index.html and the CSV/PNG files; log them to the sweep's MLflow parent run."""
     from analysis.report import build_report, log_report, write_report
+    from sweeps.redact import redact_uri, use_credentials
 
     if out.exists() and not out.is_dir():
         raise ConfigError("out", f"{out} exists and is not a directory")
-    rep = build_report(experiment, sweep, tracking_uri, weights=weights)
+    # http(s) user/password go to MLFLOW_TRACKING_USERNAME/PASSWORD; the report (HTML, also
+    # logged to MLflow) shows the URI with its password masked.
+    rep = build_report(experiment, sweep, use_credentials(tracking_uri), weights=weights)
+    real, rep.tracking_uri = rep.tracking_uri, redact_uri(rep.tracking_uri)
     write_report(rep, out)
+    rep.tracking_uri = real
     _print_headline(rep.tables["headline"], rep.notes)
     logged = log_report(rep, out) if log else []
     where = (f"; logged to sweep run(s) {', '.join(r[:8] for r in logged)}" if logged

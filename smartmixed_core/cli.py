@@ -171,12 +171,50 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as exc:  # usage errors: bad flag, bad type, missing argument
         if type(exc).__name__ == "NoArgsIsHelpError":
             return 0
-        return error(exc.format_message())  # type: ignore[attr-defined]
+        return error(usage_message(exc))
     return result if isinstance(result, int) else 0
 
 
+def usage_message(exc: Exception) -> str:
+    """A click usage error (bad flag, bad type, missing argument) as ``FIELD: message``, the
+    field being the flag (``--epochs``) or argument (``spec``) as the user typed it."""
+    ctx, param = getattr(exc, "ctx", None), getattr(exc, "param", None)
+    message = str(getattr(exc, "message", "") or "").strip()
+    field = getattr(exc, "option_name", None)
+    if param is not None:
+        opts = [str(o) for o in getattr(param, "opts", None) or [param.name]]
+        field = next((o for o in opts if o.startswith("--")), opts[0])
+        kind = "option" if field.startswith("-") else "argument"
+        if not message:  # MissingParameter
+            message = f"required {kind} is missing"
+        else:
+            message = f"invalid value: {message}"
+    elif type(exc).__name__ == "BadOptionUsage" and message.lower().startswith("option '"):
+        message = message.split("' ", 1)[-1].rstrip(".")  # "requires an argument"
+    elif type(exc).__name__ == "NoSuchOption":
+        possible = sorted(getattr(exc, "possibilities", None) or [])
+        message = "no such option" + (f"; did you mean {', '.join(possible)}?" if possible else "")
+    elif field is None:
+        field = "command"
+        commands = []
+        if ctx is not None and hasattr(ctx.command, "list_commands"):
+            commands = ctx.command.list_commands(ctx)
+        message = message.rstrip(".") + (f"; allowed: {', '.join(commands)}" if commands else "")
+    if field is None:
+        return exc.format_message()  # type: ignore[attr-defined]
+    message = message[:1].lower() + message[1:]
+    return f"{field}: {message}"
+
+
 def error(message: str) -> int:
-    """Print the one-line error for bad input; returns exit status 2."""
+    """Print the one-line error for bad input; returns exit status 2.  Passwords in URIs
+    quoted by the message are masked (``sweeps.redact``, when the sweeps package is there)."""
+    try:
+        from sweeps.redact import redact_text
+    except ImportError:  # the core alone prints no tracking URIs
+        pass
+    else:
+        message = redact_text(message)
     typer.echo("smartmixed: error: " + " ".join(message.split()), err=True)
     return 2
 

@@ -51,15 +51,41 @@ def parse_method(text: str, field: str = "method") -> Method:
     return Method(kind)
 
 
+def _number(value: object, *, integer: bool = False) -> bool:
+    """An int (or float unless ``integer``), never a bool."""
+    return isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+
+
 def _positive(field: str, value: float, *, integer: bool = False, upper: float = 1e9) -> None:
-    ok = (
-        isinstance(value, int) and not isinstance(value, bool)
-        if integer
-        else (isinstance(value, (int, float)) and not isinstance(value, bool))
-    )
-    if not ok or not math.isfinite(value) or value <= 0 or value > upper:
+    if not (_number(value, integer=integer) and math.isfinite(value) and 0 < value <= upper):
         kind = "an integer" if integer else "a number"
         raise ConfigError(field, f"must be {kind} in (0, {upper:g}], got {value!r}")
+
+
+_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), "a string"),
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+}
+
+
+def _check_types(cfg: RunConfig, kinds: tuple[str, ...] = tuple(_TYPES)) -> None:
+    """Every field of a type in ``kinds`` has its annotated type (YAML values can be anything).
+    Numbers are checked last, after the range checks that name the allowed range."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        names = [t.strip() for t in str(f.type).split("|")]
+        base = names[0]
+        if (value is None and "None" in names) or base not in kinds:
+            continue
+        if f.name == "arch" and isinstance(value, (list, tuple)):
+            continue  # explicit widths, checked by parse_arch
+        types, kind = _TYPES[base]
+        ok = isinstance(value, types) and (base == "bool" or not isinstance(value, bool))
+        if not ok:
+            kind += " or null" if "None" in names else ""
+            raise ConfigError(f.name, f"must be {kind}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -115,6 +141,9 @@ class RunConfig:
     """Use the fused selective layer (recompute in backward) where the pool allows it."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.arch, int) and not isinstance(self.arch, bool):
+            object.__setattr__(self, "arch", str(self.arch))  # YAML `arch: 64`: one layer
+        _check_types(self, ("str", "bool"))
         if self.dataset not in DATASETS:
             raise choice_error("dataset", self.dataset, DATASETS)
         if self.model not in MODELS:
@@ -151,10 +180,10 @@ class RunConfig:
             _positive("grad_clip", self.grad_clip)
         if self.patience is not None:
             _positive("patience", self.patience, integer=True)
-        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < 10):
+        if not (_number(self.weight_decay) and 0 <= self.weight_decay < 10):
             raise ConfigError("weight_decay", f"must be in [0, 10), got {self.weight_decay!r}")
         if not (
-            isinstance(self.entropy_weight, (int, float))
+            _number(self.entropy_weight)
             and math.isfinite(self.entropy_weight)
             and abs(self.entropy_weight) <= 1e3
         ):
@@ -176,11 +205,15 @@ class RunConfig:
                 f"must be an integer in [1, epochs-1] = "
                 f"[1, {self.epochs - 1}], got {self.transition_epoch!r}",
             )
-        if not 0.0 < self.val_fraction < 1.0:
+        if not (_number(self.val_fraction) and 0.0 < self.val_fraction < 1.0):  # NaN too
             raise ConfigError("val_fraction", f"must be in (0, 1), got {self.val_fraction!r}")
+        if not (_number(self.split_seed, integer=True) and 0 <= self.split_seed <= 2**32 - 1):
+            raise ConfigError("split_seed", f"must be an integer in [0, 2^32-1], got "
+                              f"{self.split_seed!r}")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {dev!r}")
+        _check_types(self)
 
     @property
     def parsed_method(self) -> Method:

@@ -36,13 +36,20 @@ def run(
         "--smoke-test", help="Shrink to 1-2 trials, 1 seed, 2 epochs, CPU.")] = False,
 ) -> int:
     """Run a sweep described by SPEC."""
-    from sweeps.launch import execute, prepare
+    from sweeps.launch import check_address, execute, prepare
+    from sweeps.redact import redact_uri
     from sweeps.spec import load_spec
 
+    check_address(address)
     loaded = load_spec(spec, set_ or [], smoke_test=smoke_test)
-    spec_, path, ctx = prepare(loaded, tracking_uri)
-    typer.echo(f"sweep {spec_.name}: results in {path}, MLflow {ctx.tracking_uri}", err=True)
+    spec_, path, ctx = prepare(loaded, tracking_uri, address)
+    typer.echo(f"sweep {spec_.name}: results in {path}, MLflow {redact_uri(ctx.tracking_uri)}",
+               err=True)
     return _finish(execute(spec_, path, ctx, address=address))
+
+
+TRACKING_AGAIN = ("MLflow tracking URI, e.g. to give the password again (the sweep's folder "
+                  "keeps it without); default: the one the sweep was started with.")
 
 
 @sweep_app.command("resume")
@@ -50,15 +57,28 @@ def resume(
     name_or_path: Annotated[str, typer.Argument(help="Sweep folder, or its name under "
                                                 "./ray_results.")],
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address.")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help=TRACKING_AGAIN)] = None,
 ) -> int:
     """Continue an interrupted sweep: finished seeds are kept, the rest is trained."""
-    from sweeps.launch import execute, load_state, locate
+    from sweeps.launch import (
+        check_address,
+        check_resources,
+        check_state,
+        execute,
+        load_state,
+        locate,
+        release_ray,
+    )
 
+    check_address(address)
     path = locate(name_or_path)
-    spec, ctx = load_state(path)
-    from sweeps import tracking
-
-    tracking.check_tracking(ctx.tracking_uri)
+    spec, ctx = load_state(path, tracking_uri)
+    check_state(ctx, tracking_uri)
+    try:
+        check_resources(spec, address)
+    except Exception:
+        release_ray()
+        raise
     return _finish(execute(spec, path, ctx, address=address, restore=True))
 
 
@@ -66,14 +86,14 @@ def resume(
 def status(
     name_or_path: Annotated[str, typer.Argument(help="Sweep folder, or its name under "
                                                 "./ray_results.")],
+    tracking_uri: Annotated[Optional[str], typer.Option(help=TRACKING_AGAIN)] = None,
 ) -> int:
     """Show a sweep's trials (from MLflow) without starting Ray."""
-    from sweeps import tracking
-    from sweeps.launch import load_state, locate
+    from sweeps.launch import check_state, load_state, locate
 
     path = locate(name_or_path)
-    spec, ctx = load_state(path)
-    tracking.check_tracking(ctx.tracking_uri)
+    spec, ctx = load_state(path, tracking_uri)
+    check_state(ctx, tracking_uri)
     _print_summary(spec, ctx, path, limit=None)
     return 0
 
@@ -91,6 +111,7 @@ def _print_summary(spec: Any, ctx: Any, path: Any, limit: int | None = 10) -> No
     from rich.table import Table
 
     from sweeps.launch import trial_rows
+    from sweeps.redact import redact_uri
 
     rows = trial_rows(ctx, spec)
     counts: dict[str, int] = {}
@@ -116,7 +137,7 @@ def _print_summary(spec: Any, ctx: Any, path: Any, limit: int | None = 10) -> No
     if not console.is_terminal:
         console = Console(width=160)
     console.print(table)
-    uri = ctx.tracking_uri
+    uri = redact_uri(ctx.tracking_uri)  # never print a password
     console.print(f"Ray results: {path}")
     console.print(f"MLflow: experiment [bold]{spec.experiment}[/] (id {ctx.experiment_id}), "
                   f"sweep run {ctx.sweep_run_id} at {uri}", soft_wrap=True)

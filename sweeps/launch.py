@@ -1,14 +1,24 @@
 """The driver: validate, set up MLflow, assemble the Tuner, run or resume, summarise.
 
 Everything that can be wrong with the input (spec, tracking server, an existing sweep of the
-same name) is checked before Ray starts or any folder or run is created.
+same name, the Ray address, resources per trial larger than the machine or cluster has) is
+checked before Ray starts (with ``--address``: before anything but connecting to the
+cluster) and before any MLflow run or folder is created; see :func:`prepare`.
+
+Credentials in the tracking URI never reach output, MLflow or disk (:mod:`sweeps.redact`):
+the MLflow params and ``spec.yaml`` artifact show the URI redacted, ``sweep.yaml`` and
+``sweep.json`` keep it without its password, and for ``http(s)`` the user and password
+travel as ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (also to the trials).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +28,17 @@ import yaml
 
 from smartmixed_core.errors import ConfigError
 from sweeps import schema, tracking
-from sweeps.spec import SweepSpec, parse_spec, spec_doc, to_yaml
+from sweeps import trial as trial_module
+from sweeps.redact import (
+    PASSWORD_ENV,
+    USERNAME_ENV,
+    redact_text,
+    redact_uri,
+    tracking_env,
+    use_credentials,
+    without_password,
+)
+from sweeps.spec import SweepSpec, parse_spec, spec_doc
 from sweeps.trial import SweepContext
 
 SPEC_FILE = "sweep.yaml"
@@ -27,6 +47,13 @@ STATE_FILE = "sweep.json"
 """Tracking URI, experiment id and sweep run id, next to it."""
 JOURNAL_FILE = "optuna-journal.log"
 """The Optuna study (JournalFileStorage), study name = sweep name."""
+RAY_DASHBOARD_HOST = "127.0.0.1"
+"""Where a Ray started here would serve its dashboard (it is not started: include_dashboard
+is off); Ray's own gRPC ports are protected by its token authentication."""
+_ADDRESS = re.compile(r"^(?:ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?)"
+                      r":(\d{1,5})$")
+_ray_owned = False
+"""Whether this module started or connected Ray (and so shuts it down after the sweep)."""
 
 
 @dataclass
@@ -79,13 +106,22 @@ def _searcher(spec: SweepSpec, path: Path) -> Any:
     return search
 
 
+def smartmixed_trial(config: dict[str, Any], ctx: SweepContext, env: dict[str, str]) -> None:
+    """The trainable: sets the MLflow credential variables handed over by the driver (a Ray
+    worker on another node does not inherit them), then runs
+    :func:`sweeps.trial.smartmixed_trial`.  Same name, so Ray's trial names are unchanged."""
+    for key in (USERNAME_ENV, PASSWORD_ENV):  # a reused worker may hold an earlier sweep's
+        os.environ.pop(key, None)
+    os.environ.update(env)
+    trial_module.smartmixed_trial(config, ctx)
+
+
 def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path, restore: bool) -> Any:
     from ray import tune
 
     from sweeps.space import grid
-    from sweeps.trial import smartmixed_trial
 
-    fn = tune.with_resources(tune.with_parameters(smartmixed_trial, ctx=ctx),
+    fn = tune.with_resources(tune.with_parameters(smartmixed_trial, ctx=ctx, env=tracking_env()),
                              {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     if restore:
         return tune.Tuner.restore(str(path), trainable=fn, resume_unfinished=True,
@@ -118,50 +154,229 @@ def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path, restore: bool) -> Any
     return tune.Tuner(fn, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
+def check_address(address: str | None) -> None:
+    """``--address`` is ``auto``, ``local``, ``HOST:PORT`` or ``ray://HOST:PORT``."""
+    if address is None or address in ("auto", "local"):
+        return
+    m = _ADDRESS.match(address)
+    if not m or not 1 <= int(m.group(2)) <= 65535:
+        raise ConfigError("address", f"{address!r} is not a Ray address; allowed: auto, local, "
+                          "HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:PORT (Ray client)")
+
+
+def _bootstrap(address: str) -> str | None:
+    """The host:port that ``address`` stands for (None where Ray alone can tell)."""
+    if address != "auto":
+        return address.removeprefix("ray://")
+    try:
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+    except ImportError:  # private API moved: let ray.init find the cluster
+        return None
+    try:
+        return canonicalize_bootstrap_address_or_die("auto")
+    except Exception as exc:  # ConnectionError: no cluster started on this machine
+        raise ConfigError("address", f"'auto' found no running Ray cluster ({_first_line(exc)});"
+                          " start one with `ray start --head` or pass HOST:PORT") from None
+
+
+def _probe(address: str) -> None:
+    """Fail in seconds, not minutes, when nothing listens at ``address`` (Ray retries for
+    minutes and prints a line per retry)."""
+    target = _bootstrap(address)
+    if target is None:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError("address", f"cannot connect to the Ray cluster at {address!r} "
+                          f"({target}: {getattr(exc, 'strerror', None) or exc}); is "
+                          "`ray start --head` running there?") from None
+
+
 def _init_ray(address: str | None) -> bool:
-    """Connect to ``address`` or start a local Ray with this machine's CPUs; True if started."""
+    """Connect to ``address`` or start a local Ray with this machine's CPUs (no dashboard).
+    True when this module started or connected it (and so shuts it down after the sweep)."""
+    global _ray_owned
     import ray
 
+    remote = bool(address) and address != "local"
+    if remote:
+        check_address(address)
+        _probe(address)  # also when Ray is up already: a wrong address is an error anyway
     if ray.is_initialized():
-        return False
+        return _ray_owned
     # Trials find their package through the editable install, not a shipped working dir.
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
-    if address:
-        ray.init(address=address, **kwargs)
+    if remote:
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as exc:  # ConnectionError, auth failure, version mismatch, ...
+            raise ConfigError("address", f"cannot connect to the Ray cluster at {address!r}: "
+                              f"{_first_line(exc)}") from None
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+                 dashboard_host=RAY_DASHBOARD_HOST, **kwargs)
+    _ray_owned = True
     return True
 
 
-def prepare(spec: SweepSpec,
-            tracking_uri: str | None = None) -> tuple[SweepSpec, Path, SweepContext]:
-    """Check everything, then create the MLflow sweep run and the experiment folder."""
+def release_ray() -> None:
+    """Shut down the Ray that this module started or connected, if any."""
+    global _ray_owned
+    if _ray_owned:
+        import ray
+
+        ray.shutdown()
+        _ray_owned = False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_resources(spec: SweepSpec, address: str | None) -> None:
+    """A trial must fit on one node: ``resources`` against this machine (local Ray) or the
+    largest live node of the cluster (``--address``, connecting to it, or a Ray already
+    initialised in this process)."""
+    need = spec.resources
+    ray_mod = sys.modules.get("ray")
+    if (address and address != "local") or (ray_mod is not None and ray_mod.is_initialized()):
+        import ray
+
+        _init_ray(address)
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        cpus = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+        gpus = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+        where = "the largest node of the Ray cluster has"
+    else:
+        import torch
+
+        cpus, gpus = float(os.cpu_count() or 1), float(torch.cuda.device_count())
+        where = "this machine has"
+    if need.gpu > gpus:
+        allowed = (f"allowed: 0 to {gpus:g} (a fraction such as 0.25 shares one GPU between "
+                   "trials)" if gpus else "allowed: 0 here; for GPUs run on a cluster that "
+                   "has them (--address)")
+        raise ConfigError("resources.gpu", f"{need.gpu:g} GPU per trial, but {where} "
+                          f"{gpus:g}; {allowed}")
+    if need.cpu > cpus:
+        raise ConfigError("resources.cpu", f"{need.cpu:g} CPUs per trial, but {where} "
+                          f"{cpus:g}; allowed: more than 0, at most {cpus:g}")
+
+
+def _check_server(uri: str, given: str) -> None:
+    """The tracking store answers (``uri`` carries no credentials for http; errors show the
+    URI redacted)."""
+    try:
+        tracking.check_tracking(uri)
+    except ConfigError as exc:
+        raise ConfigError(exc.field, redact_text(exc.message, given)) from None
+
+
+def _mlflow_error(exc: BaseException, given: str, what: str) -> ConfigError:
+    hint = ("; if the server needs a login set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD" if given.lower().startswith("http") else "")
+    return ConfigError("tracking_uri", redact_text(
+        f"{what} at {redact_uri(given)}: {_first_line(exc)}{hint}", given))
+
+
+def _sqlite_missing(uri: str) -> bool:
+    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+
+
+def _saved_differences(path: Path, doc: dict[str, Any]) -> list[str] | None:
+    """Spec fields where the sweep saved in ``path`` differs from ``doc`` (None: unreadable)."""
+    try:
+        old = flat_params(yaml.safe_load((path / SPEC_FILE).read_text()))
+    except Exception:
+        return None
+    new = flat_params(doc)
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def _refuse_existing(spec: SweepSpec, path: Path, doc: dict[str, Any]) -> None:
+    """A sweep of this name already has a folder: never overwrite it, whatever its spec."""
+    diff = _saved_differences(path, doc)
+    if diff is None:
+        how = "(a folder that holds no readable sweep)"
+    elif not diff:
+        how = "with the same spec"
+    else:
+        more = ", ..." if len(diff) > 5 else ""
+        how = f"with a different spec (differs in {', '.join(diff[:5])}{more})"
+    raise ConfigError("name", f"a sweep named {spec.name!r} already exists at {path} {how}; "
+                      f"continue it with `smartmixed sweep resume {path}` (it keeps its saved "
+                      "spec) or choose a new name (--set name=...)")
+
+
+def _refuse_tracked(spec: SweepSpec, uri: str, given: str) -> None:
+    """A sweep run of this name already in the experiment (e.g. another storage_path)."""
+    if _sqlite_missing(uri):
+        return  # no store yet: nothing to collide with (and nothing gets created here)
+    try:
+        c = tracking.client(uri)
+        exp = c.get_experiment_by_name(spec.experiment)
+        found = exp is not None and tracking.find_runs(c, exp.experiment_id, schema.KIND_SWEEP,
+                                                       spec.name)
+    except Exception as exc:
+        raise _mlflow_error(exc, given, "cannot read the tracking store") from None
+    if found:
+        raise ConfigError("name", f"a sweep named {spec.name!r} already exists in experiment "
+                          f"{spec.experiment!r} at {redact_uri(given)}; continue it with "
+                          f"`smartmixed sweep resume` on its folder or choose a new name "
+                          "(--set name=...)")
+
+
+def prepare(spec: SweepSpec, tracking_uri: str | None = None,
+            address: str | None = None) -> tuple[SweepSpec, Path, SweepContext]:
+    """Check everything, then create the MLflow sweep run and the experiment folder.
+
+    Order: spec and URI syntax, the sweep's folder, the tracking server, the resources per
+    trial (with ``--address`` this connects to the cluster), an MLflow sweep run of the same
+    name; only then the experiment, the sweep run and the folder are created.  The returned
+    spec carries the tracking URI without its password (what is saved for resume)."""
+    check_address(address)
     if tracking_uri:
-        spec = parse_spec({**spec_doc(spec),
-                           "tracking_uri": tracking_uri})
-    uri = tracking.normalize_uri(spec.tracking_uri)
-    spec = spec.model_copy(update={"tracking_uri": uri})
+        spec = parse_spec({**spec_doc(spec), "tracking_uri": tracking_uri})
+    given = tracking.normalize_uri(spec.tracking_uri)
+    uri = use_credentials(given)  # http(s): user/password -> MLFLOW_TRACKING_* variables
+    spec = spec.model_copy(update={"tracking_uri": without_password(given)})
+    saved = spec_doc(spec)
     path = experiment_dir(spec)
     if path.exists():
-        raise ConfigError("name", f"{path} already exists; resume it (smartmixed sweep resume "
-                          f"{path}) or choose another name (--set name=...)")
+        _refuse_existing(spec, path, saved)
     if not path.parent.exists() and not path.parent.parent.exists():
         raise ConfigError("storage_path", f"{path.parent.parent} does not exist")
     if spec.search.algorithm == "grid":
         from sweeps.space import grid
 
         grid(spec)  # a range in a grid space is a spec error, reported now
-    tracking.check_tracking(uri)
-    c = tracking.client(uri)
-    exp_id = tracking.ensure_experiment(c, spec.experiment, uri)
-    spec_yaml = to_yaml(spec)
-    run_id = tracking.create_sweep_run(c, exp_id, spec.name,
-                                       flat_params(spec_doc(spec)), spec_yaml)
+    _check_server(uri, given)
+    logged = {**saved, "tracking_uri": redact_uri(given)}
+    logged_yaml = yaml.safe_dump(logged, sort_keys=False)
+    try:
+        check_resources(spec, address)
+        _refuse_tracked(spec, uri, given)
+        try:
+            c = tracking.client(uri)
+            exp_id = tracking.ensure_experiment(c, spec.experiment, uri)
+            run_id = tracking.create_sweep_run(c, exp_id, spec.name, flat_params(logged),
+                                               logged_yaml)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise _mlflow_error(exc, given, "cannot create the sweep run") from None
+    except ConfigError:
+        release_ray()
+        raise
     path.mkdir(parents=True)
-    (path / SPEC_FILE).write_text(spec_yaml)
-    (path / STATE_FILE).write_text(json.dumps({"tracking_uri": uri, "experiment_id": exp_id,
+    (path / SPEC_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
+    (path / STATE_FILE).write_text(json.dumps({"tracking_uri": spec.tracking_uri,
+                                               "experiment_id": exp_id,
                                                "sweep_run_id": run_id}, indent=1))
-    ctx = SweepContext(spec_doc(spec), uri, exp_id, run_id)
+    ctx = SweepContext(saved, uri, exp_id, run_id)
     return spec, path, ctx
 
 
@@ -170,23 +385,51 @@ def locate(name_or_path: str, storage_path: str = "./ray_results") -> Path:
     for cand in (Path(name_or_path), Path(storage_path) / name_or_path):
         if (cand / SPEC_FILE).is_file() and (cand / STATE_FILE).is_file():
             return cand.resolve()
-    raise ConfigError("sweep", f"no sweep at {name_or_path!r} (looked for {SPEC_FILE} there and "
-                      f"in {Path(storage_path) / name_or_path}); pass the sweep's folder")
+    raise ConfigError("sweep", f"no sweep at {name_or_path!r} (looked for {SPEC_FILE} and "
+                      f"{STATE_FILE} there and in {Path(storage_path) / name_or_path}); pass "
+                      "the sweep's folder (<storage_path>/<name>)")
 
 
-def load_state(path: Path) -> tuple[SweepSpec, SweepContext]:
-    spec = parse_spec(yaml.safe_load((path / SPEC_FILE).read_text()))
-    state = json.loads((path / STATE_FILE).read_text())
-    ctx = SweepContext(spec_doc(spec), state["tracking_uri"],
-                       state["experiment_id"], state["sweep_run_id"])
-    return spec, ctx
+def load_state(path: Path, tracking_uri: str | None = None) -> tuple[SweepSpec, SweepContext]:
+    """The saved spec and context of the sweep in ``path``.  ``tracking_uri`` (``--tracking-uri``
+    of resume/status) replaces the saved URI, e.g. to give the password again; otherwise
+    credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD."""
+    try:
+        spec = parse_spec(yaml.safe_load((path / SPEC_FILE).read_text()))
+        state = json.loads((path / STATE_FILE).read_text())
+        saved_uri, exp_id, run_id = (state["tracking_uri"], state["experiment_id"],
+                                     state["sweep_run_id"])
+    except ConfigError as exc:
+        raise ConfigError("sweep", f"the spec saved in {path / SPEC_FILE} is invalid: "
+                          f"{exc}") from None
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise ConfigError("sweep", f"cannot read the state saved in {path} "
+                          f"({type(exc).__name__}: {_first_line(exc)})") from None
+    given = saved_uri
+    if tracking_uri:
+        given = tracking.normalize_uri(parse_spec(
+            {**spec_doc(spec), "tracking_uri": tracking_uri}).tracking_uri)
+    uri = use_credentials(given)
+    spec = spec.model_copy(update={"tracking_uri": without_password(given)})
+    return spec, SweepContext(spec_doc(spec), uri, exp_id, run_id)
+
+
+def check_state(ctx: SweepContext, given: str | None = None) -> None:
+    """The saved sweep run can be read from the tracking store (before resume or status)."""
+    given = given or ctx.tracking_uri
+    _check_server(ctx.tracking_uri, given)
+    if _sqlite_missing(ctx.tracking_uri):
+        raise ConfigError("tracking_uri", f"the sweep's SQLite store {ctx.tracking_uri} does "
+                          "not exist; pass --tracking-uri where it is now")
+    try:
+        tracking.client(ctx.tracking_uri).get_run(ctx.sweep_run_id)
+    except Exception as exc:
+        raise _mlflow_error(exc, given, f"cannot read the sweep run {ctx.sweep_run_id}") from None
 
 
 def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | None = None,
             restore: bool = False) -> SweepOutcome:
     """Run (or resume) the Tuner, then close leftover runs and the sweep run."""
-    import ray
-
     started = _init_ray(address)
     c = tracking.client(ctx.tracking_uri)
     c.update_run(ctx.sweep_run_id, status="RUNNING")
@@ -208,7 +451,7 @@ def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | No
         if watch:
             signal.signal(signal.SIGINT, previous)
         if started:
-            ray.shutdown()
+            release_ray()
     reason = ("sweep interrupted; smartmixed sweep resume continues it" if interrupted
               else "stopped early by the scheduler")
     for kind in (schema.KIND_SEED, schema.KIND_TRIAL):

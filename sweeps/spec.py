@@ -14,7 +14,7 @@ import copy
 import re
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,6 +24,7 @@ from smartmixed_core.config import METHOD_KINDS, RunConfig
 from smartmixed_core.data import DATASETS
 from smartmixed_core.errors import ConfigError, choice_error
 from smartmixed_core.models import PAPER_ARCHITECTURES
+from sweeps.redact import redact_text, redact_uri
 
 RUN_FIELDS = tuple(f.name for f in fields(RunConfig))
 ALIASES = {"architecture": "arch"}
@@ -49,6 +50,12 @@ METRICS = ("val_accuracy", "val_loss")
 """Seed-mean metrics a sweep may optimise: validation only, never the test set."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_SEED = 2**31
+"""Seeds are integers in [0, 2^31] (as for ``smartmixed train --seeds``)."""
+MAX_DEPTH, MAX_WIDTH = 100, 1_000_000
+"""Bounds of the ``depth`` / ``width`` space keys (widths as for ``--arch``)."""
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+"""MLflow 3 tracking stores (a database scheme may name a driver: ``postgresql+psycopg2``)."""
 
 
 class _Strict(BaseModel):
@@ -99,7 +106,7 @@ class Search(_Strict):
     """Trials for optuna/random; ignored by grid."""
     metric: Literal[METRICS] = "val_accuracy"  # type: ignore[valid-type]
     mode: Literal["max", "min"] = "max"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     """Sampler seed."""
     space: dict[str, Distribution] = Field(default_factory=dict)
 
@@ -117,8 +124,8 @@ class Search(_Strict):
 
 
 class Asha(_Strict):
-    grace_period: int = Field(5, ge=1)
-    reduction_factor: float = Field(3.0, gt=1)
+    grace_period: int = Field(5, ge=1, le=100_000)
+    reduction_factor: float = Field(3.0, gt=1, le=100)
 
 
 class Scheduler(_Strict):
@@ -126,17 +133,19 @@ class Scheduler(_Strict):
 
 
 class Resources(_Strict):
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
+    """Per trial; checked against the machine (or the cluster with --address) at launch."""
+
+    cpu: float = Field(1.0, gt=0, le=1024)
+    gpu: float = Field(0.0, ge=0, le=64)
 
 
 class SweepSpec(_Strict):
     """A validated sweep; see docs/sweeps.md for every field."""
 
     name: str
-    experiment: str = "smartmixed"
+    experiment: str = Field("smartmixed", min_length=1, max_length=250)
     tracking_uri: str = "sqlite:///mlflow.db"
-    storage_path: str = "./ray_results"
+    storage_path: str = Field("./ray_results", min_length=1)
     dataset: str = "digits"
     model: str = "mlp"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -144,9 +153,9 @@ class SweepSpec(_Strict):
     search: Search = Field(default_factory=Search)
     scheduler: Optional[Scheduler] = None
     resources: Resources = Field(default_factory=Resources)
-    max_concurrent: Optional[int] = Field(None, ge=1)
+    max_concurrent: Optional[int] = Field(None, ge=1, le=100_000)
     """Trials at once (default: as many as the cluster's resources allow)."""
-    max_failures: int = Field(2, ge=0)
+    max_failures: int = Field(2, ge=0, le=1000)
     """Retries of a crashed trial (finished seeds are not retrained)."""
     description: str = ""
 
@@ -155,6 +164,31 @@ class SweepSpec(_Strict):
     def _name(cls, v: str) -> str:
         if not _NAME.match(v):
             raise ValueError("use letters, digits, '.', '_' or '-' (it names folders and runs)")
+        return v
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, v: str) -> str:
+        scheme, sep, rest = v.partition("://")
+        if v.startswith("file:") or not sep:
+            raise ValueError(f"{redact_uri(v)!r} is a folder store, which MLflow 3 refuses; use "
+                             "sqlite:///PATH/mlflow.db or http(s)://HOST:PORT")
+        if scheme.lower().split("+")[0] not in TRACKING_SCHEMES or not rest:
+            raise ValueError(f"unsupported tracking URI {redact_uri(v)!r}; allowed: "
+                             "sqlite:///PATH, http(s)://HOST:PORT, or a database URI ("
+                             + ", ".join(TRACKING_SCHEMES[3:6]) + ")")
+        if scheme.lower() == "sqlite" and not v.startswith("sqlite:///"):
+            raise ValueError(f"{v!r}: a SQLite store is sqlite:///PATH (three slashes)")
+        if scheme.lower() in ("http", "https"):
+            from urllib.parse import urlsplit
+
+            try:
+                parts = urlsplit(v)
+                parts.port  # noqa: B018  (raises ValueError on a bad port)
+            except ValueError as exc:
+                raise ValueError(f"malformed URI {redact_uri(v)!r} ({exc})") from None
+            if not parts.hostname:
+                raise ValueError(f"{redact_uri(v)!r} names no host; use http(s)://HOST:PORT")
         return v
 
     @field_validator("dataset")
@@ -167,8 +201,8 @@ class SweepSpec(_Strict):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v) or any(s < 0 for s in v):
-            raise ValueError(f"need distinct non-negative integers, got {v}")
+        if len(set(v)) != len(v) or any(not 0 <= s <= MAX_SEED for s in v):
+            raise ValueError(f"need distinct integers in [0, 2^31], got {v}")
         return v
 
     # -- configurations ------------------------------------------------------------------
@@ -207,22 +241,68 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out
 
 
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for a in get_args(annotation) if (m := _model_of(a)) is not None), None)
+
+
+def _keys_at(loc: tuple[Any, ...]) -> list[str] | None:
+    """The keys allowed in the mapping at ``loc`` of the spec (None when unknown)."""
+    model: type[BaseModel] | None = SweepSpec
+    parts = list(loc)
+    while parts and model is not None:
+        part = parts.pop(0)
+        if model is Search and part == "space":
+            if not parts:
+                return list(SPACE_KEYS)
+            parts.pop(0)
+            model = Distribution
+            continue
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None)
+        model = _model_of(field.annotation) if field is not None else None
+    if model is None:
+        return None
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
 def _from_pydantic(exc: ValidationError) -> ConfigError:
     err = exc.errors()[0]
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = re.sub(r" or instance of \w+", "", err["msg"].removeprefix("Value error, "))
+    msg = msg.replace("valid dictionary", "mapping")
+    loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
     if "ctx" in err and isinstance(err["ctx"].get("error"), ConfigError):
         msg = err["ctx"]["error"].message
+    elif err["type"] == "extra_forbidden":
+        keys = _keys_at(loc[:-1])
+        msg = "unknown key" + (f"; allowed: {', '.join(keys)}" if keys else "")
+    elif err["type"] == "missing":
+        msg = ("missing item" if loc and isinstance(loc[-1], int)
+               else "required, but missing")
+    elif isinstance(err.get("input"), (str, int, float, bool)) and "got" not in msg:
+        shown = redact_text(repr(err["input"]))
+        msg += f", got {shown if len(shown) <= 60 else shown[:57] + '...'}"
     return ConfigError(_path(err["loc"]) or "spec", msg)
 
 
 def _check_configs(spec: SweepSpec) -> None:
     """Build a RunConfig for ``fixed`` and for every choice / range end of the space."""
+    if not spec.search.space:
+        raise ConfigError("search.space", "empty; give at least one parameter, e.g. "
+                          "method: {choice: [smartmixed, 'fixed:relu']} (a single configuration "
+                          "is a one-element choice)")
+    for key, (lo, hi) in (("depth", (1, MAX_DEPTH)), ("width", (1, MAX_WIDTH))):
+        dist = spec.search.space.get(key)
+        if dist is not None and any(isinstance(v, bool) or not isinstance(v, int)
+                                    or not lo <= v <= hi for v in dist.values):
+            raise ConfigError(f"search.space.{key}.{dist.kind}",
+                              f"needs integers in [{lo}, {hi}], got {dist.values}")
     first = {k: d.values[0] for k, d in spec.search.space.items()}
     try:
         spec.run_config(first)
     except ConfigError as exc:
-        field = exc.field if exc.field in ("dataset", "model") else f"fixed.{exc.field}"
-        raise ConfigError(field, exc.message) from None
+        raise ConfigError(_first_field(spec, exc.field), exc.message) from None
     for key, dist in spec.search.space.items():
         if key in ARCH_KEYS:
             continue
@@ -239,12 +319,20 @@ def _check_configs(spec: SweepSpec) -> None:
                 raise ConfigError(where, exc.message) from None
             except TypeError as exc:
                 raise ConfigError(where, f"bad value {value!r} ({exc})") from None
-    for key in ARCH_KEYS:
-        dist = spec.search.space.get(key)
-        if dist is not None and any(not isinstance(v, int) or v < 1 for v in dist.values):
-            raise ConfigError(f"search.space.{key}", "needs positive integers")
     if spec.resources.gpu == 0 and spec.base().get("device", "auto").startswith("cuda"):
         raise ConfigError("fixed.device", "device is cuda but resources.gpu is 0")
+
+
+def _first_field(spec: SweepSpec, field: str) -> str:
+    """Where a RunConfig error of the first configuration comes from: the space entry that
+    set ``field`` (its first value), else ``fixed`` (or the top-level dataset/model)."""
+    for key, dist in spec.search.space.items():
+        if ALIASES.get(key, key) == field or (field == "arch" and key in ARCH_KEYS):
+            return f"search.space.{key}.{dist.kind}" + ("[0]" if dist.kind == "choice" else "")
+    if field in ("dataset", "model") and field not in spec.fixed:
+        return field
+    alias = next((a for a, f in ALIASES.items() if f == field and a in spec.fixed), field)
+    return f"fixed.{alias}"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -288,7 +376,8 @@ def smoke(doc: dict[str, Any]) -> dict[str, Any]:
     doc["search"] = search
     search["num_samples"] = min(int(search.get("num_samples", 2)), 2)
     space = search.get("space") or {}
-    space.pop("transition_epoch", None)
+    if space.pop("transition_epoch", None) is not None and not space:
+        space["transition_epoch"] = {"choice": [1]}
     if search.get("algorithm") == "grid":  # keep the first two combinations
         for key in list(space):
             space[key] = {"choice": list(space[key].get("choice", []))[:2]}
@@ -343,12 +432,33 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     if not p.exists() and (PRESETS / f"{path}.yaml").exists():
         p = PRESETS / f"{path}.yaml"
     if not p.is_file():
-        raise ConfigError("spec", f"{path} is not a file; presets: " + ", ".join(preset_names()))
+        raise ConfigError("spec", f"{path} is not a file or a preset name; presets: "
+                          + ", ".join(preset_names()))
     try:
-        doc = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("spec", f"cannot read {p} as UTF-8 text: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError("spec", f"{p} is not valid YAML: {' '.join(str(exc).split())}") from None
+        raise ConfigError("spec", f"{p} is not valid YAML: {_yaml_problem(exc)}") from None
     return doc if doc is not None else {}
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """``line L, column C: problem`` of a YAML error (1-based, as editors count)."""
+    def at(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if mark is None or not problem:
+        return " ".join(str(exc).split())
+    out = f"{at(mark)}: {problem}"
+    if context and context_mark is not None:
+        out += f" ({context} at {at(context_mark)})"
+    return " ".join(out.split())
 
 
 def load_spec(path: str | Path, overrides: list[str] = (), *,  # type: ignore[assignment]
@@ -359,6 +469,7 @@ def load_spec(path: str | Path, overrides: list[str] = (), *,  # type: ignore[as
         raise ConfigError("spec", "the YAML must be a mapping of fields (name, seeds, search, ...)")
     doc = expand_choices(apply_overrides(doc, list(overrides)))
     if smoke_test:
+        parse_spec(doc)  # errors point at what the user wrote, not at the shrunk copy
         doc = smoke(doc)
     return parse_spec(doc)
 

@@ -13,7 +13,8 @@ from sweeps.spec import load_spec, parse_spec, preset_names, spec_doc
 
 
 def _spec(**changes):
-    doc = {"name": "s", "fixed": {"epochs": 10, "transition_epoch": 3}}
+    doc = {"name": "s", "fixed": {"epochs": 10, "transition_epoch": 3},
+           "search": {"space": {"method": {"choice": ["smartmixed", "fixed:relu"]}}}}
     doc.update(changes)
     return parse_spec(doc)
 
