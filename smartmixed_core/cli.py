@@ -89,13 +89,20 @@ def train(
         Path, typer.Option(help="Output folder for result.json and checkpoints.")
     ] = Path("runs/train"),
     checkpoints: Annotated[bool, typer.Option(help="Write one checkpoint per seed.")] = True,
+    batch_seeds: Annotated[
+        str,
+        typer.Option(help="Train the seeds as one batched model: auto (on CUDA, MLP), on, off."),
+    ] = "auto",
     quiet: bool = False,
 ) -> None:
     """Train one configuration for several seeds; write OUT/result.json."""
+    from smartmixed_core.batched import batchable
     from smartmixed_core.progress import EpochProgress
     from smartmixed_core.runner import load_data, save_checkpoint, train_seeds
 
     seed_list = parse_seeds(seeds)
+    if batch_seeds not in ("auto", "on", "off"):
+        raise ConfigError("batch_seeds", f"expected auto, on or off, got {batch_seeds!r}")
     cfg = RunConfig(
         dataset=dataset,
         data_dir=str(data_dir) if data_dir else None,
@@ -125,9 +132,14 @@ def train(
         raise ConfigError("data_dir", f"{data_dir} is not a readable directory")
     if out.exists() and not out.is_dir():
         raise ConfigError("out", f"{out} exists and is not a directory")
+    if batch_seeds == "on" and (reason := batchable(cfg)) is not None:
+        raise ConfigError("batch_seeds", reason)
     data = load_data(cfg)
+    batched = {"auto": None, "on": True, "off": False}[batch_seeds]
     with EpochProgress(cfg.epochs, seed_list, enabled=not quiet) as progress:
-        doc, outcomes = train_seeds(cfg, seed_list, callbacks=progress.callbacks, data=data)
+        doc, outcomes = train_seeds(
+            cfg, seed_list, callbacks=progress.callbacks, data=data, batched=batched
+        )
     out.mkdir(parents=True, exist_ok=True)
     if checkpoints:
         (out / "checkpoints").mkdir(exist_ok=True)

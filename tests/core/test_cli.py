@@ -120,6 +120,8 @@ BAD = [
     (["--epochs", "abc"], "--epochs"),
     (["--seeds", "1,1"], "seeds"),
     (["--model", "convnet", "--dataset", "breast_cancer"], "model"),
+    (["--batch-seeds", "maybe"], "batch_seeds"),
+    (["--method", "adact", "--batch-seeds", "on"], "batch_seeds"),
 ]
 
 
@@ -153,3 +155,15 @@ def test_console_script_exit_status(tmp_path):
         "smartmixed: error: lr: must be a number in (0, 10], got -1.0"
     ]
     assert "Traceback" not in proc.stderr
+
+
+def test_batch_seeds_on_writes_the_same_results_as_off(tmp_path):
+    common = ["train", "--arch", "16", "--epochs", "3", "--transition-epoch", "1",
+              "--seeds", "0,1", "--device", "cpu", "--quiet", "--no-checkpoints"]
+    docs = {}
+    for mode in ("off", "on"):
+        assert main([*common, "--batch-seeds", mode, "--out", str(tmp_path / mode)]) == 0
+        docs[mode] = json.loads((tmp_path / mode / "result.json").read_text())
+    for a, b in zip(docs["off"]["seeds"], docs["on"]["seeds"]):
+        assert a["seed"] == b["seed"] and a["selection"] == b["selection"]
+        assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 0.02  # float32: near-equal
