@@ -20,6 +20,9 @@ TAG_SEED = "smartmixed.seed"
 TAG_STATUS_REASON = "smartmixed.failure"  # why a trial/seed run failed (e.g. non-finite loss)
 TAG_PARENT = "mlflow.parentRunId"
 TAG_WORKER = "smartmixed.worker"  # "host:pid" of the process running the trial (latest attempt)
+# On trial and seed runs whose latest attempt continued from a mid-run checkpoint: the last
+# epoch (0-based) the checkpoint had completed, as a decimal string.
+TAG_RESUMED = "smartmixed.resumed_after_epoch"
 
 # Params of every seed run (and of trial runs): the configuration, as strings.
 SEED_PARAMS = (

@@ -8,9 +8,13 @@ leftovers of a crashed attempt are closed as FAILED before the seed is retrained
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
+import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -59,13 +63,112 @@ def check_tracking(uri: str) -> None:
                           "sqlite:///path/mlflow.db or http://host:port")
 
 
-def client(uri: str) -> MlflowClient:
-    import os
+OUTAGE_ENV = "SMARTMIXED_TRACKING_OUTAGE_SECONDS"
+"""How long one tracking call keeps retrying while the MLflow server is unreachable."""
+DEFAULT_OUTAGE_SECONDS = 1800.0
+MAX_RETRY_WAIT = 15.0
+"""Longest pause between two attempts: writes resume within ~20 s of the server's return."""
+# MLflow's own HTTP retries (defaults 7 retries, backoff factor 2: ~4 min, pauses up to 2 min)
+# are shortened so that an outage reaches the loop below within seconds; users' values win.
+_MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+                         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
+
+def outage_seconds() -> float:
+    """``$SMARTMIXED_TRACKING_OUTAGE_SECONDS`` or the default (30 min); 0 disables retrying."""
+    try:
+        return max(0.0, float(os.environ.get(OUTAGE_ENV, DEFAULT_OUTAGE_SECONDS)))
+    except ValueError:
+        return DEFAULT_OUTAGE_SECONDS
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) says the tracking server could not be reached:
+    connection refused/reset, a timeout, or MLflow's retries exhausted on 5xx/429 answers."""
+    import requests
+
+    kinds = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+             requests.exceptions.RetryError)
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, kinds):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+class RetryingClient:
+    """An ``MlflowClient`` whose calls ride out an outage of the tracking server.
+
+    A call that fails because the server cannot be reached (:func:`is_outage`) is repeated,
+    with pauses of 1, 2, 4, ... up to ``MAX_RETRY_WAIT`` seconds, until it succeeds or
+    ``patience`` seconds have passed since its first failure; then the error is raised.  The
+    caller just waits meanwhile (a trial's training pauses at its next MLflow write), so
+    nothing is lost.  Any other error is raised at once.  Writes are safe to repeat: the server
+    either never received a refused request, or deduplicates metrics, overwrites tags and
+    artifacts, and rejects nothing that the sweep writes twice.
+    """
+
+    def __init__(self, inner: MlflowClient, uri: str, patience: float):
+        self._inner, self._uri, self._patience = inner, uri, patience
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            first: float | None = None
+            wait = 1.0
+            while True:
+                try:
+                    result = attr(*args, **kwargs)
+                except Exception as exc:
+                    now = time.monotonic()
+                    first = now if first is None else first
+                    if not is_outage(exc) or now - first >= self._patience:
+                        raise
+                    if wait == 1.0:
+                        _say(f"MLflow tracking server {self._uri} unreachable ({name}: "
+                             f"{_short_reason(exc)}); retrying for up to "
+                             f"{self._patience:.0f} s ({OUTAGE_ENV})")
+                    time.sleep(min(wait, max(0.0, self._patience - (now - first))))
+                    wait = min(wait * 2, MAX_RETRY_WAIT)
+                    continue
+                if first is not None:
+                    _say(f"MLflow tracking server {self._uri} reachable again after "
+                         f"{time.monotonic() - first:.0f} s ({name})")
+                return result
+
+        return call
+
+
+def _short_reason(exc: BaseException) -> str:
+    cur: BaseException | None = exc
+    while cur.__cause__ is not None or cur.__context__ is not None:
+        cur = cur.__cause__ or cur.__context__
+    return f"{type(cur).__name__}: {str(cur)[:120]}"
+
+
+def _say(message: str) -> None:
+    print(f"smartmixed: {message}", file=sys.stderr, flush=True)
+
+
+def client(uri: str) -> MlflowClient:
+    """A thread-safe client for ``uri``; for a tracking server, one that rides out outages of
+    up to :func:`outage_seconds` (see :class:`RetryingClient`)."""
     from mlflow import MlflowClient
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
+    if uri.startswith(("http://", "https://")):
+        for key, value in _MLFLOW_HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        patience = outage_seconds()
+        if patience > 0:
+            return RetryingClient(MlflowClient(tracking_uri=uri), uri, patience)  # type: ignore[return-value]
     return MlflowClient(tracking_uri=uri)
 
 
@@ -156,7 +259,7 @@ def open_trial_run(c: MlflowClient, experiment_id: str, sweep: str, sweep_run_id
     runs = find_runs(c, experiment_id, schema.KIND_TRIAL, sweep, trial=trial)
     if runs:
         run_id = runs[0].info.run_id
-        c.update_run(run_id, status="RUNNING")
+        _reopen(c, runs[0])
         history = c.get_metric_history(run_id, "val_accuracy")
         last = max((m.step for m in history), default=-1)
     else:
@@ -164,7 +267,6 @@ def open_trial_run(c: MlflowClient, experiment_id: str, sweep: str, sweep_run_id
             schema.TAG_KIND: schema.KIND_TRIAL, schema.TAG_SWEEP: sweep, schema.TAG_TRIAL: trial,
             schema.TAG_PARENT: sweep_run_id}).info.run_id
         last = -1
-    import os
     import socket
 
     c.set_tag(run_id, schema.TAG_WORKER, f"{socket.gethostname()}:{os.getpid()}")
@@ -204,6 +306,67 @@ def close_running(c: MlflowClient, runs: Iterable[Run], status: str, reason: str
             c.set_terminated(run.info.run_id, status)
             n += 1
     return n
+
+
+def _reopen(c: MlflowClient, run: Run) -> None:
+    """Set ``run`` RUNNING again and drop the failure reason of an earlier attempt."""
+    if schema.TAG_STATUS_REASON in run.data.tags:
+        c.delete_tag(run.info.run_id, schema.TAG_STATUS_REASON)
+    c.update_run(run.info.run_id, status="RUNNING")
+
+
+def reopen_seed_run(c: MlflowClient, experiment_id: str, sweep: str, trial: str, seed: int,
+                    run_id: str, epoch: int) -> str | None:
+    """Continue the seed run ``run_id`` that a mid-run checkpoint (after ``epoch``) belongs to.
+
+    Other RUNNING runs of the same (trial, seed) become FAILED (superseded).  Returns None
+    when the run is gone or already FINISHED (the caller starts a new one)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = c.get_run(run_id)
+    except MlflowException:
+        return None
+    if run.info.status == "FINISHED" or run.info.lifecycle_stage != "active":
+        return None
+    stale = [r for r in find_runs(c, experiment_id, schema.KIND_SEED, sweep, trial=trial,
+                                  seed=seed, status="RUNNING") if r.info.run_id != run_id]
+    close_running(c, stale, "FAILED", "superseded: the attempt that ran it crashed; retried")
+    _reopen(c, run)
+    c.set_tag(run_id, schema.TAG_RESUMED, str(epoch))
+    return run_id
+
+
+LOST = "lost"
+"""Prefix of the failure tag of a trial that the resumed sweep no longer knows."""
+
+
+def close_lost_trials(c: MlflowClient, experiment_id: str, sweep: str,
+                      known: Iterable[str]) -> list[str]:
+    """Close the runs of unfinished trials that Ray no longer knows; returns their trial ids.
+
+    After the driver died, Ray resumes from its latest experiment snapshot, which misses
+    trials started after it; the sweep samples replacements for them.  A lost trial that had
+    finished keeps its FINISHED runs (a complete result, COMPLETE in the Optuna study too).
+    An unfinished one has its trial run and seed runs, FINISHED seeds included (so that every
+    FINISHED seed run belongs to a FINISHED trial), closed as KILLED ``lost: ...``.
+    """
+    known = set(known)
+    reason = (f"{LOST}: started after Ray's last experiment snapshot, then the driver died; "
+              "the resumed sweep ran a replacement trial")
+    lost = []
+    for run in find_runs(c, experiment_id, schema.KIND_TRIAL, sweep):
+        trial = run.data.tags.get(schema.TAG_TRIAL, "")
+        if trial in known or run.info.status == "FINISHED" or \
+                run.data.tags.get(schema.TAG_STATUS_REASON, "").startswith(LOST):
+            continue
+        seeds = [r for r in find_runs(c, experiment_id, schema.KIND_SEED, sweep, trial=trial)
+                 if r.info.status in ("RUNNING", "FINISHED")]
+        for r in (*seeds, run):
+            c.set_tag(r.info.run_id, schema.TAG_STATUS_REASON, reason)
+            c.set_terminated(r.info.run_id, "KILLED")
+        lost.append(trial)
+    return lost
 
 
 def start_seed_run(c: MlflowClient, experiment_id: str, sweep: str, trial: str,

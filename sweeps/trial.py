@@ -9,29 +9,56 @@ its turn boundaries, so every seed's numbers equal a standalone ``train_seed(cfg
 bit for bit.  Parallelism comes from running trials side by side (one CPU each), which for
 these small networks beats intra-trial threads that would fight over the GIL anyway.
 
-Fault handling: seeds with a FINISHED MLflow run are not retrained (seed-level checkpoints,
-see docs/sweeps.md); a non-finite loss fails the trial with the reason tagged on its runs,
-and its retries fail at once without training.
+Fault handling (docs/sweeps.md, "Failure handling"): seeds with a FINISHED MLflow run are
+not retrained; the others continue from the trial's latest mid-run checkpoint (every seed's
+:class:`~smartmixed_core.runner.SeedState` at one round boundary, reported to Ray with
+``tune.report(..., checkpoint=...)`` and read back with ``tune.get_checkpoint()``), bit for
+bit as if uninterrupted.  A non-finite loss fails the trial with the reason tagged on its
+runs, and its retries fail at once without training.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from smartmixed_core.errors import ConfigError
-from smartmixed_core.runner import load_data, summarize, train_seed
+from smartmixed_core.runner import SeedState, load_data, summarize, train_seed
 from smartmixed_core.training import NonFiniteLossError
 from sweeps import schema, tracking
 from sweeps.space import decode
 from sweeps.spec import SweepSpec, parse_spec
 
 REPORTER = "reporter"
+CHECKPOINT_FILE = "trial_state.pt"
+"""The file inside a Ray checkpoint of a trial (``torch.save`` of :meth:`TrialRun._checkpoint`)."""
+CHECKPOINT_VERSION = 1
+CHECKPOINT_ENV = "SMARTMIXED_CHECKPOINT_SECONDS"
+DEFAULT_CHECKPOINT_SECONDS = 60.0
+CHECKPOINT_OVERHEAD = 20
+"""Checkpoints are at least this many times their own cost apart (<= 5% of the time),
+unless the interval is 0 (every round)."""
+
+Report = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
+"""``report(metrics, checkpoint)``: ``ray.tune.report`` inside Ray (checkpoint may be None)."""
+
+
+def checkpoint_seconds() -> float:
+    """Least time between two mid-run checkpoints of a trial: ``$SMARTMIXED_CHECKPOINT_SECONDS``
+    or 60; 0 checkpoints every round (epoch)."""
+    try:
+        return max(0.0, float(os.environ.get(CHECKPOINT_ENV, DEFAULT_CHECKPOINT_SECONDS)))
+    except ValueError:
+        return DEFAULT_CHECKPOINT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -121,11 +148,20 @@ def _mean(values: list[float]) -> float:
 
 
 class TrialRun:
-    """Runs one trial; ``report(metrics)`` is ``ray.tune.report`` inside Ray."""
+    """Runs one trial; ``report(metrics, checkpoint)`` is ``ray.tune.report`` inside Ray.
+
+    ``resume``: the latest checkpoint dict that this trial reported (None: start afresh).
+    """
 
     def __init__(self, ctx: SweepContext, params: dict[str, Any], trial_id: str,
-                 report: Callable[[dict[str, Any]], None]):
+                 report: Report, resume: dict[str, Any] | None = None):
         self.ctx, self.trial_id, self.report = ctx, trial_id, report
+        self.resume = resume
+        self.states: dict[int, SeedState] = {}
+        self.seed_runs: dict[int, str] = {}
+        self.interval = checkpoint_seconds()
+        self._last_checkpoint, self._checkpoint_cost = time.monotonic(), 0.0
+        self.resumed_after = -1
         self.spec: SweepSpec = parse_spec(ctx.spec)
         self.params = decode(params)
         self.cfg = self.spec.run_config(self.params)
@@ -157,6 +193,9 @@ class TrialRun:
             self.records[seed] = [{k: r[k] for k in ("epoch", *schema.EPOCH_METRICS)}
                                   for r in summary["history"]]
         todo = [s for s in self.spec.seeds if s not in self.summaries]
+        self.resumed_after = self._restore(todo)
+        if self.resumed_after >= 0:
+            self.client.set_tag(self.run_id, schema.TAG_RESUMED, str(self.resumed_after))
         self._lockstep(todo, last_step)
         if self.errors:
             reason = self.abort_reason or str(next(iter(self.errors.values())))
@@ -164,20 +203,58 @@ class TrialRun:
             raise TrialFailed(reason)
         final = self._final()
         self.client.set_terminated(self.run_id, "FINISHED")
-        self.report(final)  # Ray may end the trial right here
+        self.report(final, None)  # Ray may end the trial right here
         return final
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _restore(self, todo: list[int]) -> int:
+        """Load the unfinished seeds' states from the checkpoint; the epoch it had completed,
+        or -1 (no usable checkpoint: the unfinished seeds start from epoch 0)."""
+        ckpt = self.resume
+        if not ckpt or not todo or ckpt.get("version") != CHECKPOINT_VERSION:
+            return -1
+        seeds = ckpt.get("seeds", {})
+        if any(s not in seeds for s in todo):
+            return -1
+        epoch = int(ckpt["epoch"])
+        for s in todo:
+            state = SeedState.restore(seeds[s]["state"])
+            if state.epoch != epoch:
+                self.states.clear()
+                return -1
+            self.states[s], self.seed_runs[s] = state, seeds[s]["run_id"]
+        for s in todo:
+            st = self.states[s]
+            self.records[s] = [{k: r[k] for k in ("epoch", *schema.EPOCH_METRICS)}
+                               for r in (*st.history, *st.fit.history)]
+        return epoch
+
+    def _checkpoint_due(self) -> bool:
+        if self.interval == 0:
+            return True
+        wait = max(self.interval, CHECKPOINT_OVERHEAD * self._checkpoint_cost)
+        return time.monotonic() - self._last_checkpoint >= wait
+
+    def _checkpoint(self, epoch: int) -> dict[str, Any] | None:
+        """Every training seed's state after ``epoch`` (all of them wait at that boundary)."""
+        live = [s for s in self.turns.members() if s != REPORTER]
+        if not live or any(s not in self.states or s not in self.seed_runs for s in live):
+            return None
+        return {"version": CHECKPOINT_VERSION, "trial": self.trial_id, "epoch": epoch,
+                "seeds": {s: {"run_id": self.seed_runs[s], "state": self.states[s].snapshot()}
+                          for s in live}}
 
     # -- lockstep ------------------------------------------------------------------------
     def _lockstep(self, todo: list[int], last_step: int) -> None:
         data = load_data(self.cfg) if todo else None
         self.turns = Turns([*todo, REPORTER])
         for seed in todo:
-            self.records[seed] = []
+            self.records.setdefault(seed, [])
         threads = [threading.Thread(target=self._seed_main, args=(seed, data), daemon=True,
                                     name=f"seed-{seed}") for seed in todo]
         for t in threads:
             t.start()
-        epoch = 0
+        epoch = self.resumed_after + 1
         while True:
             self.turns.wait(REPORTER)
             if self.errors and not self.abort_reason:
@@ -186,7 +263,12 @@ class TrialRun:
             if self.turns.members() == [REPORTER]:
                 break
             if not self.abort_reason and any(len(self.records[s]) > epoch for s in todo):
-                self._report_round(epoch, logged=epoch <= last_step)
+                t0 = time.monotonic()
+                ckpt = self._checkpoint(epoch) if self._checkpoint_due() else None
+                self._report_round(epoch, logged=epoch <= last_step, checkpoint=ckpt)
+                if ckpt is not None:
+                    self._last_checkpoint = time.monotonic()
+                    self._checkpoint_cost = self._last_checkpoint - t0
                 epoch += 1
             self.turns.pass_on(REPORTER)
         for t in threads:
@@ -196,9 +278,19 @@ class TrialRun:
         self.turns.wait(seed)
         run_id = None
         try:
-            run_id = tracking.start_seed_run(self.client, self.ctx.experiment_id, self.spec.name,
-                                             self.trial_id, self.run_id, seed, self.cfg)
-            outcome = train_seed(self.cfg, seed, data, callbacks=[_Yield(self, seed)])
+            c, exp, name = self.client, self.ctx.experiment_id, self.spec.name
+            state = self.states.get(seed)
+            if state is not None:
+                run_id = tracking.reopen_seed_run(c, exp, name, self.trial_id, seed,
+                                                  self.seed_runs[seed], state.epoch)
+            else:
+                state = self.states[seed] = SeedState()
+            if run_id is None:
+                run_id = tracking.start_seed_run(c, exp, name, self.trial_id, self.run_id, seed,
+                                                 self.cfg)
+            self.seed_runs[seed] = run_id
+            outcome = train_seed(self.cfg, seed, data, callbacks=[_Yield(self, seed)],
+                                 state=state)
             tracking.finish_seed_run(self.client, run_id, self.cfg, outcome)
             self.summaries[seed] = outcome.summary
         except _Aborted as exc:
@@ -216,14 +308,15 @@ class TrialRun:
         finally:
             self.turns.leave(seed)
 
-    def _report_round(self, epoch: int, logged: bool) -> None:
+    def _report_round(self, epoch: int, logged: bool,
+                      checkpoint: dict[str, Any] | None = None) -> None:
         """Seed means of this epoch; seeds that stopped early carry their last record."""
         rows = [recs[min(epoch, len(recs) - 1)] for recs in self.records.values() if recs]
         metrics: dict[str, Any] = {k: _mean([r[k] for r in rows]) for k in schema.EPOCH_METRICS}
         if not logged:
             tracking.log_metrics(self.client, self.run_id,
                                  [(k, v, epoch) for k, v in metrics.items()])
-        self.report({**metrics, "epoch": epoch, "final": False})
+        self.report({**metrics, "epoch": epoch, "final": False}, checkpoint)
 
     def _final(self) -> dict[str, Any]:
         seeds = [self.summaries[s] for s in self.spec.seeds]
@@ -250,7 +343,26 @@ def smartmixed_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     torch.set_num_threads(max(1, int(ctx.spec.get("resources", {}).get("cpu", 1))))
     params = config.get("trial", config)
     trial_id = tune.get_context().get_trial_id()
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            path = Path(folder) / CHECKPOINT_FILE
+            if path.is_file():
+                resume = torch.load(path, map_location="cpu", weights_only=True)
     try:
-        TrialRun(ctx, params, trial_id, tune.report).run()
+        TrialRun(ctx, params, trial_id, _ray_report, resume).run()
     except ConfigError as exc:  # plain message: Ray copies the exception
         raise TrialFailed(str(exc)) from None
+
+
+def _ray_report(metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
+    """``tune.report``, with the checkpoint dict saved in a folder Ray persists."""
+    from ray import tune
+
+    if checkpoint is None:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(checkpoint, Path(folder) / CHECKPOINT_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

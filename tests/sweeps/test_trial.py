@@ -1,18 +1,26 @@
-"""A trial outside Ray: lockstep seeds equal standalone runs, seed-level resume, NaN handling."""
+"""A trial outside Ray: lockstep seeds equal standalone runs, seed-level resume, mid-run
+checkpoints, NaN handling, and tracking calls that ride out a server outage."""
 
 from __future__ import annotations
 
-import pytest
+import io
 
-from smartmixed_core.runner import load_data, train_seed
+import pytest
+import requests
+import torch
+from mlflow.exceptions import MlflowException
+
+from smartmixed_core.config import RunConfig
+from smartmixed_core.runner import SeedState, load_data, train_seed
 from smartmixed_core.training import NonFiniteLossError
 from sweeps import schema, tracking
 from sweeps import trial as trial_mod
-from sweeps.spec import parse_spec
+from sweeps.spec import parse_spec, spec_doc
 from sweeps.trial import SweepContext, TrialFailed, TrialRun, Turns
 
 DOC = {"name": "tr", "seeds": [0, 1, 2],
-       "fixed": {"epochs": 3, "transition_epoch": 1, "architecture": "16", "device": "cpu"}}
+       "fixed": {"epochs": 3, "transition_epoch": 1, "architecture": "16", "device": "cpu"},
+       "search": {"algorithm": "grid", "space": {"method": {"choice": ["smartmixed"]}}}}
 
 
 @pytest.fixture
@@ -21,7 +29,30 @@ def ctx(tmp_path):
     c = tracking.client(uri)
     exp = tracking.ensure_experiment(c, "e", uri)
     sweep = tracking.create_sweep_run(c, exp, "tr", {"name": "tr"}, "name: tr\n")
-    return SweepContext(parse_spec(DOC).model_dump(mode="json"), uri, exp, sweep)
+    return SweepContext(spec_doc(parse_spec(DOC)), uri, exp, sweep)
+
+
+class Reports(list):
+    """A ``report(metrics, checkpoint)`` that records both."""
+
+    def __init__(self, crash_after_checkpoint_at: int | None = None):
+        super().__init__()
+        self.checkpoints: list[dict] = []
+        self.crash_at = crash_after_checkpoint_at
+
+    def __call__(self, metrics, checkpoint=None):
+        self.append(metrics)
+        if checkpoint is not None:  # what Ray does: persist it (a copy, as torch.save would)
+            buf = io.BytesIO()
+            torch.save(checkpoint, buf)
+            buf.seek(0)
+            self.checkpoints.append(torch.load(buf, weights_only=True))
+            if checkpoint["epoch"] == self.crash_at:
+                raise _Crash
+
+
+class _Crash(Exception):
+    """Stands in for the trial's process dying right after a checkpoint."""
 
 
 def _seed_runs(ctx, status=None):
@@ -30,8 +61,8 @@ def _seed_runs(ctx, status=None):
 
 
 def test_lockstep_seeds_equal_standalone_runs_and_report_means(ctx):
-    reports = []
-    final = TrialRun(ctx, {}, "t1", reports.append).run()
+    reports = Reports()
+    final = TrialRun(ctx, {}, "t1", reports).run()
     assert [r["epoch"] for r in reports[:-1]] == [0, 1, 2] and reports[-1]["final"]
     cfg = parse_spec(DOC).run_config({})
     data = load_data(cfg)
@@ -44,12 +75,12 @@ def test_lockstep_seeds_equal_standalone_runs_and_report_means(ctx):
 
 
 def test_finished_seeds_are_not_trained_again(ctx, monkeypatch):
-    TrialRun(ctx, {}, "t1", lambda m: None).run()
+    TrialRun(ctx, {}, "t1", Reports()).run()
     calls = []
     real = trial_mod.train_seed
     monkeypatch.setattr(trial_mod, "train_seed", lambda *a, **k: calls.append(a) or real(*a, **k))
-    reports = []
-    TrialRun(ctx, {}, "t1", reports.append).run()
+    reports = Reports()
+    TrialRun(ctx, {}, "t1", reports).run()
     assert calls == [] and len(reports) == 1  # only the final report
     assert len(_seed_runs(ctx)) == 3
 
@@ -60,7 +91,7 @@ def test_stale_running_seed_run_is_closed_before_retraining(ctx):
     run_id, _ = tracking.open_trial_run(c, ctx.experiment_id, "tr", ctx.sweep_run_id, "t1",
                                         cfg, {})
     stale = tracking.start_seed_run(c, ctx.experiment_id, "tr", "t1", run_id, 1, cfg)
-    TrialRun(ctx, {}, "t1", lambda m: None).run()
+    TrialRun(ctx, {}, "t1", Reports()).run()
     assert c.get_run(stale).info.status == "FAILED"
     assert len(_seed_runs(ctx, "FINISHED")) == 3
 
@@ -68,15 +99,15 @@ def test_stale_running_seed_run_is_closed_before_retraining(ctx):
 def test_nonfinite_loss_fails_the_trial_once_and_retries_stop_early(ctx, monkeypatch):
     real = trial_mod.train_seed
 
-    def explode(cfg, seed, data, callbacks=()):
+    def explode(cfg, seed, data, callbacks=(), state=None):
         if seed == 1:
             raise NonFiniteLossError(0, float("nan"))
-        return real(cfg, seed, data, callbacks)
+        return real(cfg, seed, data, callbacks, state)
 
     monkeypatch.setattr(trial_mod, "train_seed", explode)
-    reports = []
+    reports = Reports()
     with pytest.raises(TrialFailed, match="non-finite"):
-        TrialRun(ctx, {}, "t1", reports.append).run()
+        TrialRun(ctx, {}, "t1", reports).run()
     assert all(r["val_accuracy"] == r["val_accuracy"] for r in reports)  # never NaN
     assert not any(r.get("final") for r in reports)
     failed = _seed_runs(ctx, "FAILED")
@@ -87,7 +118,7 @@ def test_nonfinite_loss_fails_the_trial_once_and_retries_stop_early(ctx, monkeyp
     assert "non-finite" in trial_run.data.tags[schema.TAG_STATUS_REASON]
     monkeypatch.setattr(trial_mod, "train_seed", lambda *a, **k: pytest.fail("retrained"))
     with pytest.raises(TrialFailed, match="non-finite"):  # the retry fails at once
-        TrialRun(ctx, {}, "t1", reports.append).run()
+        TrialRun(ctx, {}, "t1", reports).run()
 
 
 def test_turns_rotate_and_skip_members_that_left():
@@ -100,3 +131,158 @@ def test_turns_rotate_and_skip_members_that_left():
     turns.pass_on("r")
     turns.wait("a")
     assert turns.members() == ["a", "r"]
+
+
+def _strip_times(summary):
+    out = {k: v for k, v in summary.items() if k != "train_seconds"}
+    out["history"] = [{k: v for k, v in r.items() if k != "seconds"} for r in summary["history"]]
+    return out
+
+
+@pytest.mark.parametrize(("method", "at"), [
+    ("smartmixed", 1),  # phase 1
+    ("smartmixed", 3),  # last phase-1 epoch: the resumed run freezes, then phase 2
+    ("smartmixed", 4),  # phase 2
+    ("gated", 2),
+])
+def test_train_seed_continues_bit_for_bit_from_a_snapshot(method, at):
+    cfg = RunConfig(dataset="digits", arch="16", method=method, epochs=6, transition_epoch=4,
+                    device="cpu")
+    data = load_data(cfg)
+    alone = train_seed(cfg, 5, data).summary
+    state, snaps = SeedState(), []
+
+    class Snap:
+        def on_epoch_end(self, epoch, record, model):
+            if epoch == at:
+                snaps.append(state.snapshot())
+
+    tracked = train_seed(cfg, 5, data, callbacks=[Snap()], state=state).summary
+    buf = io.BytesIO()
+    torch.save(snaps[0], buf)  # what a checkpoint holds: plain data, tensors
+    buf.seek(0)
+    restored = SeedState.restore(torch.load(buf, weights_only=True))
+    assert restored.epoch == at
+    seen = []
+
+    class Epochs:
+        def on_epoch_end(self, epoch, record, model):
+            seen.append(epoch)
+
+    resumed = train_seed(cfg, 5, data, callbacks=[Epochs()], state=restored).summary
+    assert seen == list(range(at + 1, 6))  # only the epochs after the snapshot were trained
+    assert _strip_times(tracked) == _strip_times(alone)
+    assert _strip_times(resumed) == _strip_times(alone)
+
+
+def test_trial_continues_from_its_checkpoint_after_a_crash(ctx, monkeypatch):
+    """A trial that dies after reporting its epoch-1 checkpoint, retried with that checkpoint:
+    the seeds continue at epoch 2 in their own seed runs, and every number equals an
+    uninterrupted trial's."""
+    monkeypatch.setenv(trial_mod.CHECKPOINT_ENV, "0")  # a checkpoint every round
+    first = Reports(crash_after_checkpoint_at=1)
+    with pytest.raises(_Crash):
+        TrialRun(ctx, {}, "t1", first).run()
+    assert [r["epoch"] for r in first] == [0, 1] and first.checkpoints[-1]["epoch"] == 1
+    running = _seed_runs(ctx, "RUNNING")
+    assert len(running) == 3  # what a dead worker leaves behind
+    calls = []
+    real = trial_mod.train_seed
+    monkeypatch.setattr(trial_mod, "train_seed",
+                        lambda *a, **k: calls.append(k["state"].epoch) or real(*a, **k))
+    second = Reports()
+    final = TrialRun(ctx, {}, "t1", second, resume=first.checkpoints[-1]).run()
+    assert calls == [1, 1, 1]  # every seed continued after epoch 1
+    assert [r["epoch"] for r in second[:-1]] == [2] and second[-1]["final"]
+    seeds = _seed_runs(ctx)
+    assert {r.info.run_id for r in seeds} == {r.info.run_id for r in running}  # same runs
+    assert all(r.info.status == "FINISHED" for r in seeds)
+    assert all(r.data.tags[schema.TAG_RESUMED] == "1" for r in seeds)
+    c = tracking.client(ctx.tracking_uri)
+    for r in seeds:
+        steps = [m.step for m in c.get_metric_history(r.info.run_id, "train_loss")]
+        assert sorted(steps) == [0, 1, 2]
+    (trial_run,) = tracking.find_runs(c, ctx.experiment_id, schema.KIND_TRIAL, "tr")
+    assert trial_run.data.tags[schema.TAG_RESUMED] == "1"
+    steps = [m.step for m in c.get_metric_history(trial_run.info.run_id, "val_accuracy")]
+    assert sorted(steps) == [0, 1, 2]  # per-epoch seed means logged once each
+    cfg = parse_spec(DOC).run_config({})
+    data = load_data(cfg)
+    alone = [train_seed(cfg, s, data).summary for s in (0, 1, 2)]
+    assert final["val_accuracy"] == pytest.approx(sum(a["val_accuracy"] for a in alone) / 3,
+                                                  abs=1e-12)
+    for r in seeds:
+        mine = alone[int(r.data.tags[schema.TAG_SEED])]
+        assert r.data.metrics["test_accuracy"] == mine["test_accuracy"]
+
+
+def test_a_checkpoint_without_every_unfinished_seed_is_not_used(ctx, monkeypatch):
+    monkeypatch.setenv(trial_mod.CHECKPOINT_ENV, "0")
+    first = Reports(crash_after_checkpoint_at=0)
+    with pytest.raises(_Crash):
+        TrialRun(ctx, {}, "t1", first).run()
+    ckpt = first.checkpoints[-1]
+    del ckpt["seeds"][2]
+    second = Reports()
+    TrialRun(ctx, {}, "t1", second, resume=ckpt).run()
+    assert [r["epoch"] for r in second[:-1]] == [0, 1, 2]  # trained again from epoch 0
+    assert len(_seed_runs(ctx, "FINISHED")) == 3
+    assert all(schema.TAG_RESUMED not in r.data.tags for r in _seed_runs(ctx, "FINISHED"))
+    assert len(_seed_runs(ctx, "FAILED")) == 3  # the crashed attempt's runs: superseded
+
+
+class _Flaky:
+    """Stands in for an MlflowClient whose server is down for the first ``down`` calls."""
+
+    def __init__(self, down: int, error: Exception | None = None):
+        self.down, self.calls, self.error = down, 0, error
+
+    def get_run(self, run_id):
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        if self.calls <= self.down:
+            try:
+                raise requests.exceptions.ConnectionError("[Errno 111] Connection refused")
+            except requests.exceptions.ConnectionError as exc:
+                raise MlflowException("API request failed: Max retries exceeded") from exc
+        return run_id
+
+
+def test_tracking_calls_ride_out_a_server_outage(monkeypatch, capsys):
+    sleeps = []
+    monkeypatch.setattr(tracking.time, "sleep", sleeps.append)
+    flaky = _Flaky(down=5)
+    c = tracking.RetryingClient(flaky, "http://mlflow:5000", patience=600)
+    assert c.get_run("r1") == "r1" and flaky.calls == 6
+    assert sleeps == [1, 2, 4, 8, tracking.MAX_RETRY_WAIT]
+    err = capsys.readouterr().err
+    assert "unreachable" in err and "reachable again" in err and tracking.OUTAGE_ENV in err
+    # other errors are not retried
+    bad = _Flaky(0, MlflowException("RESOURCE_DOES_NOT_EXIST: run r2"))
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):
+        tracking.RetryingClient(bad, "http://mlflow:5000", patience=600).get_run("r2")
+    assert bad.calls == 1
+
+
+def test_tracking_calls_give_up_after_the_outage_limit(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(tracking.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    flaky = _Flaky(down=10**6)
+    with pytest.raises(MlflowException, match="Max retries"):
+        tracking.RetryingClient(flaky, "http://mlflow:5000", patience=60).get_run("r1")
+    assert clock[0] == 60  # waited exactly the limit: 1+2+4+8+15+15+15 (cut to 60)
+
+
+def test_client_for_a_server_retries_and_respects_the_settings(monkeypatch):
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv(tracking.OUTAGE_ENV, "90")
+    c = tracking.client("http://127.0.0.1:5000")
+    assert isinstance(c, tracking.RetryingClient) and c._patience == 90
+    import os
+
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
+    monkeypatch.setenv(tracking.OUTAGE_ENV, "0")
+    assert not isinstance(tracking.client("http://127.0.0.1:5000"), tracking.RetryingClient)
+    assert not isinstance(tracking.client("sqlite:////tmp/x.db"), tracking.RetryingClient)
