@@ -92,15 +92,16 @@ def _searcher(spec: SweepSpec, path: Path) -> Any:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from sweeps.searcher import ResumableOptunaSearch
 
     sampler = (optuna.samplers.RandomSampler(seed=spec.search.seed)
                if spec.search.algorithm == "random"
                else optuna.samplers.TPESampler(seed=spec.search.seed))
     storage = JournalStorage(JournalFileBackend(str(path / JOURNAL_FILE)))
-    search = OptunaSearch(space=define_by_run(spec), metric=spec.search.metric,
-                          mode=spec.search.mode, sampler=sampler, study_name=spec.name,
-                          storage=storage)
+    search = ResumableOptunaSearch(space=define_by_run(spec), metric=spec.search.metric,
+                                   mode=spec.search.mode, sampler=sampler,
+                                   study_name=spec.name, storage=storage)
     if spec.max_concurrent:
         return ConcurrencyLimiter(search, max_concurrent=spec.max_concurrent)
     return search
@@ -452,6 +453,12 @@ def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | No
             signal.signal(signal.SIGINT, previous)
         if started:
             release_ray()
+    if not interrupted:  # trials lost with a killed driver (docs/sweeps.md, Failure handling)
+        tracking.close_lost_trials(c, ctx.experiment_id, spec.name, {t.trial_id for t in trials})
+        if spec.search.algorithm != "grid":
+            from sweeps.searcher import fail_lost_trials
+
+            fail_lost_trials(path / JOURNAL_FILE, spec.name)
     reason = ("sweep interrupted; smartmixed sweep resume continues it" if interrupted
               else "stopped early by the scheduler")
     for kind in (schema.KIND_SEED, schema.KIND_TRIAL):
