@@ -20,8 +20,9 @@ test: install
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -m "not slow"
 
-# Multi-process tests: two-node Ray cluster, killed worker, interrupted driver + resume,
-# smoke sweep then analysis (several minutes).
+# Multi-process tests (CI runs them after `make test`): two-node Ray cluster, killed worker,
+# interrupted and killed driver + resume, MLflow server outage, NaN trial, smoke sweep then
+# analysis (about 6-12 minutes on 2 cores).
 test-slow: install
 	$(PYTHON) -m pytest -m slow
 

@@ -325,7 +325,7 @@ def train_seeds_batched(
     evaluation.  Callbacks get ``model=None``.
     """
     from smartmixed_core.freeze import selection_counts
-    from smartmixed_core.runner import build_model, evaluate, temperature_at
+    from smartmixed_core.runner import build_model, evaluate, fit_config, temperature_at
 
     if (reason := batchable(cfg)) is not None:
         raise ValueError(reason)
@@ -339,15 +339,7 @@ def train_seeds_batched(
         noise.set_state(torch.get_rng_state())
         runs.append(_SeedRun(seed, batches, noise))
     kind = cfg.parsed_method.kind
-    fit_cfg = FitConfig(
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        optimizer=cfg.optimizer,
-        batch_size=cfg.batch_size,
-        grad_clip=cfg.grad_clip,
-        patience=cfg.patience,
-    )
+    fit_cfg = fit_config(cfg)
     outs: list[dict[str, Any]] = [{} for _ in seeds]
     selective = kind in ("smartmixed", "selective")
     model = BatchedMLP(models, [r.noise for r in runs])

@@ -76,6 +76,19 @@ def build_model(
     return MLP(int(np.prod(input_shape)), cfg.hidden, num_classes, make_slot)
 
 
+def fit_config(cfg: RunConfig) -> FitConfig:
+    """The :class:`FitConfig` of ``cfg`` for all of its epochs."""
+    return FitConfig(
+    epochs=cfg.epochs,
+    lr=cfg.lr,
+    weight_decay=cfg.weight_decay,
+    optimizer=cfg.optimizer,
+    batch_size=cfg.batch_size,
+    grad_clip=cfg.grad_clip,
+    patience=cfg.patience,
+)
+
+
 def temperature_at(cfg: RunConfig, epoch: int) -> float:
     """Phase-1 temperature at ``epoch`` (0-based): start -> end over the phase-1 epochs."""
     start = cfg.temperature
@@ -237,15 +250,7 @@ def train_seed(
     if state is None:
         state = SeedState()  # kept current but not read back: same path either way
     state.model = model
-    fit_cfg = FitConfig(
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        optimizer=cfg.optimizer,
-        batch_size=cfg.batch_size,
-        grad_clip=cfg.grad_clip,
-        patience=cfg.patience,
-    )
+    fit_cfg = fit_config(cfg)
     out: dict[str, Any] = {"seed": seed, **(state.out if resume else {})}
     history: list[dict] = list(state.history) if resume else []
     t0 = time.perf_counter() - (state.seconds if resume else 0.0)

@@ -129,7 +129,7 @@ def _print_summary(spec: Any, ctx: Any, path: Any, limit: int | None = 10) -> No
             metric += f" ± {r['val_accuracy_std']:.4f}"
         params = ", ".join(f"{k}={_short(v)}" for k, v in r["params"].items()
                            if k not in ("method", "arch", "architecture"))
-        table.add_row(r["trial"], r["status"] + (f" ({r['reason'][:40]})" if r["reason"] else ""),
+        table.add_row(r["trial"], r["status"] + (f" ({r['reason'][:90]})" if r["reason"] else ""),
                       r["method"] or "", r["architecture"] or "", params, metric,
                       "" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}",
                       f"{r['seeds_finished']}/{len(spec.seeds)}")

@@ -486,7 +486,9 @@ def trial_rows(ctx: SweepContext, spec: SweepSpec) -> list[dict[str, Any]]:
             "method": p.get("method"), "architecture": p.get("architecture"),
             "params": {k[len(schema.SAMPLED_PREFIX):]: v for k, v in p.items()
                        if k.startswith(schema.SAMPLED_PREFIX)},
-            "metric": m.get(f"{spec.search.metric}_mean", m.get(spec.search.metric)),
+            # A running trial shows its latest epoch; a failed one has no result to show.
+            "metric": m.get(f"{spec.search.metric}_mean",
+                            m.get(spec.search.metric) if run.info.status == "RUNNING" else None),
             "val_accuracy": m.get("val_accuracy_mean"),
             "val_accuracy_std": m.get("val_accuracy_std"),
             "test_accuracy": m.get("test_accuracy_mean"), "seeds_finished": len(seeds),

@@ -191,6 +191,14 @@ class SweepSpec(_Strict):
                 raise ValueError(f"{redact_uri(v)!r} names no host; use http(s)://HOST:PORT")
         return v
 
+    @field_validator("storage_path")
+    @classmethod
+    def _storage_path(cls, v: str) -> str:
+        if "://" in v:
+            raise ValueError(f"{v!r} is a URI; use a folder every node can read and write (a "
+                             "shared file system): the Optuna journal and sweep state need one")
+        return v
+
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v: str) -> str:

@@ -52,13 +52,28 @@ Report = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
 """``report(metrics, checkpoint)``: ``ray.tune.report`` inside Ray (checkpoint may be None)."""
 
 
+REPORT_ENV = "SMARTMIXED_REPORT_SECONDS"
+DEFAULT_REPORT_SECONDS = 2.0
+
+
+def _seconds(env: str, default: float) -> float:
+    try:
+        return max(0.0, float(os.environ.get(env, default)))
+    except ValueError:
+        return default
+
+
 def checkpoint_seconds() -> float:
     """Least time between two mid-run checkpoints of a trial: ``$SMARTMIXED_CHECKPOINT_SECONDS``
     or 60; 0 checkpoints every round (epoch)."""
-    try:
-        return max(0.0, float(os.environ.get(CHECKPOINT_ENV, DEFAULT_CHECKPOINT_SECONDS)))
-    except ValueError:
-        return DEFAULT_CHECKPOINT_SECONDS
+    return _seconds(CHECKPOINT_ENV, DEFAULT_CHECKPOINT_SECONDS)
+
+
+def report_seconds() -> float:
+    """Least time between two progress reports of a trial (seed means to Ray, per-epoch trial
+    metrics to MLflow, which are buffered in between): ``$SMARTMIXED_REPORT_SECONDS`` or 2;
+    0 reports every epoch.  With a scheduler (ASHA) Ray gets every epoch regardless."""
+    return _seconds(REPORT_ENV, DEFAULT_REPORT_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -161,8 +176,12 @@ class TrialRun:
         self.seed_runs: dict[int, str] = {}
         self.interval = checkpoint_seconds()
         self._last_checkpoint, self._checkpoint_cost = time.monotonic(), 0.0
+        self.report_interval = report_seconds()
+        self._last_report = time.monotonic()
+        self._pending: list[tuple[str, float, int]] = []  # per-epoch trial metrics, unsent
         self.resumed_after = -1
         self.spec: SweepSpec = parse_spec(ctx.spec)
+        self.every_epoch = self.report_interval == 0 or self.spec.scheduler is not None
         self.params = decode(params)
         self.cfg = self.spec.run_config(self.params)
         self.client = tracking.client(ctx.tracking_uri)
@@ -196,7 +215,10 @@ class TrialRun:
         self.resumed_after = self._restore(todo)
         if self.resumed_after >= 0:
             self.client.set_tag(self.run_id, schema.TAG_RESUMED, str(self.resumed_after))
-        self._lockstep(todo, last_step)
+        try:
+            self._lockstep(todo, last_step)
+        finally:
+            self._flush()  # also after a failure: the epochs it trained stay visible
         if self.errors:
             reason = self.abort_reason or str(next(iter(self.errors.values())))
             self._fail(self.run_id, reason)
@@ -310,13 +332,26 @@ class TrialRun:
 
     def _report_round(self, epoch: int, logged: bool,
                       checkpoint: dict[str, Any] | None = None) -> None:
-        """Seed means of this epoch; seeds that stopped early carry their last record."""
+        """Seed means of this epoch; seeds that stopped early carry their last record.
+
+        Sent at most every :func:`report_seconds` (the MLflow metrics are buffered, never
+        dropped), and always with a checkpoint, after the buffer is written: whatever a
+        checkpoint covers is in MLflow before Ray holds the checkpoint."""
         rows = [recs[min(epoch, len(recs) - 1)] for recs in self.records.values() if recs]
         metrics: dict[str, Any] = {k: _mean([r[k] for r in rows]) for k in schema.EPOCH_METRICS}
         if not logged:
-            tracking.log_metrics(self.client, self.run_id,
-                                 [(k, v, epoch) for k, v in metrics.items()])
-        self.report({**metrics, "epoch": epoch, "final": False}, checkpoint)
+            self._pending += [(k, v, epoch) for k, v in metrics.items()]
+        due = time.monotonic() - self._last_report >= self.report_interval
+        if checkpoint is not None or due or self.every_epoch:
+            self._flush()
+            self.report({**metrics, "epoch": epoch, "final": False}, checkpoint)
+            self._last_report = time.monotonic()
+
+    def _flush(self) -> None:
+        """Write the buffered per-epoch trial metrics to MLflow."""
+        if self._pending:
+            tracking.log_metrics(self.client, self.run_id, self._pending)
+            self._pending = []
 
     def _final(self) -> dict[str, Any]:
         seeds = [self.summaries[s] for s in self.spec.seeds]

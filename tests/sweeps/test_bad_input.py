@@ -80,6 +80,8 @@ RUN = ["sweep", "run"]
 CASES: list[Case] = [
     # -- spec YAML: missing keys, wrong types, unknown names -------------------------------
     ("missing-name", lambda t: [*RUN, without(t, "name")], "name"),
+    ("storage-path-uri", lambda t: [*RUN, spec(t, storage_path="s3://bucket/sweeps")],
+     "storage_path"),
     ("seeds-wrong-type", lambda t: [*RUN, spec(t, seeds="abc")], "seeds"),
     ("epochs-wrong-type", lambda t: [*RUN, spec(t, fixed={**FIXED, "epochs": "ten"})],
      "fixed.epochs"),

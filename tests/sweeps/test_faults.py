@@ -136,10 +136,11 @@ def _standalone(fixed: dict, method: str, seed: int) -> dict:
     return train_seed(cfg, seed, load_data(cfg)).summary
 
 
-def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
+def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, monkeypatch):
     """SIGKILL of the trial's worker process in phase 2: Ray retries the trial, which continues
     both seeds from the latest checkpoint in their own seed runs (nothing superseded, no epoch
     trained twice) and ends with the numbers of an uninterrupted run."""
+    monkeypatch.setenv("SMARTMIXED_REPORT_SECONDS", "0")  # every epoch reaches Ray's log
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     fixed = {"epochs": 40, "transition_epoch": 5, "architecture": "64", "device": "cpu"}
     spec = write_spec(tmp_path, fixed=fixed,

@@ -23,6 +23,13 @@ DOC = {"name": "tr", "seeds": [0, 1, 2],
        "search": {"algorithm": "grid", "space": {"method": {"choice": ["smartmixed"]}}}}
 
 
+@pytest.fixture(autouse=True)
+def every_epoch(monkeypatch):
+    """Report every epoch (the default waits 2 s between reports); tests that check the
+    throttle set their own value."""
+    monkeypatch.setenv(trial_mod.REPORT_ENV, "0")
+
+
 @pytest.fixture
 def ctx(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -30,6 +37,17 @@ def ctx(tmp_path):
     exp = tracking.ensure_experiment(c, "e", uri)
     sweep = tracking.create_sweep_run(c, exp, "tr", {"name": "tr"}, "name: tr\n")
     return SweepContext(spec_doc(parse_spec(DOC)), uri, exp, sweep)
+
+
+def test_reports_are_throttled_but_every_epoch_reaches_mlflow(ctx, monkeypatch):
+    monkeypatch.setenv(trial_mod.REPORT_ENV, "3600")
+    reports = Reports()
+    final = TrialRun(ctx, {}, "t1", reports).run()
+    assert reports == [final]  # within the interval: only the final report goes to Ray
+    c = tracking.client(ctx.tracking_uri)
+    (trial,) = tracking.find_runs(c, ctx.experiment_id, schema.KIND_TRIAL, "tr")
+    for key in schema.EPOCH_METRICS:  # the buffered per-epoch metrics were all written
+        assert sorted(m.step for m in c.get_metric_history(trial.info.run_id, key)) == [0, 1, 2]
 
 
 class Reports(list):
