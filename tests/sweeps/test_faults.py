@@ -189,8 +189,10 @@ def test_interrupted_driver_resumes_with_one_finished_seed_run_each(tmp_path):
     finishes the sweep, the interrupted trial's seeds continuing from its checkpoint in their
     own seed runs."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Wide enough that the interrupted trial is still training when the SIGINT lands (a
+    # trial of a tiny net can finish its remaining epochs while Ray handles the signal).
     spec = write_spec(tmp_path, seeds=[0, 1], max_concurrent=1,
-                      fixed={"epochs": 25, "transition_epoch": 5, "architecture": "32",
+                      fixed={"epochs": 40, "transition_epoch": 5, "architecture": "256-256",
                              "device": "cpu"},
                       search={"algorithm": "grid", "space": {"method": {
                           "choice": ["smartmixed", "fixed:relu", "fixed:elu"]}}})
@@ -213,7 +215,7 @@ def test_interrupted_driver_resumes_with_one_finished_seed_run_each(tmp_path):
     with sweep_process(tmp_path, "resume", str(tmp_path / "ray_results" / "t-sweep"),
                        log="resume.log") as (proc, log):
         assert _finish(proc, log, 500) == 0, _tail(log)
-    runs = assert_run_tree(uri, "t-exp", "t-sweep", 3, [0, 1], 25)
+    runs = assert_run_tree(uri, "t-exp", "t-sweep", 3, [0, 1], 40)
     trial = busy.data.tags[schema.TAG_TRIAL]
     mine = [r for r in runs[schema.KIND_SEED] if r.data.tags[schema.TAG_TRIAL] == trial]
     print(f"{len(runs[schema.KIND_SEED])} seed runs; interrupted trial resumed after epoch "
