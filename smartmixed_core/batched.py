@@ -31,9 +31,9 @@ from smartmixed_core.activations import ACTIVATIONS, is_pure
 from smartmixed_core.config import RunConfig
 from smartmixed_core.data import Splits
 from smartmixed_core.freeze import freeze
-from smartmixed_core.layers import _U_HIGH, _U_LOW, MixedActivation, SelectiveActivation
+from smartmixed_core.layers import MixedActivation, SelectiveActivation, gumbel_noise
 from smartmixed_core.models import MLP
-from smartmixed_core.training import FitConfig, NonFiniteLossError
+from smartmixed_core.training import FitConfig, NonFiniteLossError, make_optimizer
 
 
 def batchable(cfg: RunConfig) -> str | None:
@@ -87,9 +87,8 @@ class _Selective(nn.Module):
         if not self.training:
             return _select(x, self.choices(), self.fns)
         shape = self.logits.shape[1:]
-        # Same draws as gumbel_noise() on the global CPU generator in train_seed.
-        u = torch.stack([torch.rand(shape, generator=g, dtype=torch.float32) for g in self.noise])
-        g = -torch.log(-torch.log(u.clamp_(_U_LOW, _U_HIGH)))
+        # Each seed's generator makes the draws train_seed makes from the global CPU one.
+        g = torch.stack([gumbel_noise(shape, "cpu", torch.float32, gen) for gen in self.noise])
         y = torch.softmax((self.logits + g.to(self.logits)) / self.tau, -1)
         choice = y.argmax(-1)
         h = F.one_hot(choice, len(self.pool)).to(y.dtype) + (y - y.detach())  # [K, N, P]
@@ -107,6 +106,9 @@ class _Mixed(nn.Module):
         self.pool = slots[0].pool
         self.fns = tuple(ACTIVATIONS[n].fn for n in self.pool)
         self.register_buffer("choice", torch.stack([s.choices() for s in slots]))
+
+    def choices(self) -> Tensor:
+        return self.choice
 
     def forward(self, x: Tensor) -> Tensor:
         return _select(x, self.choice, self.fns)
@@ -203,8 +205,8 @@ def _selection(model: BatchedMLP, k: int) -> tuple[dict[str, dict[str, int]], li
     counts, choices = {}, []
     for i, slot in enumerate(model.acts):
         if isinstance(slot, (_Selective, _Mixed)):
-            c = slot.choices()[k] if isinstance(slot, _Selective) else slot.choice[k]
-            choices.append(c.clone())
+            c = slot.choices()[k].clone()
+            choices.append(c)
             n = torch.bincount(c.cpu(), minlength=len(slot.pool)).tolist()
             counts[f"layer_{i + 1}"] = dict(zip(slot.pool, n))
     return counts, choices
@@ -227,8 +229,7 @@ def fit_batched(
     what follows is what it would do alone) while the others go on.  ``tau(epoch)`` sets the
     phase-1 temperature; ``phase`` tags records (phase 1 also gets selection counts).
     """
-    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     n, device, k = len(data.x_train), data.x_train.device, model.k
     previous = [_selection(model, i)[1] for i in range(k)]
     t0 = time.perf_counter()

@@ -6,6 +6,7 @@ the same shape; "units" are MLP neurons or ConvNet channels (dimension 1).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -28,9 +29,15 @@ def _per_unit(v: Tensor, x: Tensor) -> Tensor:
     return v.reshape(*shape, *([1] * extra))
 
 
-def gumbel_noise(shape: Sequence[int], device: torch.device | str, dtype: torch.dtype) -> Tensor:
-    """Gumbel(0, 1) noise from clamped uniforms: finite for every draw (paper eq. 1)."""
-    u = torch.rand(shape, device=device, dtype=torch.float32)
+def gumbel_noise(
+    shape: Sequence[int],
+    device: torch.device | str,
+    dtype: torch.dtype,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Gumbel(0, 1) noise from clamped uniforms: finite for every draw (paper eq. 1).
+    Drawn from ``generator`` (default: torch's global generator of ``device``)."""
+    u = torch.rand(shape, device=device, dtype=torch.float32, generator=generator)
     u = u.clamp_(_U_LOW, _U_HIGH)
     return (-torch.log(-torch.log(u))).to(dtype)
 
@@ -57,13 +64,13 @@ def apply_choices(x: Tensor, choice: Tensor, fns: Sequence) -> Tensor:
     return out.index_copy_(1, perm, _grouped_apply(x.index_select(1, perm), counts, fns))
 
 
-def _grouped_apply(xp: Tensor, counts: Sequence[int], fns: Sequence) -> Tensor:
-    """``fns[j]`` on the ``j``-th contiguous block of ``counts[j]`` units (dimension 1)."""
+def _grouped_apply(xp: Tensor, counts: Sequence[int], fns: Sequence, dim: int = 1) -> Tensor:
+    """``fns[j]`` on the ``j``-th contiguous block of ``counts[j]`` units (along ``dim``)."""
     used = [(fn, c) for fn, c in zip(fns, counts) if c]
     if len(used) == 1:
         return used[0][0](xp)
-    chunks = xp.split([c for _, c in used], dim=1)
-    return torch.cat([fn(c) for (fn, _), c in zip(used, chunks)], dim=1)
+    chunks = xp.split([c for _, c in used], dim=dim)
+    return torch.cat([fn(c) for (fn, _), c in zip(used, chunks)], dim=dim)
 
 
 class _SelectST(torch.autograd.Function):
@@ -166,9 +173,8 @@ class MixedActivation(nn.Module):
         if len(self.counts) != len(self.pool):
             raise ValueError("counts must have one entry per pool member")
         self.candidates = candidates or nn.ModuleList(ACTIVATIONS[n].module() for n in self.pool)
-        self._groups = [(self.candidates[j], c) for j, c in enumerate(self.counts) if c]
         # (in-place fn, first row, end row) per group, or None when a member has no pure form.
-        ends = torch.tensor(self.counts).cumsum(0).tolist()
+        ends = list(itertools.accumulate(self.counts))
         inplace = [
             (ACTIVATIONS[n].inplace, end - c, end)
             for n, c, end in zip(self.pool, self.counts, ends) if c
@@ -195,10 +201,7 @@ class MixedActivation(nn.Module):
         return h
 
     def _grouped(self, x: Tensor, dim: int) -> Tensor:
-        if len(self._groups) == 1:
-            return self._groups[0][0](x)
-        chunks = x.split([c for _, c in self._groups], dim=dim)
-        return torch.cat([act(c) for (act, _), c in zip(self._groups, chunks)], dim=dim)
+        return _grouped_apply(x, self.counts, self.candidates, dim)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{n}={c}" for n, c in zip(self.pool, self.counts) if c)

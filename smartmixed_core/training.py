@@ -112,6 +112,12 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
     return out
 
 
+def make_optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
+    """``cfg``'s optimizer (Adam or AdamW) over ``model``'s parameters."""
+    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    return opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def aux_loss(modules: Sequence[nn.Module]) -> Tensor | None:
     """Sum of the modules' ``aux_loss()`` terms (e.g. gate entropy), or None."""
     terms = [t for m in modules if (t := m.aux_loss()) is not None]
@@ -136,8 +142,7 @@ def fit(
     ``state`` (optional): kept current after every epoch, and resumed from when it already
     holds a completed epoch (see :class:`FitState`).
     """
-    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     aux_modules = [m for m in model.modules() if hasattr(m, "aux_loss")]
     result = FitResult()
     best_state = None
