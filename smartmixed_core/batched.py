@@ -17,9 +17,10 @@ activations (no PReLU/RReLU).  :func:`batchable` says whether a configuration qu
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -192,6 +193,84 @@ class _SeedRun:
     stopped: bool = False
     rng_at_stop: tuple[Tensor, Tensor] | None = None
 
+    def snapshot(self) -> dict[str, Any]:
+        d = copy.deepcopy({k: v for k, v in self.__dict__.items()
+                           if k not in ("batches", "noise")})
+        return {**d, "batches": self.batches.get_state(), "noise": self.noise.get_state()}
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> _SeedRun:
+        batches, noise = torch.Generator(), torch.Generator()
+        batches.set_state(snap["batches"])
+        noise.set_state(snap["noise"])
+        return cls(**{**snap, "batches": batches, "noise": noise})
+
+    def new_phase(self) -> None:
+        """Start the next fit after the epochs recorded so far."""
+        self.first_epoch, self.history = self.first_epoch + len(self.history), []
+        self.best_epoch, self.best_val_loss, self.best_state = -1, math.inf, None
+        self.since_best, self.stopped, self.rng_at_stop = 0, False, None
+
+
+@dataclass
+class BatchedState:
+    """Where :func:`train_seeds_batched` stands: a mid-run checkpoint of all its seeds at once.
+
+    Given as ``train_seeds_batched(..., state=s)``, ``s`` is kept current after every batched
+    epoch (a *round*), before ``on_round`` runs, so ``on_round`` can copy it with
+    :meth:`snapshot`.  ``train_seeds_batched`` given ``BatchedState.restore(d)`` continues
+    after that round with the same numbers as an uninterrupted run, bit for bit on the same
+    device, for the same seeds in the same order.
+    """
+
+    phase: int = 0
+    """The fit in progress: 1 = phase 1 (or the only one), 2 = SmartMixed phase 2; 0 = none."""
+    step: int = -1
+    """Last completed epoch of the fit in progress, counted from 0; -1 before the first."""
+    round: int = -1
+    """Batched epochs completed over all phases, minus one; -1 before the first."""
+    outs: list[dict[str, Any]] = field(default_factory=list)
+    """Per seed: summary fields of the finished phases."""
+    histories: list[list[dict]] = field(default_factory=list)
+    """Per seed: history of the finished phases."""
+    seconds: float = 0.0
+    """Training time before the latest restore (the run's own time is added on top)."""
+    fit_seconds: float = 0.0
+    """Time spent in the fit in progress before the latest restore."""
+    restored: dict[str, Any] | None = None
+    """Weights, optimizer and per-seed state of a snapshot, consumed by the resumed fit."""
+    model: BatchedMLP | None = None
+    models: list[MLP] = field(default_factory=list)
+    runs: list[_SeedRun] = field(default_factory=list)
+    optimizer: torch.optim.Optimizer | None = None
+    _t0: float = field(default_factory=time.perf_counter)
+    _fit_t0: float = 0.0
+
+    def elapsed(self) -> float:
+        """Training time so far, over every restore."""
+        return self.seconds + time.perf_counter() - self._t0
+
+    def snapshot(self) -> dict[str, Any]:
+        """A resumable deep copy as plain data (``torch.save``-able)."""
+        from smartmixed_core.runner import slot_layout
+
+        assert self.model is not None and self.optimizer is not None
+        return {
+            "phase": self.phase, "step": self.step, "round": self.round,
+            "outs": copy.deepcopy(self.outs), "histories": copy.deepcopy(self.histories),
+            "seconds": self.elapsed(), "fit_seconds": time.perf_counter() - self._fit_t0,
+            "slots": [slot_layout(m) for m in self.models],
+            "model_state": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "runs": [r.snapshot() for r in self.runs],
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> BatchedState:
+        keys = ("phase", "step", "round", "outs", "histories", "seconds", "fit_seconds")
+        return cls(**{k: snap[k] for k in keys},
+                   restored={k: snap[k] for k in ("slots", "model_state", "optimizer", "runs")})
+
 
 def _clip_per_seed(params: Sequence[Tensor], max_norm: float) -> None:
     grads = [p.grad for p in params if p.grad is not None]
@@ -221,6 +300,8 @@ def fit_batched(
     tau: Any = None,
     phase: int | None = None,
     callbacks: Sequence[Sequence[object]] = (),
+    state: BatchedState | None = None,
+    on_round: Callable[[int], object] | None = None,
 ) -> None:
     """:func:`~smartmixed_core.training.fit` for K seeds at once, record for record.
 
@@ -228,12 +309,21 @@ def fit_batched(
     patience runs out stops recording (its generators are set back to where it stopped, so
     what follows is what it would do alone) while the others go on.  ``tau(epoch)`` sets the
     phase-1 temperature; ``phase`` tags records (phase 1 also gets selection counts).
+    ``state`` is kept current after every epoch, then ``on_round(state.round)`` runs; a
+    state holding a restored snapshot continues after its ``step`` (weights are the
+    caller's: load them into ``model`` first).
     """
     opt = make_optimizer(model, cfg)
     n, device, k = len(data.x_train), data.x_train.device, model.k
+    first, t0 = 0, time.perf_counter()
+    if state is not None:
+        if state.restored is not None and state.step >= 0:
+            opt.load_state_dict(state.restored["optimizer"])
+            first, t0 = state.step + 1, t0 - state.fit_seconds
+        state.model, state.optimizer, state.runs, state.restored = model, opt, list(runs), None
+        state._fit_t0 = t0
     previous = [_selection(model, i)[1] for i in range(k)]
-    t0 = time.perf_counter()
-    for step in range(cfg.epochs):
+    for step in range(first, cfg.epochs):
         if all(r.stopped for r in runs):
             break
         if tau is not None:
@@ -267,7 +357,7 @@ def fit_batched(
             if run.stopped:
                 continue
             if not math.isfinite(train_loss[s]):
-                raise NonFiniteLossError(run.first_epoch + step, train_loss[s])
+                raise NonFiniteLossError(run.first_epoch + step, train_loss[s], run.seed)
             val_loss = float(F.cross_entropy(val[s], data.y_val))
             epoch = run.first_epoch + step
             record: dict[str, Any] = {
@@ -304,6 +394,10 @@ def fit_batched(
                 if not cfg.restore_best:
                     run.best_state = model.seed_state(s)
                 run.rng_at_stop = (run.batches.get_state(), run.noise.get_state())
+        if state is not None:
+            state.step, state.round = step, state.round + 1
+            if on_round is not None:
+                on_round(state.round)
     for s, run in enumerate(runs):
         if run.best_state is not None:
             model.load_seed_state(s, run.best_state)
@@ -317,64 +411,95 @@ def train_seeds_batched(
     seeds: Sequence[int],
     data: Splits,
     callbacks: Sequence[Sequence[object]] = (),
+    state: BatchedState | None = None,
+    on_round: Callable[[int], object] | None = None,
 ) -> list[tuple[MLP, dict[str, Any], list[dict]]]:
     """Train ``cfg`` for all ``seeds`` as one batched model (see :func:`batchable`).
 
     Returns, per seed, the trained unbatched model, the summary fields of the phases
     (``phase1``, ``selection``, ``phase2_start_test_accuracy``, ``best_epoch``) and the
     history: what :func:`~smartmixed_core.runner.train_seed` computes before its final
-    evaluation.  Callbacks get ``model=None``.
+    evaluation.  Callbacks get ``model=None``.  ``state`` (optional) is kept current after
+    every batched epoch and then ``on_round(round)`` is called; a restored state continues
+    after its round (see :class:`BatchedState`).
     """
     from smartmixed_core.freeze import selection_counts
-    from smartmixed_core.runner import build_model, evaluate, fit_config, temperature_at
+    from smartmixed_core.runner import (
+        build_model,
+        evaluate,
+        fit_config,
+        model_from_slots,
+        temperature_at,
+    )
 
     if (reason := batchable(cfg)) is not None:
         raise ValueError(reason)
     device = data.x_train.device
-    models, runs = [], []
-    for seed in seeds:
-        torch.manual_seed(seed)  # the same construction as train_seed
-        batches = torch.Generator().manual_seed(seed)
-        models.append(build_model(cfg, data.input_shape, data.num_classes).to(device))
-        noise = torch.Generator()
-        noise.set_state(torch.get_rng_state())
-        runs.append(_SeedRun(seed, batches, noise))
+    state = state if state is not None else BatchedState()
     kind = cfg.parsed_method.kind
-    fit_cfg = fit_config(cfg)
-    outs: list[dict[str, Any]] = [{} for _ in seeds]
     selective = kind in ("smartmixed", "selective")
-    model = BatchedMLP(models, [r.noise for r in runs])
-    first = replace(fit_cfg, epochs=cfg.phase1_epochs) if selective else fit_cfg
-    fit_batched(model, data, first, runs, phase=1 if selective else None, callbacks=callbacks,
-                tau=(lambda e: temperature_at(cfg, e)) if selective else None)
-    for s, m in enumerate(models):
-        model.write_back(s, m)
-        outs[s]["best_epoch"] = runs[s].best_epoch
-        if selective:
-            outs[s]["selection"] = selection_counts(m)
-    histories = [list(r.history) for r in runs]
-    if kind == "smartmixed":
-        for s, (m, run) in enumerate(zip(models, runs)):
-            outs[s]["phase1"] = {
-                "val_accuracy": evaluate(m, data, "val")["accuracy"],
-                "test_accuracy": evaluate(m, data, "test")["accuracy"],
-                "epochs": len(run.history),
-                "best_epoch": run.best_epoch,
-            }
-            rng = torch.get_rng_state()
-            torch.set_rng_state(run.noise.get_state())  # reinit draws as train_seed would
-            models[s] = freeze(m, cfg.phase2_init)  # type: ignore[arg-type]
-            run.noise.set_state(torch.get_rng_state())
-            torch.set_rng_state(rng)
-            outs[s]["phase2_start_test_accuracy"] = evaluate(models[s], data, "test")["accuracy"]
-            run.first_epoch, run.history = len(run.history), []
-            run.best_epoch, run.best_val_loss, run.best_state = -1, math.inf, None
-            run.since_best, run.stopped, run.rng_at_stop = 0, False, None
-        model = BatchedMLP(models)
-        second = replace(fit_cfg, epochs=cfg.epochs - cfg.transition_epoch)
-        fit_batched(model, data, second, runs, phase=2, callbacks=callbacks)
+    if state.restored is not None:  # a snapshot: its models, generators and finished phases
+        if len(state.restored["runs"]) != len(seeds) or any(
+            r["seed"] != s for r, s in zip(state.restored["runs"], seeds)
+        ):
+            raise ValueError("the batched state was saved for other seeds")
+        models = [model_from_slots(cfg, data.input_shape, data.num_classes, slots).to(device)
+                  for slots in state.restored["slots"]]
+        runs = [_SeedRun.restore(r) for r in state.restored["runs"]]
+        weights = state.restored["model_state"]
+    else:
+        models, runs, weights = [], [], None
+        for seed in seeds:
+            torch.manual_seed(seed)  # the same construction as train_seed
+            batches = torch.Generator().manual_seed(seed)
+            models.append(build_model(cfg, data.input_shape, data.num_classes).to(device))
+            noise = torch.Generator()
+            noise.set_state(torch.get_rng_state())
+            runs.append(_SeedRun(seed, batches, noise))
+        state.phase, state.outs, state.histories = 1, [{} for _ in seeds], [[] for _ in seeds]
+    state.models = models
+    fit_cfg = fit_config(cfg)
+    if state.phase == 1:
+        model = BatchedMLP(models, [r.noise for r in runs])
+        if weights is not None:
+            model.load_state_dict(weights)
+        first = replace(fit_cfg, epochs=cfg.phase1_epochs) if selective else fit_cfg
+        fit_batched(model, data, first, runs, phase=1 if selective else None,
+                    callbacks=callbacks, state=state, on_round=on_round,
+                    tau=(lambda e: temperature_at(cfg, e)) if selective else None)
+        outs, histories = state.outs, state.histories
         for s, m in enumerate(models):
             model.write_back(s, m)
             outs[s]["best_epoch"] = runs[s].best_epoch
             histories[s] += runs[s].history
-    return [(m, o, h) for m, o, h in zip(models, outs, histories)]
+            if selective:
+                outs[s]["selection"] = selection_counts(m)
+        if kind == "smartmixed":
+            for s, (m, run) in enumerate(zip(models, runs)):
+                outs[s]["phase1"] = {
+                    "val_accuracy": evaluate(m, data, "val")["accuracy"],
+                    "test_accuracy": evaluate(m, data, "test")["accuracy"],
+                    "epochs": len(run.history),
+                    "best_epoch": run.best_epoch,
+                }
+                rng = torch.get_rng_state()
+                torch.set_rng_state(run.noise.get_state())  # reinit draws as train_seed would
+                models[s] = freeze(m, cfg.phase2_init)  # type: ignore[arg-type]
+                run.noise.set_state(torch.get_rng_state())
+                torch.set_rng_state(rng)
+                outs[s]["phase2_start_test_accuracy"] = evaluate(
+                    models[s], data, "test")["accuracy"]
+                run.new_phase()
+            state.phase, state.step, weights = 2, -1, None
+    if state.phase == 2:
+        model = BatchedMLP(models)
+        if weights is not None:
+            model.load_state_dict(weights)
+        second = replace(fit_cfg, epochs=cfg.epochs - cfg.transition_epoch)
+        fit_batched(model, data, second, runs, phase=2, callbacks=callbacks, state=state,
+                    on_round=on_round)
+        for s, m in enumerate(models):
+            model.write_back(s, m)
+            state.outs[s]["best_epoch"] = runs[s].best_epoch
+            state.histories[s] += runs[s].history
+    return [(m, o, h) for m, o, h in zip(models, state.outs, state.histories)]

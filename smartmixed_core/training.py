@@ -23,9 +23,10 @@ from smartmixed_core.data import Splits
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; the run cannot continue."""
 
-    def __init__(self, epoch: int, loss: float) -> None:
-        self.epoch = epoch
-        super().__init__(f"non-finite training loss ({loss}) at epoch {epoch}")
+    def __init__(self, epoch: int, loss: float, seed: int | None = None) -> None:
+        self.epoch, self.seed = epoch, seed
+        where = f" (seed {seed})" if seed is not None else ""
+        super().__init__(f"non-finite training loss ({loss}) at epoch {epoch}{where}")
 
 
 class Callback(Protocol):

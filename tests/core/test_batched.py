@@ -3,12 +3,13 @@ rounding cannot flip a discrete choice), and a seed's result does not depend on 
 other seeds share the batch."""
 
 import dataclasses
+import io
 import math
 
 import pytest
 import torch
 
-from smartmixed_core.batched import BatchedMLP, batchable
+from smartmixed_core.batched import BatchedMLP, BatchedState, batchable, train_seeds_batched
 from smartmixed_core.config import RunConfig
 from smartmixed_core.layers import MixedActivation
 from smartmixed_core.runner import load_data, train_seeds
@@ -101,3 +102,62 @@ def test_batchable_names_what_it_cannot_batch():
     assert "MLP" in batchable(config(model="convnet", method="fixed:relu", arch="8,8,8,8"))
     with pytest.raises(ValueError):
         BatchedMLP([])
+
+
+class _Stop(Exception):
+    pass
+
+
+def _strip_seconds(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+@pytest.mark.parametrize(
+    "kw, stop",
+    [
+        ({"method": "smartmixed"}, 1),
+        ({"method": "smartmixed"}, 2),  # the last phase-1 epoch: resumes into the freeze
+        ({"method": "smartmixed", "phase2_init": "reinit"}, 3),
+        ({"method": "fixed:elu", "patience": 1, "epochs": 8, "lr": 0.1}, 1),  # seed 2 stops
+    ],
+    ids=["phase1", "phase-boundary", "phase2-reinit", "fixed-patience"],
+)
+def test_batched_resume_continues_bit_for_bit(kw, stop):
+    cfg = config(**kw)
+    data = load_data(cfg)
+    seeds = [2, 0]
+    whole = train_seeds_batched(cfg, seeds, data)
+    state, saved = BatchedState(), {}
+
+    def on_round(r):
+        assert r == state.round
+        if r == stop:
+            buf = io.BytesIO()
+            torch.save(state.snapshot(), buf)  # what a checkpoint goes through
+            saved["snap"] = buf.getvalue()
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train_seeds_batched(cfg, seeds, data, state=state, on_round=on_round)
+    snap = torch.load(io.BytesIO(saved["snap"]), weights_only=True)
+    rounds = []
+    resumed = train_seeds_batched(cfg, seeds, data, state=BatchedState.restore(snap),
+                                  on_round=rounds.append)
+    assert rounds == list(range(stop + 1, stop + 1 + len(rounds)))
+    assert rounds or cfg.patience  # without early stopping there is more to train
+    for (m1, o1, h1), (m2, o2, h2) in zip(whole, resumed):
+        assert o1 == o2
+        assert _strip_seconds(h1) == _strip_seconds(h2)
+        for (k1, v1), (k2, v2) in zip(m1.state_dict().items(), m2.state_dict().items()):
+            assert k1 == k2 and torch.equal(v1, v2), k1
+    if cfg.patience:  # a seed really stopped before the others
+        assert len({len(h) for _, _, h in whole}) == 2
+
+
+def test_batched_resume_refuses_other_seeds():
+    cfg = config(method="fixed:relu", epochs=2)
+    data = load_data(cfg)
+    state = BatchedState()
+    train_seeds_batched(cfg, [0, 1], data, state=state)
+    with pytest.raises(ValueError, match="other seeds"):
+        train_seeds_batched(cfg, [1, 0], data, state=BatchedState.restore(state.snapshot()))
