@@ -1,13 +1,16 @@
 """The baseline for the sweep's wall time: the same trials, one after another, without Ray.
 
 Reads a finished sweep's trial configurations back from MLflow and trains every
-(configuration, seed) in this process with the core alone (no Ray, no MLflow logging):
+(configuration, seed) in this process with the core alone (no Ray, no MLflow logging), twice:
+each trial's seeds the way the sweep trains them (batched where the trial batches, see
+``batch_seeds``), then one seed at a time (``train_seed``, the reference code's way):
 
-    python -m sweeps.sequential ./ray_results/quick-digits
+    python -m sweeps.sequential ./ray_results/quick-digits [--threads N]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from typing import Any
@@ -29,23 +32,33 @@ def trial_params(name_or_path: str) -> tuple[Any, list[dict[str, Any]]]:
     return spec, params
 
 
-def run_sequential(spec: Any, params: list[dict[str, Any]]) -> float:
-    """Train every trial x seed in turn; returns the wall time in seconds."""
-    from smartmixed_core.runner import load_data, train_seed
+def run_sequential(spec: Any, params: list[dict[str, Any]], batched: bool = True) -> float:
+    """Train every trial in turn, its seeds batched as the sweep's trial does (``batched``)
+    or one at a time; returns the wall time in seconds."""
+    from smartmixed_core.runner import load_data, train_seeds, use_batched
 
     t0 = time.perf_counter()
     for p in params:
         cfg = spec.run_config(p)
-        data = load_data(cfg)
-        for seed in spec.seeds:
-            train_seed(cfg, seed, data)
+        together = batched and spec.batch_seeds == "auto" and use_batched(cfg, len(spec.seeds))
+        train_seeds(cfg, spec.seeds, data=load_data(cfg), batched=together)
     return time.perf_counter() - t0
 
 
 def main(argv: list[str]) -> int:
-    spec, params = trial_params(argv[0])
-    seconds = run_sequential(spec, params)
-    print(f"{len(params)} trials x {len(spec.seeds)} seeds sequentially: {seconds:.1f} s")
+    parser = argparse.ArgumentParser(prog="python -m sweeps.sequential", description=__doc__)
+    parser.add_argument("sweep", help="the sweep's folder (<storage_path>/<name>) or name")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's own choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    spec, params = trial_params(args.sweep)
+    n = f"{len(params)} trials x {len(spec.seeds)} seeds"
+    print(f"{n}, as the sweep trains them: {run_sequential(spec, params, True):.1f} s")
+    print(f"{n}, one seed at a time: {run_sequential(spec, params, False):.1f} s")
     return 0
 
 

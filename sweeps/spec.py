@@ -157,6 +157,9 @@ class SweepSpec(_Strict):
     """Trials at once (default: as many as the cluster's resources allow)."""
     max_failures: int = Field(2, ge=0, le=1000)
     """Retries of a crashed trial (finished seeds are not retrained)."""
+    batch_seeds: Literal["auto", "off"] = "auto"
+    """``auto``: a trial trains its seeds as one batched model when it has several and its
+    configuration qualifies; ``off``: one by one in lockstep."""
     description: str = ""
 
     @field_validator("name")

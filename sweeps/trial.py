@@ -1,7 +1,10 @@
-"""One trial = one configuration x every seed of the spec, run in lockstep.
+"""One trial = one configuration x every seed of the spec.
 
-Each seed trains in its own thread, but only one thread runs at a time: they take turns of
-one epoch each (a round), and after every round the trial's own thread aggregates the seeds'
+Seeds train either **batched** (``batch_seeds: auto`` and a configuration that
+:func:`~smartmixed_core.batched.batchable` accepts, several seeds): one batched model, and
+after every batched epoch (a round) the trial reports the seed means; or in **lockstep**:
+each seed in its own thread, but only one thread runs at a time: they take turns of one
+epoch each (a round), and after every round the trial's own thread aggregates the seeds'
 records and reports the seed means (to Ray, so ASHA can stop the trial, and to MLflow).
 Why turns instead of free-running threads: the core draws Gumbel noise from torch's global
 generator, which threads would share; each seed's generator state is swapped in and out at
@@ -11,7 +14,8 @@ these small networks beats intra-trial threads that would fight over the GIL any
 
 Fault handling (docs/sweeps.md, "Failure handling"): seeds with a FINISHED MLflow run are
 not retrained; the others continue from the trial's latest mid-run checkpoint (every seed's
-:class:`~smartmixed_core.runner.SeedState` at one round boundary, reported to Ray with
+:class:`~smartmixed_core.runner.SeedState`, or the
+:class:`~smartmixed_core.batched.BatchedState`, at one round boundary, reported to Ray with
 ``tune.report(..., checkpoint=...)`` and read back with ``tune.get_checkpoint()``), bit for
 bit as if uninterrupted.  A non-finite loss fails the trial with the reason tagged on its
 runs, and its retries fail at once without training.
@@ -23,7 +27,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +35,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from smartmixed_core.batched import BatchedState, train_seeds_batched
 from smartmixed_core.errors import ConfigError
-from smartmixed_core.runner import SeedState, load_data, summarize, train_seed
+from smartmixed_core.runner import (
+    SeedState,
+    finish_seed,
+    load_data,
+    summarize,
+    train_seed,
+    use_batched,
+)
 from smartmixed_core.training import NonFiniteLossError
 from sweeps import schema, tracking
 from sweeps.space import decode
@@ -141,6 +153,17 @@ class _RngState:
             torch.cuda.set_rng_state_all(self.cuda)
 
 
+class _Record:
+    """Seed callback of batched training: records the epoch."""
+
+    def __init__(self, trial: TrialRun, seed: int):
+        self.trial, self.seed = trial, seed
+
+    def on_epoch_end(self, epoch: int, record: dict, model: object) -> None:
+        self.trial.records[self.seed].append(
+            {k: record[k] for k in ("epoch", *schema.EPOCH_METRICS)})
+
+
 class _Yield:
     """Seed callback: records the epoch, then yields the turn until the next round."""
 
@@ -190,6 +213,10 @@ class TrialRun:
         self.errors: dict[int, BaseException] = {}
         self.abort_reason = ""
         self.turns = Turns([])
+        self.batched = self.spec.batch_seeds == "auto" and use_batched(self.cfg,
+                                                                       len(self.spec.seeds))
+        self.batched_state: BatchedState | None = None
+        self._report_error: BaseException | None = None
 
     # -- MLflow helpers ------------------------------------------------------------------
     def _fail(self, run_id: str, reason: str) -> None:
@@ -212,11 +239,15 @@ class TrialRun:
             self.records[seed] = [{k: r[k] for k in ("epoch", *schema.EPOCH_METRICS)}
                                   for r in summary["history"]]
         todo = [s for s in self.spec.seeds if s not in self.summaries]
-        self.resumed_after = self._restore(todo)
+        restore = self._restore_batched if self.batched else self._restore
+        self.resumed_after = restore(todo)
         if self.resumed_after >= 0:
             self.client.set_tag(self.run_id, schema.TAG_RESUMED, str(self.resumed_after))
         try:
-            self._lockstep(todo, last_step)
+            if self.batched and todo:
+                self._train_batched(todo, last_step)
+            else:
+                self._lockstep(todo, last_step)
         finally:
             self._flush()  # also after a failure: the epochs it trained stay visible
         if self.errors:
@@ -233,7 +264,8 @@ class TrialRun:
         """Load the unfinished seeds' states from the checkpoint; the epoch it had completed,
         or -1 (no usable checkpoint: the unfinished seeds start from epoch 0)."""
         ckpt = self.resume
-        if not ckpt or not todo or ckpt.get("version") != CHECKPOINT_VERSION:
+        if (not ckpt or not todo or ckpt.get("version") != CHECKPOINT_VERSION
+                or "batched" in ckpt):
             return -1
         seeds = ckpt.get("seeds", {})
         if any(s not in seeds for s in todo):
@@ -250,6 +282,23 @@ class TrialRun:
             self.records[s] = [{k: r[k] for k in ("epoch", *schema.EPOCH_METRICS)}
                                for r in (*st.history, *st.fit.history)]
         return epoch
+
+    def _restore_batched(self, todo: list[int]) -> int:
+        """:meth:`_restore` for batched training: the checkpoint must hold exactly ``todo``
+        (a batched state continues the seeds it was saved with)."""
+        ckpt = self.resume
+        if (not ckpt or not todo or ckpt.get("version") != CHECKPOINT_VERSION
+                or "batched" not in ckpt or list(ckpt.get("seeds", {})) != todo):
+            return -1
+        state = BatchedState.restore(ckpt["batched"])
+        assert state.restored is not None
+        for i, s in enumerate(todo):
+            self.seed_runs[s] = ckpt["seeds"][s]["run_id"]
+            self.records[s] = [{k: r[k] for k in ("epoch", *schema.EPOCH_METRICS)}
+                               for r in (*state.histories[i],
+                                         *state.restored["runs"][i]["history"])]
+        self.batched_state = state
+        return int(ckpt["epoch"])
 
     def _checkpoint_due(self) -> bool:
         if self.interval == 0:
@@ -296,6 +345,71 @@ class TrialRun:
         for t in threads:
             t.join()
 
+    # -- batched ------------------------------------------------------------------------
+    def _open_seed_run(self, seed: int, resumed_after: int) -> str:
+        """The seed's run: the checkpoint's run reopened, or a new one."""
+        c, exp, name = self.client, self.ctx.experiment_id, self.spec.name
+        run_id = None
+        if seed in self.seed_runs and resumed_after >= 0:
+            run_id = tracking.reopen_seed_run(c, exp, name, self.trial_id, seed,
+                                              self.seed_runs[seed], resumed_after)
+        if run_id is None:
+            run_id = tracking.start_seed_run(c, exp, name, self.trial_id, self.run_id, seed,
+                                             self.cfg)
+        self.seed_runs[seed] = run_id
+        return run_id
+
+    def _train_batched(self, todo: list[int], last_step: int) -> None:
+        """Train ``todo`` as one batched model (docs/sweeps.md, "How a trial runs"): report
+        and checkpoint after every batched epoch (a round), one seed run per seed."""
+        data = load_data(self.cfg)
+        state = self.batched_state or BatchedState()
+        for seed in todo:
+            self.records.setdefault(seed, [])
+        runs: dict[int, str] = {}
+
+        def on_round(r: int) -> None:
+            t0 = time.monotonic()
+            ckpt = None
+            if self._checkpoint_due():
+                ckpt = {"version": CHECKPOINT_VERSION, "trial": self.trial_id, "epoch": r,
+                        "seeds": {s: {"run_id": runs[s]} for s in todo},
+                        "batched": state.snapshot()}
+            try:
+                self._report_round(r, logged=r <= last_step, checkpoint=ckpt, latest=todo)
+            except BaseException as exc:  # Ray stopping the trial: not a training failure
+                self._report_error = exc
+                raise
+            if ckpt is not None:
+                self._last_checkpoint = time.monotonic()
+                self._checkpoint_cost = self._last_checkpoint - t0
+
+        try:
+            for seed in todo:
+                runs[seed] = self._open_seed_run(seed, self.resumed_after)
+            trained = train_seeds_batched(self.cfg, todo, data,
+                                          [[_Record(self, s)] for s in todo],
+                                          state=state, on_round=on_round)
+        except NonFiniteLossError as exc:
+            culprit = exc.seed if exc.seed in runs else todo[0]
+            self.errors[culprit] = exc
+            self.abort_reason = f"seed {culprit}: {exc}"
+            for seed, run_id in runs.items():
+                self._fail(run_id, f"{tracking.NONFINITE} loss: {exc}" if seed == culprit
+                           else f"aborted: {self.abort_reason}")
+            return
+        except BaseException as exc:
+            if exc is not self._report_error:
+                for run_id in runs.values():
+                    self._fail(run_id, f"{type(exc).__name__}: {exc}")
+            raise
+        seconds = state.elapsed() / len(todo)  # each seed's share of the joint time
+        for seed, (model, out, history) in zip(todo, trained):
+            outcome = finish_seed(self.cfg, model, data, {"seed": seed, **out}, history,
+                                  seconds)
+            tracking.finish_seed_run(self.client, runs[seed], self.cfg, outcome)
+            self.summaries[seed] = outcome.summary
+
     def _seed_main(self, seed: int, data: Any) -> None:
         self.turns.wait(seed)
         run_id = None
@@ -331,13 +445,16 @@ class TrialRun:
             self.turns.leave(seed)
 
     def _report_round(self, epoch: int, logged: bool,
-                      checkpoint: dict[str, Any] | None = None) -> None:
-        """Seed means of this epoch; seeds that stopped early carry their last record.
+                      checkpoint: dict[str, Any] | None = None,
+                      latest: Collection[int] = ()) -> None:
+        """Seed means of this epoch (for the seeds in ``latest``, training batched: their
+        latest record); seeds that stopped early carry their last record.
 
         Sent at most every :func:`report_seconds` (the MLflow metrics are buffered, never
         dropped), and always with a checkpoint, after the buffer is written: whatever a
         checkpoint covers is in MLflow before Ray holds the checkpoint."""
-        rows = [recs[min(epoch, len(recs) - 1)] for recs in self.records.values() if recs]
+        rows = [recs[-1 if seed in latest else min(epoch, len(recs) - 1)]
+                for seed, recs in self.records.items() if recs]
         metrics: dict[str, Any] = {k: _mean([r[k] for r in rows]) for k in schema.EPOCH_METRICS}
         if not logged:
             self._pending += [(k, v, epoch) for k, v in metrics.items()]

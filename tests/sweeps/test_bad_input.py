@@ -123,6 +123,7 @@ CASES: list[Case] = [
     ("gpu-negative", lambda t: [*RUN, spec(t, resources={"cpu": 1, "gpu": -1})],
      "resources.gpu"),
     ("max-concurrent-zero", lambda t: [*RUN, spec(t, max_concurrent=0)], "max_concurrent"),
+    ("batch-seeds-unknown", lambda t: [*RUN, spec(t, batch_seeds="always")], "batch_seeds"),
     # -- huge numbers --------------------------------------------------------------------
     ("huge-epochs-int", lambda t: [*RUN, spec(t, fixed={**FIXED, "epochs": 10**20})],
      "fixed.epochs"),

@@ -20,7 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 from smartmixed_core.config import RunConfig
-from smartmixed_core.runner import load_data, train_seed
+from smartmixed_core.runner import load_data, train_seeds
 from sweeps import schema
 from sweeps.trial import CHECKPOINT_ENV
 from tests.sweeps.sweep_helpers import (
@@ -129,11 +129,13 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float) -> int:
         raise AssertionError(f"sweep still running after {timeout} s:\n{_tail(log)}") from None
 
 
-def _standalone(fixed: dict, method: str, seed: int) -> dict:
-    """``smartmixed train`` of one seed in this process (the spec's ``fixed`` + method)."""
+def _standalone(fixed: dict, method: str, seeds: list[int]) -> dict[int, dict]:
+    """``smartmixed train --seeds ...`` in this process (the spec's ``fixed`` + method), which
+    batches the seeds as the trial does; per seed its summary."""
     values = {k: v for k, v in fixed.items() if k != "architecture"}
     cfg = RunConfig(**values, arch=fixed["architecture"], method=method, dataset="digits")
-    return train_seed(cfg, seed, load_data(cfg)).summary
+    doc, _ = train_seeds(cfg, seeds, data=load_data(cfg))
+    return {s["seed"]: s for s in doc["seeds"]}
 
 
 def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, monkeypatch):
@@ -175,8 +177,9 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, monkeypatc
     assert epochs.count(0) == 1 and sorted(set(epochs)) == list(range(40))
     assert len(epochs) <= 41, epochs  # at most the round in flight at the kill, twice
     print(f"resumed after epoch {resumed}; {len(epochs)} per-epoch reports")
+    uninterrupted = _standalone(fixed, "smartmixed", [0, 1])
     for r in seeds:  # continued bit for bit: the numbers of an uninterrupted run
-        alone = _standalone(fixed, "smartmixed", int(r.data.tags[schema.TAG_SEED]))
+        alone = uninterrupted[int(r.data.tags[schema.TAG_SEED])]
         assert r.data.metrics["test_accuracy"] == alone["test_accuracy"]
         assert r.data.metrics["val_accuracy"] == alone["val_accuracy"]
         losses = c.get_metric_history(r.info.run_id, "train_loss")

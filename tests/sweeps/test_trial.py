@@ -1,5 +1,6 @@
-"""A trial outside Ray: lockstep seeds equal standalone runs, seed-level resume, mid-run
-checkpoints, NaN handling, and tracking calls that ride out a server outage."""
+"""A trial outside Ray, with its seeds batched (``batch_seeds: auto``) and one by one in
+lockstep (``off``): seeds equal standalone runs, seed-level resume, mid-run checkpoints, NaN
+handling, and tracking calls that ride out a server outage."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from smartmixed_core.config import RunConfig
-from smartmixed_core.runner import SeedState, load_data, train_seed
+from smartmixed_core.runner import SeedState, load_data, train_seed, train_seeds
 from smartmixed_core.training import NonFiniteLossError
 from sweeps import schema, tracking
 from sweeps import trial as trial_mod
@@ -30,13 +31,44 @@ def every_epoch(monkeypatch):
     monkeypatch.setenv(trial_mod.REPORT_ENV, "0")
 
 
-@pytest.fixture
-def ctx(tmp_path):
+@pytest.fixture(params=["auto", "off"], ids=["batched", "lockstep"])
+def ctx(tmp_path, request):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     c = tracking.client(uri)
     exp = tracking.ensure_experiment(c, "e", uri)
     sweep = tracking.create_sweep_run(c, exp, "tr", {"name": "tr"}, "name: tr\n")
-    return SweepContext(spec_doc(parse_spec(DOC)), uri, exp, sweep)
+    return SweepContext(spec_doc(parse_spec({**DOC, "batch_seeds": request.param})), uri, exp,
+                        sweep)
+
+
+def batched(ctx):
+    return ctx.spec["batch_seeds"] == "auto"
+
+
+def standalone(ctx):
+    """The three seeds trained outside the sweep the way the trial trains them."""
+    cfg = parse_spec(DOC).run_config({})
+    _, outcomes = train_seeds(cfg, [0, 1, 2], data=load_data(cfg), batched=batched(ctx))
+    return [o.summary for o in outcomes]
+
+
+def count_training(ctx, monkeypatch, fail=False):
+    """Record (or refuse) every training call of the trial: per call, the epoch (lockstep)
+    or round (batched) it continues after, -1 for a fresh start."""
+    calls = []
+    name = "train_seeds_batched" if batched(ctx) else "train_seed"
+    real = getattr(trial_mod, name)
+
+    def spy(*a, **k):
+        if fail:
+            pytest.fail("retrained")
+        state = k.get("state")
+        calls.append(-1 if state is None else getattr(state, "round", None)
+                     if batched(ctx) else state.epoch)
+        return real(*a, **k)
+
+    monkeypatch.setattr(trial_mod, name, spy)
+    return calls
 
 
 def test_reports_are_throttled_but_every_epoch_reaches_mlflow(ctx, monkeypatch):
@@ -78,13 +110,11 @@ def _seed_runs(ctx, status=None):
     return tracking.find_runs(c, ctx.experiment_id, schema.KIND_SEED, "tr", status=status)
 
 
-def test_lockstep_seeds_equal_standalone_runs_and_report_means(ctx):
+def test_trial_seeds_equal_standalone_runs_and_report_means(ctx):
     reports = Reports()
     final = TrialRun(ctx, {}, "t1", reports).run()
     assert [r["epoch"] for r in reports[:-1]] == [0, 1, 2] and reports[-1]["final"]
-    cfg = parse_spec(DOC).run_config({})
-    data = load_data(cfg)
-    alone = [train_seed(cfg, s, data).summary for s in (0, 1, 2)]
+    alone = standalone(ctx)
     assert final["val_accuracy"] == pytest.approx(sum(a["val_accuracy"] for a in alone) / 3)
     for epoch in range(3):  # per-epoch report = mean of the standalone histories
         mean = sum(a["history"][epoch]["val_loss"] for a in alone) / 3
@@ -94,9 +124,7 @@ def test_lockstep_seeds_equal_standalone_runs_and_report_means(ctx):
 
 def test_finished_seeds_are_not_trained_again(ctx, monkeypatch):
     TrialRun(ctx, {}, "t1", Reports()).run()
-    calls = []
-    real = trial_mod.train_seed
-    monkeypatch.setattr(trial_mod, "train_seed", lambda *a, **k: calls.append(a) or real(*a, **k))
+    calls = count_training(ctx, monkeypatch)
     reports = Reports()
     TrialRun(ctx, {}, "t1", reports).run()
     assert calls == [] and len(reports) == 1  # only the final report
@@ -115,14 +143,21 @@ def test_stale_running_seed_run_is_closed_before_retraining(ctx):
 
 
 def test_nonfinite_loss_fails_the_trial_once_and_retries_stop_early(ctx, monkeypatch):
-    real = trial_mod.train_seed
+    real, real_batched = trial_mod.train_seed, trial_mod.train_seeds_batched
 
     def explode(cfg, seed, data, callbacks=(), state=None):
         if seed == 1:
             raise NonFiniteLossError(0, float("nan"))
         return real(cfg, seed, data, callbacks, state)
 
+    def explode_batched(cfg, seeds, data, callbacks=(), state=None, on_round=None):
+        def on_round_then_nan(r):
+            on_round(r)
+            raise NonFiniteLossError(r + 1, float("nan"), seed=1)
+        return real_batched(cfg, seeds, data, callbacks, state, on_round_then_nan)
+
     monkeypatch.setattr(trial_mod, "train_seed", explode)
+    monkeypatch.setattr(trial_mod, "train_seeds_batched", explode_batched)
     reports = Reports()
     with pytest.raises(TrialFailed, match="non-finite"):
         TrialRun(ctx, {}, "t1", reports).run()
@@ -134,7 +169,7 @@ def test_nonfinite_loss_fails_the_trial_once_and_retries_stop_early(ctx, monkeyp
     (trial_run,) = tracking.find_runs(c, ctx.experiment_id, schema.KIND_TRIAL, "tr")
     assert trial_run.info.status == "FAILED"
     assert "non-finite" in trial_run.data.tags[schema.TAG_STATUS_REASON]
-    monkeypatch.setattr(trial_mod, "train_seed", lambda *a, **k: pytest.fail("retrained"))
+    count_training(ctx, monkeypatch, fail=True)
     with pytest.raises(TrialFailed, match="non-finite"):  # the retry fails at once
         TrialRun(ctx, {}, "t1", reports).run()
 
@@ -204,13 +239,10 @@ def test_trial_continues_from_its_checkpoint_after_a_crash(ctx, monkeypatch):
     assert [r["epoch"] for r in first] == [0, 1] and first.checkpoints[-1]["epoch"] == 1
     running = _seed_runs(ctx, "RUNNING")
     assert len(running) == 3  # what a dead worker leaves behind
-    calls = []
-    real = trial_mod.train_seed
-    monkeypatch.setattr(trial_mod, "train_seed",
-                        lambda *a, **k: calls.append(k["state"].epoch) or real(*a, **k))
+    calls = count_training(ctx, monkeypatch)
     second = Reports()
     final = TrialRun(ctx, {}, "t1", second, resume=first.checkpoints[-1]).run()
-    assert calls == [1, 1, 1]  # every seed continued after epoch 1
+    assert calls == ([1] if batched(ctx) else [1, 1, 1])  # every seed continued after epoch 1
     assert [r["epoch"] for r in second[:-1]] == [2] and second[-1]["final"]
     seeds = _seed_runs(ctx)
     assert {r.info.run_id for r in seeds} == {r.info.run_id for r in running}  # same runs
@@ -224,9 +256,7 @@ def test_trial_continues_from_its_checkpoint_after_a_crash(ctx, monkeypatch):
     assert trial_run.data.tags[schema.TAG_RESUMED] == "1"
     steps = [m.step for m in c.get_metric_history(trial_run.info.run_id, "val_accuracy")]
     assert sorted(steps) == [0, 1, 2]  # per-epoch seed means logged once each
-    cfg = parse_spec(DOC).run_config({})
-    data = load_data(cfg)
-    alone = [train_seed(cfg, s, data).summary for s in (0, 1, 2)]
+    alone = standalone(ctx)
     assert final["val_accuracy"] == pytest.approx(sum(a["val_accuracy"] for a in alone) / 3,
                                                   abs=1e-12)
     for r in seeds:
