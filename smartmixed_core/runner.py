@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from smartmixed_core.layers import (
 from smartmixed_core.metrics import classification_metrics, count_parameters
 from smartmixed_core.models import MLP, Backbone, ConvNet, SlotFactory
 from smartmixed_core.training import FitConfig, FitState, fit, predict
+
+if TYPE_CHECKING:
+    from smartmixed_core.batched import BatchedState
 
 CallbackFactory = Callable[[int], Sequence[object]]
 """``seed -> callbacks`` for that seed's :func:`fit` calls."""
@@ -79,14 +82,14 @@ def build_model(
 def fit_config(cfg: RunConfig) -> FitConfig:
     """The :class:`FitConfig` of ``cfg`` for all of its epochs."""
     return FitConfig(
-    epochs=cfg.epochs,
-    lr=cfg.lr,
-    weight_decay=cfg.weight_decay,
-    optimizer=cfg.optimizer,
-    batch_size=cfg.batch_size,
-    grad_clip=cfg.grad_clip,
-    patience=cfg.patience,
-)
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        optimizer=cfg.optimizer,
+        batch_size=cfg.batch_size,
+        grad_clip=cfg.grad_clip,
+        patience=cfg.patience,
+    )
 
 
 def temperature_at(cfg: RunConfig, epoch: int) -> float:
@@ -386,6 +389,29 @@ def use_batched(cfg: RunConfig, n_seeds: int) -> bool:
     return n_seeds > 1 and batchable(cfg) is None
 
 
+def train_batched(
+    cfg: RunConfig,
+    seeds: Sequence[int],
+    data: Splits,
+    callbacks: Sequence[Sequence[object]] = (),
+    state: BatchedState | None = None,
+    on_round: Callable[[int], object] | None = None,
+) -> list[SeedOutcome]:
+    """``seeds`` trained as one batched model
+    (:func:`~smartmixed_core.batched.train_seeds_batched`, which explains ``state`` and
+    ``on_round``), then each seed's final evaluation; ``train_seconds`` is each seed's share
+    of the joint time."""
+    from smartmixed_core.batched import BatchedState, train_seeds_batched
+
+    state = state if state is not None else BatchedState()
+    trained = train_seeds_batched(cfg, seeds, data, callbacks, state, on_round)
+    seconds = state.elapsed() / len(seeds)
+    return [
+        finish_seed(cfg, model, data, {"seed": seed, **out}, history, seconds)
+        for seed, (model, out, history) in zip(seeds, trained)
+    ]
+
+
 def train_seeds(
     cfg: RunConfig,
     seeds: Sequence[int],
@@ -400,21 +426,12 @@ def train_seeds(
     configuration allows it (:func:`use_batched`).  Results match one-by-one training up to
     float rounding.
     """
-    from smartmixed_core.batched import train_seeds_batched
-
     data = data if data is not None else load_data(cfg)
     if batched is None:
         batched = use_batched(cfg, len(seeds))
     if batched:
-        t0 = time.perf_counter()
-        trained = train_seeds_batched(
-            cfg, seeds, data, [callbacks(s) if callbacks else () for s in seeds]
-        )
-        seconds = (time.perf_counter() - t0) / len(seeds)  # shared: each seed's share
-        outcomes = [
-            finish_seed(cfg, model, data, {"seed": seed, **out}, history, seconds)
-            for seed, (model, out, history) in zip(seeds, trained)
-        ]
+        outcomes = train_batched(cfg, seeds, data, [callbacks(s) if callbacks else ()
+                                                    for s in seeds])
     else:
         outcomes = [train_seed(cfg, s, data, callbacks(s) if callbacks else ()) for s in seeds]
     doc = {

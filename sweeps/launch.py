@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,6 @@ class SweepOutcome:
     path: Path
     context: SweepContext
     interrupted: bool
-    errored: int
 
 
 def experiment_dir(spec: SweepSpec) -> Path:
@@ -86,19 +86,17 @@ def flat_params(doc: dict[str, Any], prefix: str = "") -> dict[str, str]:
 def _searcher(spec: SweepSpec, path: Path) -> Any:
     from sweeps.space import define_by_run
 
-    if spec.search.algorithm == "grid" or not spec.search.space:
+    if spec.search.algorithm == "grid":
         return None
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
     from ray.tune.search import ConcurrencyLimiter
 
-    from sweeps.searcher import ResumableOptunaSearch
+    from sweeps.searcher import ResumableOptunaSearch, journal_storage
 
     sampler = (optuna.samplers.RandomSampler(seed=spec.search.seed)
                if spec.search.algorithm == "random"
                else optuna.samplers.TPESampler(seed=spec.search.seed))
-    storage = JournalStorage(JournalFileBackend(str(path / JOURNAL_FILE)))
+    storage = journal_storage(path / JOURNAL_FILE)
     search = ResumableOptunaSearch(space=define_by_run(spec), metric=spec.search.metric,
                                    mode=spec.search.mode, sampler=sampler,
                                    study_name=spec.name, storage=storage)
@@ -120,6 +118,7 @@ def smartmixed_trial(config: dict[str, Any], ctx: SweepContext, env: dict[str, s
 def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path, restore: bool) -> Any:
     from ray import tune
 
+    from smartmixed_core.config import RunConfig
     from sweeps.space import grid
 
     fn = tune.with_resources(tune.with_parameters(smartmixed_trial, ctx=ctx, env=tracking_env()),
@@ -132,7 +131,7 @@ def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path, restore: bool) -> Any
     if spec.scheduler and spec.scheduler.asha:
         from ray.tune.schedulers import ASHAScheduler
 
-        epochs = int(spec.base().get("epochs", 40))
+        epochs = int(spec.base().get("epochs", RunConfig.epochs))
         scheduler = ASHAScheduler(time_attr="training_iteration", metric=spec.search.metric,
                                   mode=spec.search.mode, max_t=epochs + 1,
                                   grace_period=spec.scheduler.asha.grace_period,
@@ -442,12 +441,11 @@ def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | No
     try:
         results = _tuner(spec, ctx, path, restore).fit()
         trials = results._experiment_analysis.trials  # statuses are not public on ResultGrid
-        errored = sum(1 for t in trials if t.status == "ERROR")
         # Ray's SIGINT handler puts back the handler it found (ours) once it has fired.
         interrupted = (watch and signal.getsignal(signal.SIGINT) is _second_interrupt) or any(
             t.status not in ("TERMINATED", "ERROR") for t in trials)
     except KeyboardInterrupt:
-        interrupted, errored = True, 0
+        interrupted = True
     finally:
         if watch:
             signal.signal(signal.SIGINT, previous)
@@ -465,7 +463,7 @@ def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | No
         runs = tracking.find_runs(c, ctx.experiment_id, kind, spec.name, status="RUNNING")
         tracking.close_running(c, runs, "KILLED", reason)
     c.set_terminated(ctx.sweep_run_id, "KILLED" if interrupted else "FINISHED")
-    return SweepOutcome(spec, path, ctx, interrupted, errored)
+    return SweepOutcome(spec, path, ctx, interrupted)
 
 
 def _second_interrupt(signum: int, frame: Any) -> None:
@@ -476,11 +474,11 @@ def _second_interrupt(signum: int, frame: Any) -> None:
 def trial_rows(ctx: SweepContext, spec: SweepSpec) -> list[dict[str, Any]]:
     """One row per trial run: status, sampled params and seed-mean results, best first."""
     c = tracking.client(ctx.tracking_uri)
+    finished = Counter(r.data.tags.get(schema.TAG_TRIAL) for r in tracking.find_runs(
+        c, ctx.experiment_id, schema.KIND_SEED, spec.name, status="FINISHED"))
     rows = []
     for run in tracking.find_runs(c, ctx.experiment_id, schema.KIND_TRIAL, spec.name):
         m, p = run.data.metrics, run.data.params
-        seeds = tracking.find_runs(c, ctx.experiment_id, schema.KIND_SEED, spec.name,
-                                   trial=run.data.tags[schema.TAG_TRIAL], status="FINISHED")
         rows.append({
             "trial": run.data.tags[schema.TAG_TRIAL], "status": run.info.status,
             "method": p.get("method"), "architecture": p.get("architecture"),
@@ -489,9 +487,9 @@ def trial_rows(ctx: SweepContext, spec: SweepSpec) -> list[dict[str, Any]]:
             # A running trial shows its latest epoch; a failed one has no result to show.
             "metric": m.get(f"{spec.search.metric}_mean",
                             m.get(spec.search.metric) if run.info.status == "RUNNING" else None),
-            "val_accuracy": m.get("val_accuracy_mean"),
             "val_accuracy_std": m.get("val_accuracy_std"),
-            "test_accuracy": m.get("test_accuracy_mean"), "seeds_finished": len(seeds),
+            "test_accuracy": m.get("test_accuracy_mean"),
+            "seeds_finished": finished[run.data.tags[schema.TAG_TRIAL]],
             "reason": run.data.tags.get(schema.TAG_STATUS_REASON, ""),
         })
     sign = -1 if spec.search.mode == "max" else 1

@@ -102,10 +102,6 @@ def credentials(uri: str) -> tuple[str, str | None, str | None]:
             unquote(password) if sep else None)
 
 
-def has_secret(uri: str) -> bool:
-    return isinstance(uri, str) and redact_uri(uri) != uri
-
-
 def use_credentials(uri: str) -> str:
     """The URI this process gives MLflow.  For ``http(s)``, user and password move into
     ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (so MLflow's own messages, which

@@ -65,8 +65,5 @@ ARTIFACT_REPORT_DIR = "report"  # analysis report, on the sweep run
 # the searcher sampled (space keys, e.g. depth/width) under this prefix.
 SAMPLED_PREFIX = "sampled."
 # Trial runs: seed-mean EPOCH_METRICS per epoch (step = epoch), and at the end the mean and
-# sample std over seeds of these (as "<name>_mean", "<name>_std"), plus "n_seeds".
-TRIAL_SUMMARY_METRICS = (
-    "val_accuracy", "test_accuracy", "test_f1_macro", "test_roc_auc", "train_seconds",
-    "n_params", "phase1_test_accuracy", "phase2_start_test_accuracy",
-)
+# sample std over seeds of smartmixed_core.runner.summarize (as "<name>_mean", "<name>_std"),
+# plus "n_seeds".

@@ -35,13 +35,12 @@ def trial_params(name_or_path: str) -> tuple[Any, list[dict[str, Any]]]:
 def run_sequential(spec: Any, params: list[dict[str, Any]], batched: bool = True) -> float:
     """Train every trial in turn, its seeds batched as the sweep's trial does (``batched``)
     or one at a time; returns the wall time in seconds."""
-    from smartmixed_core.runner import load_data, train_seeds, use_batched
+    from smartmixed_core.runner import load_data, train_seeds
 
     t0 = time.perf_counter()
     for p in params:
         cfg = spec.run_config(p)
-        together = batched and spec.batch_seeds == "auto" and use_batched(cfg, len(spec.seeds))
-        train_seeds(cfg, spec.seeds, data=load_data(cfg), batched=together)
+        train_seeds(cfg, spec.seeds, data=load_data(cfg), batched=batched and spec.batches(cfg))
     return time.perf_counter() - t0
 
 

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sweeps.spec import ALIASES, CONDITIONAL, SweepSpec
+from sweeps.spec import SweepSpec, applies
 
 if TYPE_CHECKING:
     import optuna
@@ -24,11 +24,6 @@ def _order(spec: SweepSpec) -> list[str]:
     """Space keys with method (and dataset) first: the conditions are known before use."""
     keys = list(spec.search.space)
     return sorted(keys, key=lambda k: (k not in ("method", "dataset"), keys.index(k)))
-
-
-def _applies(key: str, method: str) -> bool:
-    kinds = CONDITIONAL.get(ALIASES.get(key, key))
-    return kinds is None or method.split(":")[0].strip().lower() in kinds
 
 
 def _encode(value: Any) -> Any:
@@ -46,10 +41,10 @@ class DefineByRun:
 
     def __call__(self, trial: optuna.Trial) -> None:
         spec = self.spec
-        method = str(spec.base().get("method", "smartmixed"))
+        method = spec.base_method()
         for key in _order(spec):
             dist = spec.search.space[key]
-            if not _applies(key, method):
+            if not applies(key, method):
                 continue
             kind, vals = dist.kind, dist.values
             if kind == "choice":
@@ -88,13 +83,13 @@ def grid(spec: SweepSpec) -> list[dict[str, Any]]:
 
             raise ConfigError(f"search.space.{key}", "grid needs choice: [...] for every "
                               "parameter (use algorithm optuna or random for ranges)")
-    base_method = str(spec.base().get("method", "smartmixed"))
+    base_method = spec.base_method()
     seen: set[str] = set()
     out = []
     for combo in itertools.product(*(spec.search.space[k].values for k in keys)):
         params = dict(zip(keys, combo))
         method = str(params.get("method", base_method))
-        params = {k: v for k, v in params.items() if _applies(k, method)}
+        params = {k: v for k, v in params.items() if applies(k, method)}
         fingerprint = json.dumps(params, sort_keys=True, default=str)
         if fingerprint not in seen:
             seen.add(fingerprint)

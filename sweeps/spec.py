@@ -46,6 +46,12 @@ CONDITIONAL: dict[str, tuple[str, ...]] = {
 """Parameters that only matter for some method kinds (define-by-run samples them only then)."""
 assert all(k in METHOD_KINDS for kinds in CONDITIONAL.values() for k in kinds)
 
+
+def applies(key: str, method: str) -> bool:
+    """Whether the space key ``key`` matters for ``method`` (see :data:`CONDITIONAL`)."""
+    kinds = CONDITIONAL.get(ALIASES.get(key, key))
+    return kinds is None or method.split(":")[0].strip().lower() in kinds
+
 METRICS = ("val_accuracy", "val_loss")
 """Seed-mean metrics a sweep may optimise: validation only, never the test set."""
 
@@ -234,12 +240,15 @@ class SweepSpec(_Strict):
                 values[ALIASES.get(key, key)] = value
         return RunConfig.from_dict(values)
 
-    def method_kinds(self) -> set[str]:
-        """Method kinds any trial can have."""
-        dist = self.search.space.get("method")
-        methods = dist.choice if dist is not None and dist.choice else [self.base().get(
-            "method", RunConfig.method)]
-        return {str(m).split(":")[0].strip().lower() for m in methods}
+    def base_method(self) -> str:
+        """The method of a trial whose space has none: ``fixed.method`` or the default."""
+        return str(self.base().get("method", RunConfig.method))
+
+    def batches(self, cfg: RunConfig) -> bool:
+        """Whether a trial of ``cfg`` trains its seeds as one batched model."""
+        from smartmixed_core.runner import use_batched
+
+        return self.batch_seeds == "auto" and use_batched(cfg, len(self.seeds))
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -320,8 +329,7 @@ def _check_configs(spec: SweepSpec) -> None:
         for i, value in enumerate(dist.values):
             params: dict[str, Any] = {**first, key: value}
             kinds = CONDITIONAL.get(ALIASES.get(key, key))
-            if kinds and str(params.get("method", spec.base().get("method", "smartmixed"))
-                             ).split(":")[0] not in kinds:
+            if kinds and not applies(key, str(params.get("method", spec.base_method()))):
                 params["method"] = kinds[0]
             where = f"search.space.{key}.{dist.kind}" + (f"[{i}]" if dist.kind == "choice" else "")
             try:
@@ -490,11 +498,6 @@ PRESETS = Path(__file__).parent / "presets"
 
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS.glob("*.yaml"))
-
-
-def to_yaml(spec: SweepSpec) -> str:
-    """The spec as YAML (what is logged and saved for ``sweep resume``)."""
-    return yaml.safe_dump(spec_doc(spec), sort_keys=False)
 
 
 def spec_doc(spec: SweepSpec) -> dict[str, Any]:

@@ -228,8 +228,6 @@ def log_params(c: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
 
 def log_metrics(c: MlflowClient, run_id: str, metrics: Iterable[tuple[str, float, int]]) -> None:
     """Log (key, value, step) triples in batches, skipping non-finite values."""
-    import time
-
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)

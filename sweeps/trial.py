@@ -35,15 +35,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from smartmixed_core.batched import BatchedState, train_seeds_batched
+from smartmixed_core.batched import BatchedState
 from smartmixed_core.errors import ConfigError
 from smartmixed_core.runner import (
     SeedState,
-    finish_seed,
     load_data,
     summarize,
+    train_batched,
     train_seed,
-    use_batched,
 )
 from smartmixed_core.training import NonFiniteLossError
 from sweeps import schema, tracking
@@ -153,26 +152,30 @@ class _RngState:
             torch.cuda.set_rng_state_all(self.cuda)
 
 
+def _row(record: dict[str, Any]) -> dict[str, float]:
+    """What a trial keeps of a seed's history record: the epoch and its reported metrics."""
+    return {k: record[k] for k in ("epoch", *schema.EPOCH_METRICS)}
+
+
 class _Record:
-    """Seed callback of batched training: records the epoch."""
+    """Seed callback: records the epoch."""
 
     def __init__(self, trial: TrialRun, seed: int):
         self.trial, self.seed = trial, seed
 
     def on_epoch_end(self, epoch: int, record: dict, model: object) -> None:
-        self.trial.records[self.seed].append(
-            {k: record[k] for k in ("epoch", *schema.EPOCH_METRICS)})
+        self.trial.records[self.seed].append(_row(record))
 
 
-class _Yield:
-    """Seed callback: records the epoch, then yields the turn until the next round."""
+class _Yield(_Record):
+    """Lockstep seed callback: records the epoch, then yields the turn until the next round."""
 
     def __init__(self, trial: TrialRun, seed: int):
-        self.trial, self.seed, self.rng = trial, seed, _RngState()
+        super().__init__(trial, seed)
+        self.rng = _RngState()
 
     def on_epoch_end(self, epoch: int, record: dict, model: object) -> None:
-        self.trial.records[self.seed].append(
-            {k: record[k] for k in ("epoch", *schema.EPOCH_METRICS)})
+        super().on_epoch_end(epoch, record, model)
         self.rng.save()
         self.trial.turns.pass_on(self.seed)
         self.trial.turns.wait(self.seed)
@@ -213,8 +216,7 @@ class TrialRun:
         self.errors: dict[int, BaseException] = {}
         self.abort_reason = ""
         self.turns = Turns([])
-        self.batched = self.spec.batch_seeds == "auto" and use_batched(self.cfg,
-                                                                       len(self.spec.seeds))
+        self.batched = self.spec.batches(self.cfg)
         self.batched_state: BatchedState | None = None
         self._report_error: BaseException | None = None
 
@@ -236,8 +238,7 @@ class TrialRun:
         self.summaries = tracking.finished_seeds(self.client, ctx.experiment_id, name,
                                                  self.trial_id)
         for seed, summary in self.summaries.items():
-            self.records[seed] = [{k: r[k] for k in ("epoch", *schema.EPOCH_METRICS)}
-                                  for r in summary["history"]]
+            self.records[seed] = [_row(r) for r in summary["history"]]
         todo = [s for s in self.spec.seeds if s not in self.summaries]
         restore = self._restore_batched if self.batched else self._restore
         self.resumed_after = restore(todo)
@@ -263,9 +264,8 @@ class TrialRun:
     def _restore(self, todo: list[int]) -> int:
         """Load the unfinished seeds' states from the checkpoint; the epoch it had completed,
         or -1 (no usable checkpoint: the unfinished seeds start from epoch 0)."""
-        ckpt = self.resume
-        if (not ckpt or not todo or ckpt.get("version") != CHECKPOINT_VERSION
-                or "batched" in ckpt):
+        ckpt = self._usable_checkpoint(todo, batched=False)
+        if ckpt is None:
             return -1
         seeds = ckpt.get("seeds", {})
         if any(s not in seeds for s in todo):
@@ -279,26 +279,44 @@ class TrialRun:
             self.states[s], self.seed_runs[s] = state, seeds[s]["run_id"]
         for s in todo:
             st = self.states[s]
-            self.records[s] = [{k: r[k] for k in ("epoch", *schema.EPOCH_METRICS)}
-                               for r in (*st.history, *st.fit.history)]
+            self.records[s] = [_row(r) for r in (*st.history, *st.fit.history)]
         return epoch
 
     def _restore_batched(self, todo: list[int]) -> int:
         """:meth:`_restore` for batched training: the checkpoint must hold exactly ``todo``
         (a batched state continues the seeds it was saved with)."""
-        ckpt = self.resume
-        if (not ckpt or not todo or ckpt.get("version") != CHECKPOINT_VERSION
-                or "batched" not in ckpt or list(ckpt.get("seeds", {})) != todo):
+        ckpt = self._usable_checkpoint(todo, batched=True)
+        if ckpt is None or list(ckpt.get("seeds", {})) != todo:
             return -1
         state = BatchedState.restore(ckpt["batched"])
         assert state.restored is not None
         for i, s in enumerate(todo):
             self.seed_runs[s] = ckpt["seeds"][s]["run_id"]
-            self.records[s] = [{k: r[k] for k in ("epoch", *schema.EPOCH_METRICS)}
-                               for r in (*state.histories[i],
-                                         *state.restored["runs"][i]["history"])]
+            self.records[s] = [_row(r) for r in (*state.histories[i],
+                                                 *state.restored["runs"][i]["history"])]
         self.batched_state = state
         return int(ckpt["epoch"])
+
+    def _usable_checkpoint(self, todo: list[int], batched: bool) -> dict[str, Any] | None:
+        """The checkpoint to resume from, if there is one of this version and mode and
+        seeds are left to train."""
+        ckpt = self.resume
+        if (not ckpt or not todo or ckpt.get("version") != CHECKPOINT_VERSION
+                or ("batched" in ckpt) != batched):
+            return None
+        return ckpt
+
+    def _end_round(self, epoch: int, last_step: int,
+                   checkpoint: Callable[[int], dict[str, Any] | None],
+                   latest: Collection[int] = ()) -> None:
+        """Report the round, with ``checkpoint(epoch)`` when one is due (its cost sets how long
+        until the next; see :data:`CHECKPOINT_OVERHEAD`)."""
+        t0 = time.monotonic()
+        ckpt = checkpoint(epoch) if self._checkpoint_due() else None
+        self._report_round(epoch, logged=epoch <= last_step, checkpoint=ckpt, latest=latest)
+        if ckpt is not None:
+            self._last_checkpoint = time.monotonic()
+            self._checkpoint_cost = self._last_checkpoint - t0
 
     def _checkpoint_due(self) -> bool:
         if self.interval == 0:
@@ -334,18 +352,12 @@ class TrialRun:
             if self.turns.members() == [REPORTER]:
                 break
             if not self.abort_reason and any(len(self.records[s]) > epoch for s in todo):
-                t0 = time.monotonic()
-                ckpt = self._checkpoint(epoch) if self._checkpoint_due() else None
-                self._report_round(epoch, logged=epoch <= last_step, checkpoint=ckpt)
-                if ckpt is not None:
-                    self._last_checkpoint = time.monotonic()
-                    self._checkpoint_cost = self._last_checkpoint - t0
+                self._end_round(epoch, last_step, self._checkpoint)
                 epoch += 1
             self.turns.pass_on(REPORTER)
         for t in threads:
             t.join()
 
-    # -- batched ------------------------------------------------------------------------
     def _open_seed_run(self, seed: int, resumed_after: int) -> str:
         """The seed's run: the checkpoint's run reopened, or a new one."""
         c, exp, name = self.client, self.ctx.experiment_id, self.spec.name
@@ -359,6 +371,7 @@ class TrialRun:
         self.seed_runs[seed] = run_id
         return run_id
 
+    # -- batched ------------------------------------------------------------------------
     def _train_batched(self, todo: list[int], last_step: int) -> None:
         """Train ``todo`` as one batched model (docs/sweeps.md, "How a trial runs"): report
         and checkpoint after every batched epoch (a round), one seed run per seed."""
@@ -369,27 +382,16 @@ class TrialRun:
         runs: dict[int, str] = {}
 
         def on_round(r: int) -> None:
-            t0 = time.monotonic()
-            ckpt = None
-            if self._checkpoint_due():
-                ckpt = {"version": CHECKPOINT_VERSION, "trial": self.trial_id, "epoch": r,
-                        "seeds": {s: {"run_id": runs[s]} for s in todo},
-                        "batched": state.snapshot()}
-            try:
-                self._report_round(r, logged=r <= last_step, checkpoint=ckpt, latest=todo)
-            except BaseException as exc:  # Ray stopping the trial: not a training failure
-                self._report_error = exc
-                raise
-            if ckpt is not None:
-                self._last_checkpoint = time.monotonic()
-                self._checkpoint_cost = self._last_checkpoint - t0
+            self._end_round(r, last_step, lambda epoch: {
+                "version": CHECKPOINT_VERSION, "trial": self.trial_id, "epoch": epoch,
+                "seeds": {s: {"run_id": runs[s]} for s in todo}, "batched": state.snapshot()},
+                latest=todo)
 
         try:
             for seed in todo:
                 runs[seed] = self._open_seed_run(seed, self.resumed_after)
-            trained = train_seeds_batched(self.cfg, todo, data,
-                                          [[_Record(self, s)] for s in todo],
-                                          state=state, on_round=on_round)
+            outcomes = train_batched(self.cfg, todo, data, [[_Record(self, s)] for s in todo],
+                                     state=state, on_round=on_round)
         except NonFiniteLossError as exc:
             culprit = exc.seed if exc.seed in runs else todo[0]
             self.errors[culprit] = exc
@@ -403,10 +405,7 @@ class TrialRun:
                 for run_id in runs.values():
                     self._fail(run_id, f"{type(exc).__name__}: {exc}")
             raise
-        seconds = state.elapsed() / len(todo)  # each seed's share of the joint time
-        for seed, (model, out, history) in zip(todo, trained):
-            outcome = finish_seed(self.cfg, model, data, {"seed": seed, **out}, history,
-                                  seconds)
+        for seed, outcome in zip(todo, outcomes):
             tracking.finish_seed_run(self.client, runs[seed], self.cfg, outcome)
             self.summaries[seed] = outcome.summary
 
@@ -414,17 +413,8 @@ class TrialRun:
         self.turns.wait(seed)
         run_id = None
         try:
-            c, exp, name = self.client, self.ctx.experiment_id, self.spec.name
-            state = self.states.get(seed)
-            if state is not None:
-                run_id = tracking.reopen_seed_run(c, exp, name, self.trial_id, seed,
-                                                  self.seed_runs[seed], state.epoch)
-            else:
-                state = self.states[seed] = SeedState()
-            if run_id is None:
-                run_id = tracking.start_seed_run(c, exp, name, self.trial_id, self.run_id, seed,
-                                                 self.cfg)
-            self.seed_runs[seed] = run_id
+            state = self.states.setdefault(seed, SeedState())
+            run_id = self._open_seed_run(seed, self.resumed_after)
             outcome = train_seed(self.cfg, seed, data, callbacks=[_Yield(self, seed)],
                                  state=state)
             tracking.finish_seed_run(self.client, run_id, self.cfg, outcome)
@@ -461,7 +451,11 @@ class TrialRun:
         due = time.monotonic() - self._last_report >= self.report_interval
         if checkpoint is not None or due or self.every_epoch:
             self._flush()
-            self.report({**metrics, "epoch": epoch, "final": False}, checkpoint)
+            try:
+                self.report({**metrics, "epoch": epoch, "final": False}, checkpoint)
+            except BaseException as exc:  # e.g. Ray stopping the trial: not a training failure
+                self._report_error = exc
+                raise
             self._last_report = time.monotonic()
 
     def _flush(self) -> None:
@@ -481,7 +475,7 @@ class TrialRun:
         tracking.log_metrics(self.client, self.run_id, [
             (k, v, 0) for k, v in summary.items() if isinstance(v, (int, float))])
         epochs = max(len(s["history"]) for s in seeds)
-        return {"val_accuracy": summary["val_accuracy_mean"], "val_loss": _mean(val_loss),
+        return {"val_accuracy": summary["val_accuracy_mean"], "val_loss": summary["val_loss_mean"],
                 "test_accuracy": summary["test_accuracy_mean"],
                 "test_f1_macro": summary["test_f1_macro_mean"],
                 "val_accuracy_std": summary["val_accuracy_std"],

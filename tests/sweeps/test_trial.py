@@ -56,15 +56,13 @@ def count_training(ctx, monkeypatch, fail=False):
     """Record (or refuse) every training call of the trial: per call, the epoch (lockstep)
     or round (batched) it continues after, -1 for a fresh start."""
     calls = []
-    name = "train_seeds_batched" if batched(ctx) else "train_seed"
+    name = "train_batched" if batched(ctx) else "train_seed"
     real = getattr(trial_mod, name)
 
     def spy(*a, **k):
         if fail:
             pytest.fail("retrained")
-        state = k.get("state")
-        calls.append(-1 if state is None else getattr(state, "round", None)
-                     if batched(ctx) else state.epoch)
+        calls.append(k["state"].round if batched(ctx) else k["state"].epoch)
         return real(*a, **k)
 
     monkeypatch.setattr(trial_mod, name, spy)
@@ -143,7 +141,7 @@ def test_stale_running_seed_run_is_closed_before_retraining(ctx):
 
 
 def test_nonfinite_loss_fails_the_trial_once_and_retries_stop_early(ctx, monkeypatch):
-    real, real_batched = trial_mod.train_seed, trial_mod.train_seeds_batched
+    real, real_batched = trial_mod.train_seed, trial_mod.train_batched
 
     def explode(cfg, seed, data, callbacks=(), state=None):
         if seed == 1:
@@ -157,7 +155,7 @@ def test_nonfinite_loss_fails_the_trial_once_and_retries_stop_early(ctx, monkeyp
         return real_batched(cfg, seeds, data, callbacks, state, on_round_then_nan)
 
     monkeypatch.setattr(trial_mod, "train_seed", explode)
-    monkeypatch.setattr(trial_mod, "train_seeds_batched", explode_batched)
+    monkeypatch.setattr(trial_mod, "train_batched", explode_batched)
     reports = Reports()
     with pytest.raises(TrialFailed, match="non-finite"):
         TrialRun(ctx, {}, "t1", reports).run()
