@@ -91,7 +91,8 @@ def train(
     checkpoints: Annotated[bool, typer.Option(help="Write one checkpoint per seed.")] = True,
     batch_seeds: Annotated[
         str,
-        typer.Option(help="Train the seeds as one batched model: auto (on CUDA, MLP), on, off."),
+        typer.Option(help="Train the seeds as one batched model: auto (several seeds and "
+                    "a batchable MLP run, on any device), on, off."),
     ] = "auto",
     quiet: bool = False,
 ) -> None:

@@ -383,7 +383,7 @@ def load_data(cfg: RunConfig) -> Splits:
 def use_batched(cfg: RunConfig, n_seeds: int) -> bool:
     """The ``auto`` choice: batch the seeds when there are several and ``cfg`` qualifies
     (:func:`~smartmixed_core.batched.batchable`).  On any device: fewer, larger kernels pay on
-    a CPU too (1.3-2x per seed measured on 2 cores; README, Performance)."""
+    a CPU too (README, Performance)."""
     from smartmixed_core.batched import batchable
 
     return n_seeds > 1 and batchable(cfg) is None

@@ -438,12 +438,14 @@ def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | No
              and not int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")))
     if watch:
         signal.signal(signal.SIGINT, _second_interrupt)
+    crashed: set[str] = set()
     try:
         results = _tuner(spec, ctx, path, restore).fit()
         trials = results._experiment_analysis.trials  # statuses are not public on ResultGrid
         # Ray's SIGINT handler puts back the handler it found (ours) once it has fired.
         interrupted = (watch and signal.getsignal(signal.SIGINT) is _second_interrupt) or any(
             t.status not in ("TERMINATED", "ERROR") for t in trials)
+        crashed = {t.trial_id for t in trials if t.status == "ERROR"}
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -458,10 +460,14 @@ def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | No
 
             fail_lost_trials(path / JOURNAL_FILE, spec.name)
     reason = ("sweep interrupted; smartmixed sweep resume continues it" if interrupted
-              else "stopped early by the scheduler")
+              else "stopped early by the scheduler" if spec.scheduler
+              else "ended before finishing")
     for kind in (schema.KIND_SEED, schema.KIND_TRIAL):
         runs = tracking.find_runs(c, ctx.experiment_id, kind, spec.name, status="RUNNING")
-        tracking.close_running(c, runs, "KILLED", reason)
+        failed = [r for r in runs if r.data.tags.get(schema.TAG_TRIAL) in crashed]
+        tracking.close_running(c, failed, "FAILED",
+                               f"crashed: the trial failed {spec.max_failures + 1} times")
+        tracking.close_running(c, [r for r in runs if r not in failed], "KILLED", reason)
     c.set_terminated(ctx.sweep_run_id, "KILLED" if interrupted else "FINISHED")
     return SweepOutcome(spec, path, ctx, interrupted)
 

@@ -166,6 +166,11 @@ class SweepSpec(_Strict):
     batch_seeds: Literal["auto", "off"] = "auto"
     """``auto``: a trial trains its seeds as one batched model when it has several and its
     configuration qualifies; ``off``: one by one in lockstep."""
+
+    @field_validator("batch_seeds", mode="before")
+    @classmethod
+    def _off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
     description: str = ""
 
     @field_validator("name")

@@ -400,11 +400,14 @@ class TrialRun:
                 self._fail(run_id, f"{tracking.NONFINITE} loss: {exc}" if seed == culprit
                            else f"aborted: {self.abort_reason}")
             return
-        except BaseException as exc:
-            if exc is not self._report_error:
-                for run_id in runs.values():
-                    self._fail(run_id, f"{type(exc).__name__}: {exc}")
-            raise
+        except Exception as exc:  # a crash: fails the trial as a crashing seed thread does
+            if exc is self._report_error:  # e.g. Ray stopping the trial
+                raise
+            self.errors[todo[0]] = exc
+            self.abort_reason = f"{type(exc).__name__}: {exc}"
+            for run_id in runs.values():
+                self._fail(run_id, self.abort_reason)
+            return
         for seed, outcome in zip(todo, outcomes):
             tracking.finish_seed_run(self.client, runs[seed], self.cfg, outcome)
             self.summaries[seed] = outcome.summary

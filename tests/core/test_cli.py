@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from smartmixed_core import runner
 from smartmixed_core.cli import main
 
 SEED_KEYS = {
@@ -157,13 +158,24 @@ def test_console_script_exit_status(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_batch_seeds_on_writes_the_same_results_as_off(tmp_path):
+def test_batch_seeds_on_writes_the_same_results_as_off(tmp_path, monkeypatch):
     common = ["train", "--arch", "16", "--epochs", "3", "--transition-epoch", "1",
               "--seeds", "0,1", "--device", "cpu", "--quiet", "--no-checkpoints"]
+    batched_calls = []
+    real = runner.train_batched
+    monkeypatch.setattr(runner, "train_batched",
+                        lambda *a, **k: batched_calls.append(a[1]) or real(*a, **k))
     docs = {}
-    for mode in ("off", "on"):
+    for mode in ("off", "on", "auto"):
         assert main([*common, "--batch-seeds", mode, "--out", str(tmp_path / mode)]) == 0
         docs[mode] = json.loads((tmp_path / mode / "result.json").read_text())
+    assert batched_calls == [[0, 1], [0, 1]]  # on and auto (two seeds, MLP) batch; off not
+    def untimed(seed):
+        return {**{k: v for k, v in seed.items() if k != "train_seconds"},
+                "history": [{k: v for k, v in r.items() if k != "seconds"}
+                            for r in seed["history"]]}
+
+    assert [untimed(s) for s in docs["auto"]["seeds"]] == [untimed(s) for s in docs["on"]["seeds"]]
     for a, b in zip(docs["off"]["seeds"], docs["on"]["seeds"]):
         assert a["seed"] == b["seed"] and a["selection"] == b["selection"]
         assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 0.02  # float32: near-equal

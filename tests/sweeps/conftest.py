@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tests.sweeps.sweep_helpers import free_port, wait_http
+from tests.sweeps.sweep_helpers import free_port, start_mlflow_server
 
 
 @pytest.fixture(scope="session")
@@ -25,13 +21,8 @@ def ray_local():
 def mlflow_server(tmp_path):
     """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts)."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    proc = start_mlflow_server(port, tmp_path / "server.db", tmp_path / "server-artifacts")
     try:
-        wait_http(f"http://127.0.0.1:{port}/health")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -97,3 +97,16 @@ def test_define_by_run_samples_conditional_params_only_for_smartmixed():
 def test_depth_and_width_build_a_funnel():
     spec = _spec(search={"space": {"depth": {"int": [1, 3]}, "width": {"choice": [64]}}})
     assert spec.run_config({"depth": 3, "width": 64}).arch == "64-32-16"
+
+
+def test_batch_seeds_off_reads_from_bare_yaml_and_set(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: b\nbatch_seeds: off\n"
+                    "search: {algorithm: grid, space: {method: {choice: [smartmixed]}}}\n")
+    assert load_spec(path).batch_seeds == "off"  # YAML reads a bare `off` as false
+    path.write_text("name: b\nsearch: {algorithm: grid, space: {method: {choice: [smartmixed]}}}\n")
+    assert load_spec(path).batch_seeds == "auto"
+    assert load_spec(path, ["batch_seeds=off"]).batch_seeds == "off"
+    with pytest.raises(ConfigError) as err:
+        load_spec(path, ["batch_seeds=on"])  # `on` is YAML true, and not a choice
+    assert err.value.field == "batch_seeds"

@@ -159,7 +159,8 @@ def test_nonfinite_loss_fails_the_trial_once_and_retries_stop_early(ctx, monkeyp
     reports = Reports()
     with pytest.raises(TrialFailed, match="non-finite"):
         TrialRun(ctx, {}, "t1", reports).run()
-    assert all(r["val_accuracy"] == r["val_accuracy"] for r in reports)  # never NaN
+    # batched: epoch 0 was reported before the NaN; lockstep: seed 1 failed before any round
+    assert [r["epoch"] for r in reports] == ([0] if batched(ctx) else [])
     assert not any(r.get("final") for r in reports)
     failed = _seed_runs(ctx, "FAILED")
     assert any(r.data.tags[schema.TAG_STATUS_REASON].startswith("non-finite") for r in failed)
@@ -170,6 +171,22 @@ def test_nonfinite_loss_fails_the_trial_once_and_retries_stop_early(ctx, monkeyp
     count_training(ctx, monkeypatch, fail=True)
     with pytest.raises(TrialFailed, match="non-finite"):  # the retry fails at once
         TrialRun(ctx, {}, "t1", reports).run()
+
+
+def test_a_crashing_seed_fails_the_trial_and_its_runs(ctx, monkeypatch):
+    def crash(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(trial_mod, "train_batched" if batched(ctx) else "train_seed", crash)
+    with pytest.raises(TrialFailed, match="boom"):  # Ray retries it (max_failures)
+        TrialRun(ctx, {}, "t1", Reports()).run()
+    c = tracking.client(ctx.tracking_uri)
+    (trial_run,) = tracking.find_runs(c, ctx.experiment_id, schema.KIND_TRIAL, "tr")
+    assert trial_run.info.status == "FAILED"
+    assert "boom" in trial_run.data.tags[schema.TAG_STATUS_REASON]
+    seeds = _seed_runs(ctx)
+    assert seeds and all(r.info.status == "FAILED" for r in seeds)
+    assert any("RuntimeError: boom" in r.data.tags[schema.TAG_STATUS_REASON] for r in seeds)
 
 
 def test_turns_rotate_and_skip_members_that_left():
@@ -322,7 +339,9 @@ def test_tracking_calls_give_up_after_the_outage_limit(monkeypatch):
 
 
 def test_client_for_a_server_retries_and_respects_the_settings(monkeypatch):
-    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
+        monkeypatch.setenv(key, "")  # recorded, so what client() sets is undone afterwards
+        monkeypatch.delenv(key)
     monkeypatch.setenv(tracking.OUTAGE_ENV, "90")
     c = tracking.client("http://127.0.0.1:5000")
     assert isinstance(c, tracking.RetryingClient) and c._patience == 90
