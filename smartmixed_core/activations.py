@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,8 @@ class ActivationSpec:
     randomness (``pure``); the fused selective layer and the mixed layer use it directly.
     ``module`` builds a fresh ``nn.Module`` (PReLU carries a learnable slope, RReLU samples
     slopes in training), so every slot owns its own instance.  ``inplace`` is ``fn``
-    overwriting its argument, used by the mixed layer at inference.
+    overwriting its argument, used by the mixed layer at inference; it is a builtin (no
+    Python frame) because the mixed layer calls it once per activation group and layer.
     """
 
     name: str
@@ -45,35 +47,21 @@ def _leaky_relu(x: Tensor) -> Tensor:
     return F.leaky_relu(x, 0.01)
 
 
-def _leaky_relu_(x: Tensor) -> Tensor:
-    return F.leaky_relu_(x, 0.01)
-
-
-def _elu_(x: Tensor) -> Tensor:
-    return F.elu_(x)
-
-
-def _silu_(x: Tensor) -> Tensor:
-    return F.silu(x, inplace=True)
-
-
-def _mish_(x: Tensor) -> Tensor:
-    return F.mish(x, inplace=True)
-
-
 ACTIVATIONS: dict[str, ActivationSpec] = {
     spec.name: spec
     for spec in (
         ActivationSpec("relu", nn.ReLU, torch.relu, torch.relu_),
         ActivationSpec("sigmoid", nn.Sigmoid, torch.sigmoid, torch.sigmoid_),
         ActivationSpec("tanh", nn.Tanh, torch.tanh, torch.tanh_),
-        ActivationSpec("leaky_relu", nn.LeakyReLU, _leaky_relu, _leaky_relu_),
-        ActivationSpec("elu", nn.ELU, F.elu, _elu_),
+        ActivationSpec(
+            "leaky_relu", nn.LeakyReLU, _leaky_relu, partial(F.leaky_relu_, negative_slope=0.01)
+        ),
+        ActivationSpec("elu", nn.ELU, F.elu, F.elu_),
         ActivationSpec("selu", nn.SELU, F.selu, torch.selu_),
         ActivationSpec("prelu", nn.PReLU),
         ActivationSpec("rrelu", nn.RReLU),
-        ActivationSpec("silu", nn.SiLU, F.silu, _silu_),
-        ActivationSpec("mish", nn.Mish, F.mish, _mish_),
+        ActivationSpec("silu", nn.SiLU, F.silu, torch._C._nn.silu_),
+        ActivationSpec("mish", nn.Mish, F.mish, torch._C._nn.mish_),
         ActivationSpec("gelu", nn.GELU, F.gelu),
     )
 }

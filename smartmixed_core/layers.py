@@ -6,9 +6,9 @@ the same shape; "units" are MLP neurons or ConvNet channels (dimension 1).
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -155,6 +155,20 @@ class SelectiveActivation(nn.Module):
         return f"units={self.units}, pool={list(self.pool)}, tau={self.tau:g}, fused={self.fused}"
 
 
+@dataclass
+class InferencePlan:
+    """A mixed layer's output buffer ``[units, batch]`` and its (in-place fn, rows) groups:
+    write the pre-activations into ``out``, then :meth:`activate`."""
+
+    out: Tensor
+    groups: list[tuple[Callable[[Tensor], Tensor], Tensor]]
+
+    def activate(self) -> Tensor:
+        for fn, rows in self.groups:
+            fn(rows)
+        return self.out
+
+
 class MixedActivation(nn.Module):
     """Phase 2: fixed choices, units grouped as contiguous slices in ``pool`` order.
 
@@ -173,13 +187,9 @@ class MixedActivation(nn.Module):
         if len(self.counts) != len(self.pool):
             raise ValueError("counts must have one entry per pool member")
         self.candidates = candidates or nn.ModuleList(ACTIVATIONS[n].module() for n in self.pool)
-        # (in-place fn, first row, end row) per group, or None when a member has no pure form.
-        ends = list(itertools.accumulate(self.counts))
-        inplace = [
-            (ACTIVATIONS[n].inplace, end - c, end)
-            for n, c, end in zip(self.pool, self.counts, ends) if c
-        ]
-        self._inplace = inplace if all(fn for fn, _, _ in inplace) else None
+        # Each used group's in-place builtin, or None when a used member has no pure form.
+        fns = [ACTIVATIONS[n].inplace for n, c in zip(self.pool, self.counts) if c]
+        self._inplace = fns if all(fns) else None
 
     @property
     def units(self) -> int:
@@ -192,13 +202,18 @@ class MixedActivation(nn.Module):
         return self._grouped(x, 1)
 
     def forward_units_first(self, h: Tensor) -> Tensor:
-        """The same map on ``h`` of shape ``[units, batch]``.  Without autograd (inference)
-        each group is overwritten in place: ``h`` must be a temporary the caller owns."""
-        if self._inplace is None or torch.is_grad_enabled():
-            return self._grouped(h, 0)
-        for fn, start, end in self._inplace:
-            fn(h[start:end])
-        return h
+        """The same map on ``h`` of shape ``[units, batch]`` (a new tensor)."""
+        return self._grouped(h, 0)
+
+    def inference_plan(self, batch: int, like: Tensor) -> InferencePlan | None:
+        """A new ``[units, batch]`` output buffer (``like``'s device and dtype) with each
+        group's rows and in-place activation, for a caller that reuses it across inference
+        calls; None when a used pool member has no pure form."""
+        if self._inplace is None:
+            return None
+        out = like.new_empty(self.units, batch)
+        groups = [g for g in out.split(self.counts) if g.shape[0]]
+        return InferencePlan(out, list(zip(self._inplace, groups)))
 
     def _grouped(self, x: Tensor, dim: int) -> Tensor:
         return _grouped_apply(x, self.counts, self.candidates, dim)

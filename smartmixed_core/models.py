@@ -8,13 +8,15 @@ runs on the same backbone.  Outputs are logits: the loss is cross-entropy on log
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from smartmixed_core.errors import ConfigError
-from smartmixed_core.layers import MixedActivation
+from smartmixed_core.layers import InferencePlan, MixedActivation
 
 SlotFactory = Callable[[int, int], nn.Module]
 
@@ -106,6 +108,25 @@ class Backbone(nn.Module):
                 m.reset_parameters()
 
 
+_MAX_PLANS = 4  # e.g. a full and a last partial eval batch, in two threads
+
+
+@dataclass
+class _MLPInference:
+    """A mixed MLP's inference buffers and views for one (batch, device, dtype, thread)."""
+
+    sources: list[tuple[dict, str, Tensor, Tensor]]  # (module params, name, param, view)
+    layers: list[tuple[Tensor, Tensor, InferencePlan]]  # (weight, bias column, slot buffer)
+    head: tuple[Tensor, Tensor]  # (weight transposed, bias)
+
+    def current(self) -> bool:
+        """The views still belong to the module's parameters and their storage."""
+        return all(
+            params.get(name) is param and param.data_ptr() == view.data_ptr()
+            for params, name, param, view in self.sources
+        )
+
+
 class MLP(Backbone):
     """Fully connected network: ``in -> hidden[0] -> ... -> hidden[-1] -> classes`` (logits)."""
 
@@ -118,6 +139,7 @@ class MLP(Backbone):
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
         self.acts = nn.ModuleList(make_slot(i, w) for i, w in enumerate(hidden))
         self.head = nn.Linear(widths[-1], num_classes)
+        self._plans: dict[tuple, _MLPInference] = {}
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)
@@ -131,9 +153,50 @@ class MLP(Backbone):
         """Phase 2: hidden states as ``[units, batch]`` (``h' = W h + b``), so each activation
         group of a mixed slot is a contiguous block.  Same function, same weights."""
         h = x.t()
+        plan = None if torch.is_grad_enabled() else self._inference_plan(h.shape[1], h)
+        if plan is not None:
+            for weight, bias, slot in plan.layers:
+                torch.addmm(bias, weight, h, out=slot.out)
+                h = slot.activate()
+            head_w, head_b = plan.head
+            return torch.addmm(head_b, h.t(), head_w)
         for linear, act in zip(self.linears, self.acts):
             h = act.forward_units_first(torch.addmm(linear.bias.unsqueeze(1), linear.weight, h))
         return torch.addmm(self.head.bias, h.t(), self.head.weight.t())
+
+    def _inference_plan(self, batch: int, like: Tensor) -> _MLPInference | None:
+        """Reusable buffers and parameter views for phase-2 inference, or None when a slot
+        cannot run in place.  At small batches allocating outputs (fresh pages), slicing groups
+        and reading module attributes cost more than the activations themselves, so all of
+        it is done once per (batch, device, dtype, thread) and reused; the views are checked
+        against the live parameters on every call, so replaced or moved weights rebuild it."""
+        key = (batch, like.device, like.dtype, threading.get_ident())
+        plan = self._plans.get(key)
+        if plan is not None and plan.current():
+            return plan
+        slots = [act.inference_plan(batch, like) for act in self.acts]
+        if None in slots:
+            return None
+        views = [(lin, "weight", lin.weight) for lin in self.linears]
+        views += [(lin, "bias", lin.bias.unsqueeze(1)) for lin in self.linears]
+        views += [(self.head, "weight", self.head.weight.t()), (self.head, "bias", self.head.bias)]
+        n = len(self.linears)
+        plan = _MLPInference(
+            [(m._parameters, name, m._parameters[name], v) for m, name, v in views],
+            [(w[2], b[2], slot) for w, b, slot in zip(views[:n], views[n : 2 * n], slots)],
+            (views[-2][2], views[-1][2]),
+        )
+        while len(self._plans) >= _MAX_PLANS:
+            del self._plans[next(iter(self._plans))]
+        self._plans[key] = plan
+        return plan
+
+    def _apply(self, fn, recurse=True):  # .to() / .cuda() / .double(): buffers are stale
+        self._plans.clear()
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:  # copies and pickles carry no buffers
+        return {**super().__getstate__(), "_plans": {}}
 
     @torch.no_grad()
     def permute_units(self, layer: int, perm: Tensor) -> None:

@@ -143,29 +143,32 @@ def test_apply_choices_matches_unit_by_unit_with_empty_groups(shape):
     torch.testing.assert_close(apply_choices(x, choice, fns), naive_choices(x, choice, PAPER))
 
 
-def test_mixed_units_first_equals_units_on_dim1_and_is_inplace_only_without_grad():
+def test_mixed_units_first_equals_units_on_dim1():
     torch.manual_seed(0)
     layer = MixedActivation(PAPER, [3, 0, 2, 4, 1, 5])
     x = torch.randn(8, 15)
     expected = naive_choices(x, layer.choices(), PAPER)
     torch.testing.assert_close(layer(x), expected)
     h = x.t().contiguous().requires_grad_(True)
-    out = layer.forward_units_first(h)  # autograd on: a new tensor, input untouched
+    out = layer.forward_units_first(h)
     assert out.data_ptr() != h.data_ptr()
     torch.testing.assert_close(out.t(), expected)
     out.sum().backward()
     assert h.grad is not None and torch.isfinite(h.grad).all()
-    with torch.no_grad():
-        h2 = x.t().contiguous()
-        out2 = layer.forward_units_first(h2)
-    assert out2.data_ptr() == h2.data_ptr()  # inference: overwritten in place
-    torch.testing.assert_close(out2.t(), expected)
 
 
-def test_mixed_impure_pool_units_first_is_not_inplace():
+def test_mixed_inference_plan_activates_its_buffer_in_place():
+    torch.manual_seed(0)
+    layer = MixedActivation(PAPER, [3, 0, 2, 4, 1, 5])
+    x = torch.randn(8, 15, dtype=torch.float64)
+    plan = layer.inference_plan(8, x)
+    assert plan.out.shape == (15, 8) and plan.out.dtype == torch.float64
+    assert [rows.shape[0] for _, rows in plan.groups] == [3, 2, 4, 1, 5]  # empty group dropped
+    plan.out.copy_(x.t())
+    assert plan.activate() is plan.out
+    torch.testing.assert_close(plan.out.t(), naive_choices(x, layer.choices(), PAPER))
+
+
+def test_mixed_impure_pool_has_no_inference_plan():
     layer = MixedActivation(POOLS["adact"], [2, 1, 0, 2, 1, 1, 1])
-    h = torch.randn(8, 5)
-    before = h.clone()
-    with torch.no_grad():
-        out = layer.forward_units_first(h)
-    assert torch.equal(h, before) and out.shape == h.shape
+    assert layer.inference_plan(8, torch.randn(8, 8)) is None
