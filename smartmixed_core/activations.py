@@ -29,14 +29,17 @@ class ActivationSpec:
     randomness (``pure``); the fused selective layer and the mixed layer use it directly.
     ``module`` builds a fresh ``nn.Module`` (PReLU carries a learnable slope, RReLU samples
     slopes in training), so every slot owns its own instance.  ``inplace`` is ``fn``
-    overwriting its argument, used by the mixed layer at inference; it is a builtin (no
-    Python frame) because the mixed layer calls it once per activation group and layer.
+    overwriting its argument; it is a builtin (no Python frame) because the mixed layer calls
+    it once per activation group and layer.  ``grad(grad_out, result, out)`` writes the input
+    gradient into ``out`` from the activation's *output* (ATen's own backward kernels, as
+    autograd uses them for the in-place forms), so the mixed layer can overwrite its input.
     """
 
     name: str
     module: Callable[[], nn.Module]
     fn: Callable[[Tensor], Tensor] | None = None
     inplace: Callable[[Tensor], Tensor] | None = None
+    grad: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
 
     @property
     def pure(self) -> bool:
@@ -47,17 +50,53 @@ def _leaky_relu(x: Tensor) -> Tensor:
     return F.leaky_relu(x, 0.01)
 
 
+_ATEN = torch.ops.aten
+# torch.selu is ELU with these constants (ATen's SELU_ALPHA and SELU_SCALE).
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _relu_grad(grad: Tensor, result: Tensor, out: Tensor) -> Tensor:
+    return _ATEN.threshold_backward.grad_input(grad, result, 0, grad_input=out)
+
+
+def _sigmoid_grad(grad: Tensor, result: Tensor, out: Tensor) -> Tensor:
+    return _ATEN.sigmoid_backward.grad_input(grad, result, grad_input=out)
+
+
+def _tanh_grad(grad: Tensor, result: Tensor, out: Tensor) -> Tensor:
+    return _ATEN.tanh_backward.grad_input(grad, result, grad_input=out)
+
+
+def _leaky_relu_grad(grad: Tensor, result: Tensor, out: Tensor) -> Tensor:
+    return _ATEN.leaky_relu_backward.grad_input(grad, result, 0.01, True, grad_input=out)
+
+
+def _elu_grad(grad: Tensor, result: Tensor, out: Tensor) -> Tensor:
+    return _ATEN.elu_backward.grad_input(grad, 1.0, 1.0, 1.0, True, result, grad_input=out)
+
+
+def _selu_grad(grad: Tensor, result: Tensor, out: Tensor) -> Tensor:
+    return _ATEN.elu_backward.grad_input(
+        grad, _SELU_ALPHA, _SELU_SCALE, 1.0, True, result, grad_input=out
+    )
+
+
 ACTIVATIONS: dict[str, ActivationSpec] = {
     spec.name: spec
     for spec in (
-        ActivationSpec("relu", nn.ReLU, torch.relu, torch.relu_),
-        ActivationSpec("sigmoid", nn.Sigmoid, torch.sigmoid, torch.sigmoid_),
-        ActivationSpec("tanh", nn.Tanh, torch.tanh, torch.tanh_),
+        ActivationSpec("relu", nn.ReLU, torch.relu, torch.relu_, _relu_grad),
+        ActivationSpec("sigmoid", nn.Sigmoid, torch.sigmoid, torch.sigmoid_, _sigmoid_grad),
+        ActivationSpec("tanh", nn.Tanh, torch.tanh, torch.tanh_, _tanh_grad),
         ActivationSpec(
-            "leaky_relu", nn.LeakyReLU, _leaky_relu, partial(F.leaky_relu_, negative_slope=0.01)
+            "leaky_relu",
+            nn.LeakyReLU,
+            _leaky_relu,
+            partial(F.leaky_relu_, negative_slope=0.01),
+            _leaky_relu_grad,
         ),
-        ActivationSpec("elu", nn.ELU, F.elu, F.elu_),
-        ActivationSpec("selu", nn.SELU, F.selu, torch.selu_),
+        ActivationSpec("elu", nn.ELU, F.elu, F.elu_, _elu_grad),
+        ActivationSpec("selu", nn.SELU, F.selu, torch.selu_, _selu_grad),
         ActivationSpec("prelu", nn.PReLU),
         ActivationSpec("rrelu", nn.RReLU),
         ActivationSpec("silu", nn.SiLU, F.silu, torch._C._nn.silu_),

@@ -72,3 +72,22 @@ def test_pool_validation():
         resolve_pool(["relu"])
     with pytest.raises(ConfigError, match="duplicate"):
         resolve_pool("relu,ReLU")
+
+
+@pytest.mark.parametrize("name", sorted(n for n, a in ACTIVATIONS.items() if a.inplace))
+def test_inplace_forms_equal_the_functions(name):
+    x = torch.cat([torch.linspace(-6, 6, 1001), torch.zeros(3)])
+    y = x.clone()
+    assert ACTIVATIONS[name].inplace(y) is y
+    torch.testing.assert_close(y, ACTIVATIONS[name].fn(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, a in ACTIVATIONS.items() if a.grad))
+def test_gradients_from_outputs_equal_autograd(name):
+    x = torch.cat([torch.linspace(-6, 6, 1001), torch.zeros(3)]).double().requires_grad_(True)
+    grad = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    result = ACTIVATIONS[name].fn(x)
+    (expected,) = torch.autograd.grad(result, x, grad)
+    out = torch.empty_like(expected)
+    assert ACTIVATIONS[name].grad(grad, result.detach(), out) is out
+    torch.testing.assert_close(out, expected)

@@ -130,7 +130,7 @@ def test_mixture_gate_variants(gate):
 
 def naive_choices(x, choice, pool):
     """Unit by unit: the definition ``apply_choices`` must equal."""
-    fns = [ACTIVATIONS[n].fn for n in pool]
+    fns = [ACTIVATIONS[n].fn or ACTIVATIONS[n].module().eval() for n in pool]
     return torch.stack([fns[c](x[:, i]) for i, c in enumerate(choice.tolist())], 1)
 
 
@@ -155,6 +155,35 @@ def test_mixed_units_first_equals_units_on_dim1():
     torch.testing.assert_close(out.t(), expected)
     out.sum().backward()
     assert h.grad is not None and torch.isfinite(h.grad).all()
+
+
+@pytest.mark.parametrize("pool", ["paper", "adact"])
+@pytest.mark.parametrize("layout", ["units_first", "dim1", "conv"])
+def test_mixed_gradient_equals_unit_by_unit_autograd(pool, layout):
+    """Pure pools run as one node (in place, gradients from outputs); impure ones split and
+    concatenate; both must give autograd's unit-by-unit answer."""
+    torch.manual_seed(0)
+    names = POOLS[pool]
+    counts = [3, 0, 2, 4, 1, 5, 2][: len(names)]
+    layer = MixedActivation(names, counts).eval()  # RReLU (adact) is deterministic in eval
+    units = sum(counts)
+    shape = {"units_first": (units, 8), "dim1": (8, units), "conv": (2, units, 3, 3)}[layout]
+    dtype = torch.float64 if pool == "paper" else torch.float32  # PReLU's slope is float32
+    x = torch.randn(*shape, dtype=dtype, requires_grad=True)
+    grad = torch.randn(*shape, dtype=dtype)
+    if layout == "units_first":
+        out = layer.forward_units_first(x)
+        reference = naive_choices(x.t(), layer.choices(), names).t()
+    else:
+        out = layer(x)
+        reference = naive_choices(x, layer.choices(), names)
+    torch.testing.assert_close(out, reference)
+    (got,) = torch.autograd.grad(out, x, grad)
+    (expected,) = torch.autograd.grad(reference, x, grad)
+    torch.testing.assert_close(got, expected)
+    if pool == "paper":
+        fn = layer.forward_units_first if layout == "units_first" else layer
+        assert torch.autograd.gradcheck(fn, (x,))
 
 
 def test_mixed_inference_plan_activates_its_buffer_in_place():
