@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -329,14 +330,16 @@ def _refuse_tracked(spec: SweepSpec, uri: str, given: str) -> None:
                           "(--set name=...)")
 
 
-def prepare(spec: SweepSpec, tracking_uri: str | None = None,
-            address: str | None = None) -> tuple[SweepSpec, Path, SweepContext]:
+def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | None = None, *,
+            start_ray: bool = False) -> tuple[SweepSpec, Path, SweepContext]:
     """Check everything, then create the MLflow sweep run and the experiment folder.
 
     Order: spec and URI syntax, the sweep's folder, the tracking server, the resources per
     trial (with ``--address`` this connects to the cluster), an MLflow sweep run of the same
-    name; only then the experiment, the sweep run and the folder are created.  The returned
-    spec carries the tracking URI without its password (what is saved for resume)."""
+    name; only then the experiment, the sweep run and the folder are created.  With
+    ``start_ray`` (``sweep run``: :func:`execute` follows) Ray starts while the tracking store
+    opens; on an error it is shut down again.  The returned spec carries the tracking URI
+    without its password (what is saved for resume)."""
     check_address(address)
     if tracking_uri:
         spec = parse_spec({**spec_doc(spec), "tracking_uri": tracking_uri})
@@ -355,15 +358,21 @@ def prepare(spec: SweepSpec, tracking_uri: str | None = None,
         grid(spec)  # a range in a grid space is a spec error, reported now
     _check_server(uri, given)
     logged = {**saved, "tracking_uri": redact_uri(given)}
-    logged_yaml = yaml.safe_dump(logged, sort_keys=False)
+
     try:
         check_resources(spec, address)
-        _refuse_tracked(spec, uri, given)
+        _refuse_tracked(spec, uri, given)  # instant while the SQLite store does not exist
+        with ThreadPoolExecutor(1, thread_name_prefix="smartmixed-store") as pool:
+            # A new SQLite store takes seconds to create its tables, and Ray seconds to start
+            # its processes; both mostly wait, so they go side by side.
+            store = pool.submit(tracking.client, uri)
+            if start_ray:
+                _init_ray(address)
         try:
-            c = tracking.client(uri)
+            c = store.result()
             exp_id = tracking.ensure_experiment(c, spec.experiment, uri)
             run_id = tracking.create_sweep_run(c, exp_id, spec.name, flat_params(logged),
-                                               logged_yaml)
+                                               yaml.safe_dump(logged, sort_keys=False))
         except ConfigError:
             raise
         except Exception as exc:
