@@ -192,10 +192,10 @@ def test_interrupted_driver_resumes_with_one_finished_seed_run_each(tmp_path):
     finishes the sweep, the interrupted trial's seeds continuing from its checkpoint in their
     own seed runs."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # Wide enough that the interrupted trial is still training when the SIGINT lands (a
-    # trial of a tiny net can finish its remaining epochs while Ray handles the signal).
+    # Long enough that the interrupted trial is still training when the SIGINT lands (a
+    # short trial can finish its last epochs while Ray handles the signal; 40 epochs once did).
     spec = write_spec(tmp_path, seeds=[0, 1], max_concurrent=1,
-                      fixed={"epochs": 40, "transition_epoch": 5, "architecture": "256-256",
+                      fixed={"epochs": 80, "transition_epoch": 5, "architecture": "256-256",
                              "device": "cpu"},
                       search={"algorithm": "grid", "space": {"method": {
                           "choice": ["smartmixed", "fixed:relu", "fixed:elu"]}}})
@@ -218,7 +218,7 @@ def test_interrupted_driver_resumes_with_one_finished_seed_run_each(tmp_path):
     with sweep_process(tmp_path, "resume", str(tmp_path / "ray_results" / "t-sweep"),
                        log="resume.log") as (proc, log):
         assert _finish(proc, log, 500) == 0, _tail(log)
-    runs = assert_run_tree(uri, "t-exp", "t-sweep", 3, [0, 1], 40)
+    runs = assert_run_tree(uri, "t-exp", "t-sweep", 3, [0, 1], 80)
     trial = busy.data.tags[schema.TAG_TRIAL]
     mine = [r for r in runs[schema.KIND_SEED] if r.data.tags[schema.TAG_TRIAL] == trial]
     print(f"{len(runs[schema.KIND_SEED])} seed runs; interrupted trial resumed after epoch "
@@ -256,7 +256,9 @@ def test_killed_driver_resumes_without_lost_or_repeated_runs_or_trial_numbers(tm
         proc.wait(timeout=60)
     before = runs_by_kind(uri, "t-exp")
     assert before[schema.KIND_SWEEP][0].info.status == "RUNNING"
-    (done,) = [r for r in before[schema.KIND_TRIAL] if r.info.status == "FINISHED"]
+    # Usually one; a tiny trial can also finish between the poll and the kill.
+    done = [r for r in before[schema.KIND_TRIAL] if r.info.status == "FINISHED"]
+    assert done
     numbers_before = {t.number: t.state.name for t in optuna_trials(folder, "t-sweep")}
     print("before resume:", {k: sorted(r.info.status for r in v) for k, v in before.items()},
           numbers_before)
@@ -274,9 +276,9 @@ def test_killed_driver_resumes_without_lost_or_repeated_runs_or_trial_numbers(tm
         if r.data.tags[schema.TAG_TRIAL] in lost:
             assert r.info.status in ("KILLED", "FAILED")  # never counted as results
     c = MlflowClient(uri)
-    for seed in [r for r in runs[schema.KIND_SEED] if r.data.tags[schema.TAG_TRIAL] ==
-                 done.data.tags[schema.TAG_TRIAL]]:  # the finished trial was not retrained
-        assert c.get_run(seed.info.run_id).info.end_time < t0 * 1000
+    finished = {r.data.tags[schema.TAG_TRIAL] for r in done}
+    for seed in [r for r in runs[schema.KIND_SEED] if r.data.tags[schema.TAG_TRIAL] in finished]:
+        assert c.get_run(seed.info.run_id).info.end_time < t0 * 1000  # not trained again
     trials = optuna_trials(folder, "t-sweep")
     print(f"lost trials: {sorted(lost)}; after resume:",
           {t.number: (t.state.name, t.value) for t in trials})
