@@ -247,8 +247,7 @@ class MixedActivation(nn.Module):
         if self._inplace is None:
             return None
         out = like.new_empty(self.units, batch)
-        groups = [g for g in out.split(self.counts) if g.shape[0]]
-        return InferencePlan(out, list(zip(self._inplace, groups)))
+        return InferencePlan(out, list(zip(self._inplace, out.split(self._sizes))))
 
     def _grouped(self, x: Tensor, dim: int) -> Tensor:
         if self._inplace is not None and (self._grads is not None or not torch.is_grad_enabled()):

@@ -115,15 +115,15 @@ _MAX_PLANS = 4  # e.g. a full and a last partial eval batch, in two threads
 class _MLPInference:
     """A mixed MLP's inference buffers and views for one (batch, device, dtype, thread)."""
 
-    sources: list[tuple[dict, str, Tensor, Tensor]]  # (module params, name, param, view)
+    sources: list[tuple[dict, str, Tensor, int]]  # (module params, name, param, data_ptr)
     layers: list[tuple[Tensor, Tensor, InferencePlan]]  # (weight, bias column, slot buffer)
     head: tuple[Tensor, Tensor]  # (weight transposed, bias)
 
     def current(self) -> bool:
-        """The views still belong to the module's parameters and their storage."""
+        """The module still holds these parameters, on the same storage."""
         return all(
-            params.get(name) is param and param.data_ptr() == view.data_ptr()
-            for params, name, param, view in self.sources
+            params.get(name) is param and param.data_ptr() == ptr
+            for params, name, param, ptr in self.sources
         )
 
 
@@ -166,10 +166,10 @@ class MLP(Backbone):
 
     def _inference_plan(self, batch: int, like: Tensor) -> _MLPInference | None:
         """Reusable buffers and parameter views for phase-2 inference, or None when a slot
-        cannot run in place.  At small batches allocating outputs (fresh pages), slicing groups
-        and reading module attributes cost more than the activations themselves, so all of
-        it is done once per (batch, device, dtype, thread) and reused; the views are checked
-        against the live parameters on every call, so replaced or moved weights rebuild it."""
+        cannot run in place.  At small batches allocating outputs, slicing groups and reading
+        module attributes cost more than the activations themselves, so all of it is done once
+        per (batch, device, dtype, thread) and reused; the parameters are checked on every call,
+        so replaced weights or new storage (``.data = ...``) rebuild it."""
         key = (batch, like.device, like.dtype, threading.get_ident())
         plan = self._plans.get(key)
         if plan is not None and plan.current():
@@ -177,14 +177,11 @@ class MLP(Backbone):
         slots = [act.inference_plan(batch, like) for act in self.acts]
         if None in slots:
             return None
-        views = [(lin, "weight", lin.weight) for lin in self.linears]
-        views += [(lin, "bias", lin.bias.unsqueeze(1)) for lin in self.linears]
-        views += [(self.head, "weight", self.head.weight.t()), (self.head, "bias", self.head.bias)]
-        n = len(self.linears)
+        params = [m._parameters for m in (*self.linears, self.head)]
         plan = _MLPInference(
-            [(m._parameters, name, m._parameters[name], v) for m, name, v in views],
-            [(w[2], b[2], slot) for w, b, slot in zip(views[:n], views[n : 2 * n], slots)],
-            (views[-2][2], views[-1][2]),
+            [(p, name, p[name], p[name].data_ptr()) for p in params for name in ("weight", "bias")],
+            [(lin.weight, lin.bias.unsqueeze(1), slot) for lin, slot in zip(self.linears, slots)],
+            (self.head.weight.t(), self.head.bias),
         )
         while len(self._plans) >= _MAX_PLANS:
             del self._plans[next(iter(self._plans))]
