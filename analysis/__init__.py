@@ -8,47 +8,95 @@ package works from a notebook as well as through ``smartmixed analyze``::
     rankings = rank_methods(aggregate_seeds(runs))
     mean_reciprocal_rank(rankings)
 
-Importing it has no side effects (MLflow, torch and scikit-posthocs load on first use where
-possible).
+Importing it has no side effects and costs nothing: the names below load their module (and
+pandas, SciPy, matplotlib, MLflow) on first use, so ``smartmixed`` commands that do not
+analyse never pay for them.
 """
 
-from analysis.aggregate import aggregate_seeds
-from analysis.load import CONFIG_PARAMS, DEFAULT_TRACKING_URI, load_runs, metric_histories
-from analysis.plots import (
-    ACTIVATION_COLORS,
-    plot_accuracy,
-    plot_cd_diagram,
-    plot_depth_trend,
-    plot_mrr,
-    plot_rank_distribution,
-    plot_selection,
-    plot_switching,
-    plot_weight_heatmap,
-)
-from analysis.rank import (
-    first_rank_counts,
-    mean_reciprocal_rank,
-    method_scores,
-    rank_distribution,
-    rank_methods,
-    top_k_table,
-)
-from analysis.report import Report, build_report, headline, log_report, write_report
-from analysis.selection import (
-    depth_trend,
-    selection_consistency,
-    selection_long,
-    selection_summary,
-    switching_dynamics,
-)
-from analysis.significance import (
-    ASSUMPTIONS,
-    average_ranks,
-    friedman_test,
-    nemenyi_test,
-    wilcoxon_holm,
-)
-from analysis.weights import group_weight_sums, weight_groups
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from analysis.aggregate import aggregate_seeds
+    from analysis.load import CONFIG_PARAMS, DEFAULT_TRACKING_URI, load_runs, metric_histories
+    from analysis.plots import (
+        ACTIVATION_COLORS,
+        plot_accuracy,
+        plot_cd_diagram,
+        plot_depth_trend,
+        plot_mrr,
+        plot_rank_distribution,
+        plot_selection,
+        plot_switching,
+        plot_weight_heatmap,
+    )
+    from analysis.rank import (
+        first_rank_counts,
+        mean_reciprocal_rank,
+        method_scores,
+        rank_distribution,
+        rank_methods,
+        top_k_table,
+    )
+    from analysis.report import Report, build_report, headline, log_report, write_report
+    from analysis.selection import (
+        depth_trend,
+        selection_consistency,
+        selection_long,
+        selection_summary,
+        switching_dynamics,
+    )
+    from analysis.significance import (
+        ASSUMPTIONS,
+        average_ranks,
+        friedman_test,
+        nemenyi_test,
+        wilcoxon_holm,
+    )
+    from analysis.weights import group_weight_sums, weight_groups
+
+_WHERE = {
+    "aggregate_seeds": "analysis.aggregate",
+    "CONFIG_PARAMS": "analysis.load",
+    "DEFAULT_TRACKING_URI": "analysis.load",
+    "load_runs": "analysis.load",
+    "metric_histories": "analysis.load",
+    "ACTIVATION_COLORS": "analysis.plots",
+    "plot_accuracy": "analysis.plots",
+    "plot_cd_diagram": "analysis.plots",
+    "plot_depth_trend": "analysis.plots",
+    "plot_mrr": "analysis.plots",
+    "plot_rank_distribution": "analysis.plots",
+    "plot_selection": "analysis.plots",
+    "plot_switching": "analysis.plots",
+    "plot_weight_heatmap": "analysis.plots",
+    "first_rank_counts": "analysis.rank",
+    "mean_reciprocal_rank": "analysis.rank",
+    "method_scores": "analysis.rank",
+    "rank_distribution": "analysis.rank",
+    "rank_methods": "analysis.rank",
+    "top_k_table": "analysis.rank",
+    "Report": "analysis.report",
+    "build_report": "analysis.report",
+    "headline": "analysis.report",
+    "log_report": "analysis.report",
+    "write_report": "analysis.report",
+    "depth_trend": "analysis.selection",
+    "selection_consistency": "analysis.selection",
+    "selection_long": "analysis.selection",
+    "selection_summary": "analysis.selection",
+    "switching_dynamics": "analysis.selection",
+    "ASSUMPTIONS": "analysis.significance",
+    "average_ranks": "analysis.significance",
+    "friedman_test": "analysis.significance",
+    "nemenyi_test": "analysis.significance",
+    "wilcoxon_holm": "analysis.significance",
+    "group_weight_sums": "analysis.weights",
+    "weight_groups": "analysis.weights",
+}
+"""Public name -> the module that defines it (loaded on first access)."""
 
 __all__ = [
     "ACTIVATION_COLORS",
@@ -89,3 +137,16 @@ __all__ = [
     "wilcoxon_holm",
     "write_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

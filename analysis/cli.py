@@ -12,8 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from analysis.load import DEFAULT_TRACKING_URI
 from smartmixed_core.errors import ConfigError
+from sweeps.schema import DEFAULT_TRACKING_URI
 
 
 def analyze(

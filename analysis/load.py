@@ -18,7 +18,7 @@ import pandas as pd
 from smartmixed_core.errors import ConfigError
 from sweeps import schema
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_TRACKING_URI = schema.DEFAULT_TRACKING_URI
 
 CONFIG_PARAMS: tuple[str, ...] = tuple(
     p for p in (*schema.SEED_PARAMS, *schema.EXTRA_PARAMS) if p != "n_params"

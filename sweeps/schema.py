@@ -12,6 +12,9 @@ Run tree per experiment::
 
 from __future__ import annotations
 
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+"""Where sweeps write and analysis reads when no tracking URI is given."""
+
 TAG_KIND = "smartmixed.kind"
 KIND_SWEEP, KIND_TRIAL, KIND_SEED = "sweep", "trial", "seed"
 TAG_SWEEP = "smartmixed.sweep"  # sweep name, on every run of the sweep

@@ -24,6 +24,7 @@ from smartmixed_core.config import METHOD_KINDS, RunConfig
 from smartmixed_core.data import DATASETS
 from smartmixed_core.errors import ConfigError, choice_error
 from smartmixed_core.models import PAPER_ARCHITECTURES
+from sweeps import schema
 from sweeps.redact import redact_text, redact_uri
 
 RUN_FIELDS = tuple(f.name for f in fields(RunConfig))
@@ -150,7 +151,7 @@ class SweepSpec(_Strict):
 
     name: str
     experiment: str = Field("smartmixed", min_length=1, max_length=250)
-    tracking_uri: str = "sqlite:///mlflow.db"
+    tracking_uri: str = schema.DEFAULT_TRACKING_URI
     storage_path: str = Field("./ray_results", min_length=1)
     dataset: str = "digits"
     model: str = "mlp"

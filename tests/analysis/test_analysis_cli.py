@@ -87,3 +87,27 @@ def test_out_is_a_file(cli_report, tmp_path, capsys):
     rc, err = run_cli(["--experiment", EXP, "--tracking-uri", cli_report[0].uri, "--out",
                        str(tmp_path / "f")], capsys)
     assert rc == 2 and "out:" in err
+
+
+def test_package_loads_lazily():
+    """`smartmixed` attaches the analyze command without loading pandas/SciPy/matplotlib (a
+    `sweep run` must not pay seconds for them); every public name still resolves."""
+    import subprocess
+    import sys
+
+    code = ("import sys, analysis, analysis.cli\n"
+            "heavy = [m for m in ('pandas', 'scipy.stats', 'matplotlib', 'mlflow') "
+            "if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "for name in analysis.__all__:\n"
+            "    assert getattr(analysis, name) is not None, name\n"
+            "assert 'pandas' in sys.modules and sorted(dir(analysis)) == dir(analysis)\n"
+            "try:\n"
+            "    analysis.no_such_name\n"
+            "except AttributeError:\n"
+            "    pass\n"
+            "else:\n"
+            "    raise SystemExit('no AttributeError')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -179,3 +179,27 @@ def test_batch_seeds_on_writes_the_same_results_as_off(tmp_path, monkeypatch):
     for a, b in zip(docs["off"]["seeds"], docs["on"]["seeds"]):
         assert a["seed"] == b["seed"] and a["selection"] == b["selection"]
         assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 0.02  # float32: near-equal
+
+
+def test_console_script_is_main_then_frozen_gc(tmp_path):
+    """The installed `smartmixed` runs `console`: main's exit status, garbage collector frozen
+    for a quick interpreter exit (a subprocess: freezing would outlive this test)."""
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert scripts["project"]["scripts"]["smartmixed"] == "smartmixed_core.cli:console"
+    code = ("import gc, sys\n"
+            "from smartmixed_core.cli import console\n"
+            "sys.argv = ['smartmixed', *sys.argv[1:]]\n"
+            "status = console()\n"
+            "assert gc.get_freeze_count() > 10000, gc.get_freeze_count()\n"
+            "sys.exit(status)\n")
+    ok = subprocess.run([sys.executable, "-c", code, "train", "--help"], capture_output=True,
+                        text=True, timeout=300, cwd=tmp_path)
+    assert ok.returncode == 0 and "--transition-epoch" in ok.stdout, ok.stderr[-2000:]
+    bad = subprocess.run([sys.executable, "-c", code, "train", "--epochs", "-3"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert bad.returncode == 2 and "error: epochs:" in bad.stderr, bad.stderr[-2000:]
