@@ -284,7 +284,8 @@ def _mlflow_error(exc: BaseException, given: str, what: str) -> ConfigError:
 
 
 def _sqlite_missing(uri: str) -> bool:
-    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+    path = tracking.sqlite_path(uri)
+    return path is not None and not path.exists()
 
 
 def _saved_differences(path: Path, doc: dict[str, Any]) -> list[str] | None:
@@ -370,6 +371,7 @@ def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | Non
                 _init_ray(address)
         try:
             c = store.result()
+            tracking.use_wal(uri)
             exp_id = tracking.ensure_experiment(c, spec.experiment, uri)
             run_id = tracking.create_sweep_run(c, exp_id, spec.name, flat_params(logged),
                                                yaml.safe_dump(logged, sort_keys=False))
@@ -478,6 +480,7 @@ def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | No
                                f"crashed: the trial failed {spec.max_failures + 1} times")
         tracking.close_running(c, [r for r in runs if r not in failed], "KILLED", reason)
     c.set_terminated(ctx.sweep_run_id, "KILLED" if interrupted else "FINISHED")
+    tracking.fold_wal(ctx.tracking_uri)
     return SweepOutcome(spec, path, ctx, interrupted)
 
 

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from smartmixed_core.errors import ConfigError
 from sweeps import schema
@@ -35,11 +35,49 @@ NONFINITE = "non-finite"
 """Prefix of the failure tag of a seed that hit a NaN/inf loss (retries stop there)."""
 
 
+SQLITE = "sqlite:///"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///path`` URI (None for any other URI)."""
+    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
+
+
 def normalize_uri(uri: str) -> str:
     """Make a relative ``sqlite:///x.db`` absolute: trial workers run in other folders."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    return uri
+    path = sqlite_path(uri)
+    return SQLITE + str(path.resolve()) if path is not None and not path.is_absolute() else uri
+
+
+def use_wal(uri: str) -> bool:
+    """Switch a SQLite store to write-ahead logging (a setting kept in the file): a commit then
+    costs one append instead of rewriting a journal, and readers never block the trials'
+    writers.  Best effort (False when the file is busy or not SQLite); readers need no change
+    (``mlflow ui`` included).  While a sweep runs, its latest writes sit in ``mlflow.db-wal``
+    beside the store; :func:`fold_wal` moves them into ``mlflow.db`` when it ends."""
+    return _pragma(uri, "journal_mode=WAL") == "wal"
+
+
+def fold_wal(uri: str) -> bool:
+    """Move everything in a SQLite store's write-ahead log into the database file (after a
+    sweep), so that ``mlflow.db`` alone holds every run; False where nothing was folded."""
+    return _pragma(uri, "wal_checkpoint(TRUNCATE)") == "0"
+
+
+def _pragma(uri: str, pragma: str) -> str | None:
+    """The first value ``PRAGMA <pragma>`` returns on a SQLite store (None: not SQLite, busy)."""
+    import sqlite3
+    from contextlib import closing
+
+    path = sqlite_path(uri)
+    if path is None or not path.is_file():
+        return None
+    try:
+        with closing(sqlite3.connect(path, timeout=5.0)) as con:
+            row = con.execute(f"PRAGMA {pragma}").fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]).lower() if row else None
 
 
 def check_tracking(uri: str) -> None:
@@ -54,8 +92,8 @@ def check_tracking(uri: str) -> None:
                               f"{uri} ({reason}); start it or pass --tracking-uri") from None
         if not ok:
             raise ConfigError("tracking_uri", f"{uri}/health did not answer 200")
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
+    elif (path := sqlite_path(uri)) is not None:
+        folder = path.parent
         if not folder.is_dir():
             raise ConfigError("tracking_uri", f"folder {folder} of the SQLite store does not exist")
     elif uri.startswith("file:") or "://" not in uri:
@@ -178,8 +216,8 @@ def ensure_experiment(c: MlflowClient, name: str, uri: str) -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    if (path := sqlite_path(uri)) is not None:
+        location = (path.parent / "mlartifacts").resolve().as_uri()
     return c.create_experiment(name, artifact_location=location)
 
 
@@ -216,25 +254,43 @@ def config_params(cfg: RunConfig) -> dict[str, str]:
     return {k: str(d[k]) for k in (*schema.SEED_PARAMS, *schema.EXTRA_PARAMS) if k in d}
 
 
-def log_params(c: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
-    """Log the params not logged yet (params are immutable; a retry logs the same ones)."""
+MAX_PARAMS_PER_BATCH, MAX_METRICS_PER_BATCH = 100, 1000
+"""MLflow's limits for one ``log_batch`` call (1000 entities in all)."""
+
+
+def log_params(c: MlflowClient, run_id: str, params: dict[str, Any], lookup: bool = True,
+               metrics: Iterable[tuple[str, float, int]] = ()) -> None:
+    """Log the params not logged yet (params are immutable; a retry logs the same ones), and
+    with them ``metrics`` (see :func:`log_metrics`) in as few calls as MLflow allows.
+
+    ``lookup``: read the run's params first and log only the missing ones; off for a run just
+    created, or params whose value cannot change (MLflow accepts a param logged again with the
+    same value, and refuses another value)."""
     from mlflow.entities import Param
 
-    have = c.get_run(run_id).data.params
-    new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
-    for i in range(0, len(new), 100):
-        c.log_batch(run_id, params=new[i:i + 100])
+    have = c.get_run(run_id).data.params if lookup else {}
+    todo = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
+    batch = _metric_entities(metrics)
+    while todo or batch:
+        p, todo = todo[:MAX_PARAMS_PER_BATCH], todo[MAX_PARAMS_PER_BATCH:]
+        n = MAX_METRICS_PER_BATCH - len(p)
+        c.log_batch(run_id, params=p, metrics=batch[:n])
+        batch = batch[n:]
+
+
+def _metric_entities(metrics: Iterable[tuple[str, float, int]]) -> list[Any]:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, int(s)) for k, v, s in metrics
+            if v is not None and math.isfinite(float(v))]
 
 
 def log_metrics(c: MlflowClient, run_id: str, metrics: Iterable[tuple[str, float, int]]) -> None:
     """Log (key, value, step) triples in batches, skipping non-finite values."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, int(s)) for k, v, s in metrics
-             if v is not None and math.isfinite(float(v))]
-    for i in range(0, len(batch), 500):
-        c.log_batch(run_id, metrics=batch[i:i + 500])
+    batch = _metric_entities(metrics)
+    for i in range(0, len(batch), MAX_METRICS_PER_BATCH):
+        c.log_batch(run_id, metrics=batch[i:i + MAX_METRICS_PER_BATCH])
 
 
 def create_sweep_run(c: MlflowClient, experiment_id: str, name: str, params: dict[str, Any],
@@ -246,31 +302,42 @@ def create_sweep_run(c: MlflowClient, experiment_id: str, name: str, params: dic
                           "(--set name=...)")
     run = c.create_run(experiment_id, run_name=name, tags={
         schema.TAG_KIND: schema.KIND_SWEEP, schema.TAG_SWEEP: name})
-    log_params(c, run.info.run_id, params)
+    log_params(c, run.info.run_id, params, lookup=False)
     c.log_text(run.info.run_id, spec_yaml, schema.ARTIFACT_SPEC)
     return run.info.run_id
 
 
+class TrialRunInfo(NamedTuple):
+    """What :func:`open_trial_run` found."""
+
+    run_id: str
+    last_step: int
+    """The last per-epoch step logged on the trial run (-1: none)."""
+    new: bool
+    """The run was created now: this is the trial's first attempt, so it has no seed runs."""
+
+
 def open_trial_run(c: MlflowClient, experiment_id: str, sweep: str, sweep_run_id: str,
-                   trial: str, cfg: RunConfig, sampled: dict[str, Any]) -> tuple[str, int]:
-    """The trial's run, reopened on retry; returns (run id, last per-epoch step logged)."""
-    runs = find_runs(c, experiment_id, schema.KIND_TRIAL, sweep, trial=trial)
-    if runs:
-        run_id = runs[0].info.run_id
-        _reopen(c, runs[0])
-        history = c.get_metric_history(run_id, "val_accuracy")
-        last = max((m.step for m in history), default=-1)
-    else:
-        run_id = c.create_run(experiment_id, run_name=trial, tags={
-            schema.TAG_KIND: schema.KIND_TRIAL, schema.TAG_SWEEP: sweep, schema.TAG_TRIAL: trial,
-            schema.TAG_PARENT: sweep_run_id}).info.run_id
-        last = -1
+                   trial: str, cfg: RunConfig, sampled: dict[str, Any]) -> TrialRunInfo:
+    """The trial's run, reopened on retry (seed runs are created only after it exists)."""
     import socket
 
-    c.set_tag(run_id, schema.TAG_WORKER, f"{socket.gethostname()}:{os.getpid()}")
-    log_params(c, run_id, {**config_params(cfg),
-                           **{f"{schema.SAMPLED_PREFIX}{k}": v for k, v in sampled.items()}})
-    return run_id, last
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    params = {**config_params(cfg), **{f"{schema.SAMPLED_PREFIX}{k}": v
+                                       for k, v in sampled.items()}}
+    runs = find_runs(c, experiment_id, schema.KIND_TRIAL, sweep, trial=trial)
+    if not runs:
+        run_id = c.create_run(experiment_id, run_name=trial, tags={
+            schema.TAG_KIND: schema.KIND_TRIAL, schema.TAG_SWEEP: sweep, schema.TAG_TRIAL: trial,
+            schema.TAG_PARENT: sweep_run_id, schema.TAG_WORKER: worker}).info.run_id
+        log_params(c, run_id, params, lookup=False)
+        return TrialRunInfo(run_id, -1, True)
+    run_id = runs[0].info.run_id
+    _reopen(c, runs[0])
+    history = c.get_metric_history(run_id, "val_accuracy")
+    c.set_tag(run_id, schema.TAG_WORKER, worker)
+    log_params(c, run_id, params)
+    return TrialRunInfo(run_id, max((m.step for m in history), default=-1), False)
 
 
 def nonfinite_failure(c: MlflowClient, experiment_id: str, sweep: str, trial: str) -> str | None:
@@ -368,15 +435,18 @@ def close_lost_trials(c: MlflowClient, experiment_id: str, sweep: str,
 
 
 def start_seed_run(c: MlflowClient, experiment_id: str, sweep: str, trial: str,
-                   trial_run_id: str, seed: int, cfg: RunConfig) -> str:
-    """A RUNNING seed run; earlier RUNNING runs of the same (trial, seed) become FAILED."""
-    stale = find_runs(c, experiment_id, schema.KIND_SEED, sweep, trial=trial, seed=seed,
-                      status="RUNNING")
-    close_running(c, stale, "FAILED", "superseded: the attempt that ran it crashed; retried")
+                   trial_run_id: str, seed: int, cfg: RunConfig, first_attempt: bool = False
+                   ) -> str:
+    """A RUNNING seed run; earlier RUNNING runs of the same (trial, seed) become FAILED
+    (``first_attempt``: the trial run is new, so there are none to look for)."""
+    if not first_attempt:
+        stale = find_runs(c, experiment_id, schema.KIND_SEED, sweep, trial=trial, seed=seed,
+                          status="RUNNING")
+        close_running(c, stale, "FAILED", "superseded: the attempt that ran it crashed; retried")
     run = c.create_run(experiment_id, run_name=f"{trial}-seed{seed}", tags={
         schema.TAG_KIND: schema.KIND_SEED, schema.TAG_SWEEP: sweep, schema.TAG_TRIAL: trial,
         schema.TAG_SEED: str(seed), schema.TAG_PARENT: trial_run_id})
-    log_params(c, run.info.run_id, config_params(cfg))
+    log_params(c, run.info.run_id, config_params(cfg), lookup=False)
     return run.info.run_id
 
 
@@ -411,13 +481,12 @@ def finish_seed_run(c: MlflowClient, run_id: str, cfg: RunConfig, outcome: SeedO
     from smartmixed_core.runner import save_checkpoint
 
     summary = outcome.summary
-    log_params(c, run_id, {"n_params": summary.get("n_params")})
-    log_metrics(c, run_id, seed_metrics(cfg, summary, outcome.choices))
+    log_params(c, run_id, {"n_params": summary.get("n_params")}, lookup=False,
+               metrics=seed_metrics(cfg, summary, outcome.choices))
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         (d / schema.ARTIFACT_CHOICES).write_text(json.dumps(outcome.choices))
         (d / schema.ARTIFACT_RESULT).write_text(json.dumps(summary, allow_nan=True))
         save_checkpoint(d / schema.ARTIFACT_CHECKPOINT, cfg, outcome)
-        for name in (schema.ARTIFACT_CHOICES, schema.ARTIFACT_RESULT, schema.ARTIFACT_CHECKPOINT):
-            c.log_artifact(run_id, str(d / name))
+        c.log_artifacts(run_id, tmp)  # the three files at the artifact root, in one call
     c.set_terminated(run_id, "FINISHED")

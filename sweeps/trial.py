@@ -206,6 +206,7 @@ class TrialRun:
         self._last_report = time.monotonic()
         self._pending: list[tuple[str, float, int]] = []  # per-epoch trial metrics, unsent
         self.resumed_after = -1
+        self.first_attempt = False
         self.spec: SweepSpec = parse_spec(ctx.spec)
         self.every_epoch = self.report_interval == 0 or self.spec.scheduler is not None
         self.params = decode(params)
@@ -228,15 +229,17 @@ class TrialRun:
     def run(self) -> dict[str, Any]:
         """Train the missing seeds, report per round, return the final seed-mean metrics."""
         ctx, name = self.ctx, self.spec.name
-        self.run_id, last_step = tracking.open_trial_run(
+        self.run_id, last_step, self.first_attempt = tracking.open_trial_run(
             self.client, ctx.experiment_id, name, ctx.sweep_run_id, self.trial_id, self.cfg,
             self.params)
-        reason = tracking.nonfinite_failure(self.client, ctx.experiment_id, name, self.trial_id)
-        if reason:
-            self._fail(self.run_id, reason)
-            raise TrialFailed(reason)
-        self.summaries = tracking.finished_seeds(self.client, ctx.experiment_id, name,
-                                                 self.trial_id)
+        if not self.first_attempt:  # a first attempt has no seed runs to look at
+            reason = tracking.nonfinite_failure(self.client, ctx.experiment_id, name,
+                                                self.trial_id)
+            if reason:
+                self._fail(self.run_id, reason)
+                raise TrialFailed(reason)
+            self.summaries = tracking.finished_seeds(self.client, ctx.experiment_id, name,
+                                                     self.trial_id)
         for seed, summary in self.summaries.items():
             self.records[seed] = [_row(r) for r in summary["history"]]
         todo = [s for s in self.spec.seeds if s not in self.summaries]
@@ -367,7 +370,7 @@ class TrialRun:
                                               self.seed_runs[seed], resumed_after)
         if run_id is None:
             run_id = tracking.start_seed_run(c, exp, name, self.trial_id, self.run_id, seed,
-                                             self.cfg)
+                                             self.cfg, first_attempt=self.first_attempt)
         self.seed_runs[seed] = run_id
         return run_id
 

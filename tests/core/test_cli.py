@@ -186,11 +186,10 @@ def test_console_script_is_main_then_frozen_gc(tmp_path):
     for a quick interpreter exit (a subprocess: freezing would outlive this test)."""
     import subprocess
     import sys
-    import tomllib
-    from pathlib import Path
+    from importlib.metadata import entry_points
 
-    scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
-    assert scripts["project"]["scripts"]["smartmixed"] == "smartmixed_core.cli:console"
+    (script,) = entry_points(group="console_scripts", name="smartmixed")
+    assert script.value == "smartmixed_core.cli:console"
     code = ("import gc, sys\n"
             "from smartmixed_core.cli import console\n"
             "sys.argv = ['smartmixed', *sys.argv[1:]]\n"

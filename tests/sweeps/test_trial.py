@@ -132,8 +132,9 @@ def test_finished_seeds_are_not_trained_again(ctx, monkeypatch):
 def test_stale_running_seed_run_is_closed_before_retraining(ctx):
     c = tracking.client(ctx.tracking_uri)
     cfg = parse_spec(DOC).run_config({})
-    run_id, _ = tracking.open_trial_run(c, ctx.experiment_id, "tr", ctx.sweep_run_id, "t1",
+    run_id, _, first = tracking.open_trial_run(c, ctx.experiment_id, "tr", ctx.sweep_run_id, "t1",
                                         cfg, {})
+    assert first
     stale = tracking.start_seed_run(c, ctx.experiment_id, "tr", "t1", run_id, 1, cfg)
     TrialRun(ctx, {}, "t1", Reports()).run()
     assert c.get_run(stale).info.status == "FAILED"

@@ -1,0 +1,77 @@
+"""The MLflow helpers of :mod:`sweeps.tracking` against a real SQLite store: batched writes
+within MLflow's limits, a trial's first attempt told from a retry, write-ahead logging."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import pytest
+from mlflow.exceptions import MlflowException
+
+from sweeps import schema, tracking
+from sweeps.spec import parse_spec
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = tracking.client(uri)
+    return uri, c, tracking.ensure_experiment(c, "e", uri)
+
+
+def test_params_and_metrics_go_in_as_few_batches_as_mlflow_allows(store, monkeypatch):
+    _, c, exp = store
+    run = c.create_run(exp).info.run_id
+    calls = []
+    real = c.log_batch
+
+    def spy(run_id, metrics=(), params=(), tags=()):
+        calls.append((len(params), len(metrics)))
+        return real(run_id, metrics=metrics, params=params, tags=tags)
+
+    monkeypatch.setattr(c, "log_batch", spy)
+    params = {f"p{i}": i for i in range(150)}
+    metrics = [("m", float(s), s) for s in range(1200)] + [("nan", float("nan"), 0)]
+    tracking.log_params(c, run, params, lookup=False, metrics=metrics)
+    assert calls == [(100, 900), (50, 300)]
+    data = c.get_run(run).data
+    assert data.params == {k: str(v) for k, v in params.items()}
+    assert len(c.get_metric_history(run, "m")) == 1200 and "nan" not in data.metrics
+    calls.clear()
+    tracking.log_params(c, run, {"p0": 0, "new": "x"})  # lookup: only the missing one
+    assert calls == [(1, 0)]
+    tracking.log_params(c, run, {"p1": 1}, lookup=False)  # same value again: accepted
+    with pytest.raises(MlflowException):
+        tracking.log_params(c, run, {"p1": 2}, lookup=False)
+
+
+def test_open_trial_run_tells_a_first_attempt_from_a_retry(store):
+    _, c, exp = store
+    cfg = parse_spec({"name": "s", "search": {"algorithm": "grid", "space": {
+        "method": {"choice": ["fixed:relu"]}}}}).run_config({})
+    first = tracking.open_trial_run(c, exp, "s", "parent", "t1", cfg, {"lr": 0.01})
+    assert first.new and first.last_step == -1
+    run = c.get_run(first.run_id)
+    assert run.data.tags[schema.TAG_WORKER] and run.data.params["sampled.lr"] == "0.01"
+    c.log_metric(first.run_id, "val_accuracy", 0.5, step=3)
+    c.set_terminated(first.run_id, "FAILED")
+    retry = tracking.open_trial_run(c, exp, "s", "parent", "t1", cfg, {"lr": 0.01})
+    assert retry == (first.run_id, 3, False)
+    assert c.get_run(first.run_id).info.status == "RUNNING"
+
+
+def test_wal_is_folded_back_into_the_database_file(store, tmp_path):
+    uri, c, exp = store
+    assert tracking.use_wal(uri)
+    runs = [c.create_run(exp).info.run_id for _ in range(3)]
+    assert tracking.fold_wal(uri)
+    assert (tmp_path / "mlflow.db-wal").stat().st_size == 0
+    copy = tmp_path / "copy" / "mlflow.db"  # the database file alone holds every run
+    copy.parent.mkdir()
+    shutil.copy(tmp_path / "mlflow.db", copy)
+    with sqlite3.connect(copy) as con:
+        ids = {r[0] for r in con.execute("select run_uuid from runs")}
+    assert set(runs) <= ids
+    for uri in ("http://127.0.0.1:5000", f"sqlite:///{tmp_path / 'absent.db'}"):
+        assert not tracking.use_wal(uri) and not tracking.fold_wal(uri)
