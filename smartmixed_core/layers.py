@@ -104,41 +104,74 @@ class _GroupedInPlace(torch.autograd.Function):
         return grad_x, None, None, None, None
 
 
+_STACK_ELEMENTS = 1 << 24
+"""Largest ``K x`` input size (64 MiB of float32) whose K activations the selective layer's
+backward evaluates in one stacked buffer; larger inputs (conv layers) go one at a time."""
+
+
 class _SelectST(torch.autograd.Function):
     """Fused hard straight-through selection for pure activations.
 
-    Forward sorts the units by choice (one gather), applies each activation to its contiguous
-    block and scatters back: a fixed number of kernels whatever the choices.  Backward
-    recomputes: the input gradient flows through the chosen activation (same sorted layout);
-    the gradient of the soft sample ``y`` is ``sum_batch(grad * act_j(x))`` for each candidate
-    ``j``, evaluated one candidate at a time, so no ``[batch, units, K]`` stack is ever stored
-    between forward and backward.
+    Forward sorts the units by choice (one gather), activates each contiguous block of the
+    sorted copy in place and scatters back: a fixed number of kernels whatever the choices.
+    Backward: the input gradient flows through the chosen activation, written per block from
+    the saved sorted output by ATen's backward kernels (``grads``; without them, autograd
+    through a recomputed forward); the gradient of the soft sample ``y`` is
+    ``sum_batch(grad * act_j(x))`` for every candidate ``j``, evaluated only now, so no
+    ``[K, batch, units]`` stack is kept between forward and backward.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, choice: Tensor, fns: tuple) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, y: Tensor, choice: Tensor, fns: tuple,  # type: ignore[override]
+                inplace: tuple | None, grads: tuple | None) -> Tensor:
         perm, counts = sort_units(choice, len(fns))
-        out = torch.empty_like(x)
-        out.index_copy_(1, perm, _grouped_apply(x.index_select(1, perm), counts, fns))
-        ctx.save_for_backward(x, perm)
-        ctx.fns, ctx.counts = fns, counts
+        xs = x.index_select(1, perm)
+        if inplace is not None:
+            outs = xs  # a fresh copy: activated in place, block by block
+            for fn, block in _blocks(inplace, counts, outs):
+                fn(block)
+        else:
+            outs = _grouped_apply(xs, counts, fns)
+        out = torch.empty_like(x).index_copy_(1, perm, outs)
+        ctx.save_for_backward(x, perm, outs if grads is not None else None)
+        ctx.fns, ctx.inplace, ctx.grads, ctx.counts = fns, inplace, grads, counts
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, perm = ctx.saved_tensors
+        x, perm, outs = ctx.saved_tensors
         grad_x = grad_y = None
         if ctx.needs_input_grad[0]:
-            with torch.enable_grad():
-                xp = x.index_select(1, perm).requires_grad_(True)
-                (gp,) = torch.autograd.grad(
-                    _grouped_apply(xp, ctx.counts, ctx.fns), xp, grad.index_select(1, perm)
-                )
-            grad_x = torch.empty_like(x).index_copy_(1, perm, gp)
+            gs = grad.index_select(1, perm)
+            if outs is not None:
+                gxs = torch.empty_like(gs)
+                parts = zip(gs.split(ctx.counts, 1), outs.split(ctx.counts, 1),
+                            gxs.split(ctx.counts, 1))
+                for fn, (g, o, gx) in zip(ctx.grads, parts):
+                    if o.numel():
+                        fn(g, o, gx)
+            else:
+                with torch.enable_grad():
+                    xp = x.index_select(1, perm).requires_grad_(True)
+                    (gxs,) = torch.autograd.grad(_grouped_apply(xp, ctx.counts, ctx.fns), xp, gs)
+            grad_x = torch.empty_like(x).index_copy_(1, perm, gxs)
         if ctx.needs_input_grad[1]:
             dims = [0, *range(2, x.dim())]
-            grad_y = torch.stack([(grad * fn(x)).sum(dims) for fn in ctx.fns], dim=-1)
-        return grad_x, grad_y, None, None
+            k = len(ctx.fns)
+            if ctx.inplace is not None and k * x.numel() <= _STACK_ELEMENTS:
+                acts = x.expand(k, *x.shape).clone()  # [K, *x.shape]: K + 3 kernels in all
+                for fn, a in zip(ctx.inplace, acts):
+                    fn(a)
+                grad_y = acts.mul_(grad).sum([d + 1 for d in dims]).t()
+            else:
+                grad_y = torch.stack([(grad * fn(x)).sum(dims) for fn in ctx.fns], dim=-1)
+        return grad_x, grad_y, None, None, None, None
+
+
+def _blocks(fns: Sequence, counts: Sequence[int], xs: Tensor) -> list[tuple[Callable, Tensor]]:
+    """(fn, block) for the non-empty blocks of ``counts[j]`` units (dimension 1) of ``xs``."""
+    return [(fn, b) for fn, b, c in zip(fns, xs.split(list(counts), 1), counts) if c]
 
 
 class SelectiveActivation(nn.Module):
@@ -157,6 +190,9 @@ class SelectiveActivation(nn.Module):
         # The fused path needs plain functions; PReLU/RReLU use the stacked reference path.
         self.fused = fused and is_pure(self.pool)
         self._fns = tuple(ACTIVATIONS[n].fn for n in self.pool) if is_pure(self.pool) else ()
+        specs = [ACTIVATIONS[n] for n in self.pool]  # in-place forms and output gradients
+        self._inplace = tuple(s.inplace for s in specs) if all(s.inplace for s in specs) else None
+        self._grads = tuple(s.grad for s in specs) if all(s.grad for s in specs) else None
 
     @property
     def units(self) -> int:
@@ -171,7 +207,7 @@ class SelectiveActivation(nn.Module):
             return apply_choices(x, self.choices(), self._fns or tuple(self.candidates))
         y, choice = hard_gumbel_softmax(self.logits, self.tau)
         if self.fused:
-            return _SelectST.apply(x, y, choice, self._fns)
+            return _SelectST.apply(x, y, choice, self._fns, self._inplace, self._grads)
         return self.stacked(x, y, choice)
 
     def stacked(self, x: Tensor, y: Tensor, choice: Tensor) -> Tensor:
