@@ -58,11 +58,17 @@ def sort_units(choice: Tensor, k: int) -> tuple[Tensor, list[int]]:
     return torch.argsort(choice, stable=True), torch.bincount(choice, minlength=k).tolist()
 
 
-def apply_choices(x: Tensor, choice: Tensor, fns: Sequence) -> Tensor:
-    """Apply ``fns[choice[i]]`` to unit ``i`` of ``x`` (units in any order, dimension 1)."""
+def inverse(perm: Tensor) -> Tensor:
+    """``inv`` with ``inv[perm[i]] = i``: gathering with it undoes gathering with ``perm``
+    (a gather is cheaper than the scatter ``index_copy_``)."""
+    return torch.empty_like(perm).scatter_(0, perm, torch.arange(len(perm), device=perm.device))
+
+
+def apply_choices(x: Tensor, choice: Tensor, fns: Sequence, dim: int = 1) -> Tensor:
+    """Apply ``fns[choice[i]]`` to unit ``i`` of ``x`` (units in any order, along ``dim``)."""
     perm, counts = sort_units(choice, len(fns))
-    out = torch.empty_like(x)
-    return out.index_copy_(1, perm, _grouped_apply(x.index_select(1, perm), counts, fns))
+    outs = _grouped_apply(x.index_select(dim, perm), counts, fns, dim)
+    return outs.index_select(dim, inverse(perm))
 
 
 def _grouped_apply(xp: Tensor, counts: Sequence[int], fns: Sequence, dim: int = 1) -> Tensor:
@@ -123,41 +129,42 @@ class _SelectST(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, choice: Tensor, fns: tuple,  # type: ignore[override]
-                inplace: tuple | None, grads: tuple | None) -> Tensor:
+                inplace: tuple | None, grads: tuple | None, dim: int) -> Tensor:
         perm, counts = sort_units(choice, len(fns))
-        xs = x.index_select(1, perm)
+        inv = inverse(perm)
+        xs = x.index_select(dim, perm)
         if inplace is not None:
             outs = xs  # a fresh copy: activated in place, block by block
-            for fn, block in _blocks(inplace, counts, outs):
+            for fn, block in _blocks(inplace, counts, outs, dim):
                 fn(block)
         else:
-            outs = _grouped_apply(xs, counts, fns)
-        out = torch.empty_like(x).index_copy_(1, perm, outs)
-        ctx.save_for_backward(x, perm, outs if grads is not None else None)
-        ctx.fns, ctx.inplace, ctx.grads, ctx.counts = fns, inplace, grads, counts
-        return out
+            outs = _grouped_apply(xs, counts, fns, dim)
+        ctx.save_for_backward(x, perm, inv, outs if grads is not None else None)
+        ctx.fns, ctx.inplace, ctx.grads, ctx.counts, ctx.dim = fns, inplace, grads, counts, dim
+        return outs.index_select(dim, inv)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, perm, outs = ctx.saved_tensors
+        x, perm, inv, outs = ctx.saved_tensors
+        dim, counts = ctx.dim, ctx.counts
         grad_x = grad_y = None
         if ctx.needs_input_grad[0]:
-            gs = grad.index_select(1, perm)
+            gs = grad.index_select(dim, perm)
             if outs is not None:
                 gxs = torch.empty_like(gs)
-                parts = zip(gs.split(ctx.counts, 1), outs.split(ctx.counts, 1),
-                            gxs.split(ctx.counts, 1))
+                parts = zip(gs.split(counts, dim), outs.split(counts, dim),
+                            gxs.split(counts, dim))
                 for fn, (g, o, gx) in zip(ctx.grads, parts):
                     if o.numel():
                         fn(g, o, gx)
             else:
                 with torch.enable_grad():
-                    xp = x.index_select(1, perm).requires_grad_(True)
-                    (gxs,) = torch.autograd.grad(_grouped_apply(xp, ctx.counts, ctx.fns), xp, gs)
-            grad_x = torch.empty_like(x).index_copy_(1, perm, gxs)
+                    xp = x.index_select(dim, perm).requires_grad_(True)
+                    (gxs,) = torch.autograd.grad(_grouped_apply(xp, counts, ctx.fns, dim), xp, gs)
+            grad_x = gxs.index_select(dim, inv)
         if ctx.needs_input_grad[1]:
-            dims = [0, *range(2, x.dim())]
+            dims = [d for d in range(x.dim()) if d != dim]
             k = len(ctx.fns)
             if ctx.inplace is not None and k * x.numel() <= _STACK_ELEMENTS:
                 acts = x.expand(k, *x.shape).clone()  # [K, *x.shape]: K + 3 kernels in all
@@ -166,12 +173,13 @@ class _SelectST(torch.autograd.Function):
                 grad_y = acts.mul_(grad).sum([d + 1 for d in dims]).t()
             else:
                 grad_y = torch.stack([(grad * fn(x)).sum(dims) for fn in ctx.fns], dim=-1)
-        return grad_x, grad_y, None, None, None, None
+        return grad_x, grad_y, None, None, None, None, None
 
 
-def _blocks(fns: Sequence, counts: Sequence[int], xs: Tensor) -> list[tuple[Callable, Tensor]]:
-    """(fn, block) for the non-empty blocks of ``counts[j]`` units (dimension 1) of ``xs``."""
-    return [(fn, b) for fn, b, c in zip(fns, xs.split(list(counts), 1), counts) if c]
+def _blocks(fns: Sequence, counts: Sequence[int], xs: Tensor,
+            dim: int) -> list[tuple[Callable, Tensor]]:
+    """(fn, block) for the non-empty blocks of ``counts[j]`` units (along ``dim``) of ``xs``."""
+    return [(fn, b) for fn, b, c in zip(fns, xs.split(list(counts), dim), counts) if c]
 
 
 class SelectiveActivation(nn.Module):
@@ -203,11 +211,21 @@ class SelectiveActivation(nn.Module):
         return self.logits.detach().argmax(-1)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._select(x, 1)
+
+    def forward_units_first(self, h: Tensor) -> Tensor:
+        """The same on ``h`` of shape ``[units, batch]`` (fused layers only: the MLP's layout
+        when every slot is fused, where sorting units gathers whole rows)."""
+        return self._select(h, 0)
+
+    def _select(self, x: Tensor, dim: int) -> Tensor:
         if not self.training:
-            return apply_choices(x, self.choices(), self._fns or tuple(self.candidates))
+            return apply_choices(x, self.choices(), self._fns or tuple(self.candidates), dim)
         y, choice = hard_gumbel_softmax(self.logits, self.tau)
         if self.fused:
-            return _SelectST.apply(x, y, choice, self._fns, self._inplace, self._grads)
+            return _SelectST.apply(x, y, choice, self._fns, self._inplace, self._grads, dim)
+        if dim != 1:
+            raise ValueError("the stacked (unfused) selective layer takes units on dimension 1")
         return self.stacked(x, y, choice)
 
     def stacked(self, x: Tensor, y: Tensor, choice: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from smartmixed_core.errors import ConfigError
-from smartmixed_core.layers import InferencePlan, MixedActivation
+from smartmixed_core.layers import InferencePlan, MixedActivation, SelectiveActivation
 
 SlotFactory = Callable[[int, int], nn.Module]
 
@@ -111,6 +111,12 @@ class Backbone(nn.Module):
 _MAX_PLANS = 4  # e.g. a full and a last partial eval batch, in two threads
 
 
+def _units_first(slot: nn.Module) -> bool:
+    """Whether an MLP slot takes ``[units, batch]`` (``forward_units_first``)."""
+    return isinstance(slot, MixedActivation) or (
+        isinstance(slot, SelectiveActivation) and slot.fused)
+
+
 @dataclass
 class _MLPInference:
     """A mixed MLP's inference buffers and views for one (batch, device, dtype, thread)."""
@@ -143,17 +149,20 @@ class MLP(Backbone):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)
-        if self.acts and all(isinstance(a, MixedActivation) for a in self.acts):
+        if self.acts and all(_units_first(a) for a in self.acts):
             return self._forward_units_first(x)
         for linear, act in zip(self.linears, self.acts):
             x = act(linear(x))
         return self.head(x)
 
     def _forward_units_first(self, x: Tensor) -> Tensor:
-        """Phase 2: hidden states as ``[units, batch]`` (``h' = W h + b``), so each activation
-        group of a mixed slot is a contiguous block.  Same function, same weights."""
+        """Phases 1 and 2: hidden states as ``[units, batch]`` (``h' = W h + b``), so each
+        activation group of a mixed slot is a contiguous block, and sorting a selective slot's
+        units gathers whole rows.  Same function, same weights."""
         h = x.t()
-        plan = None if torch.is_grad_enabled() else self._inference_plan(h.shape[1], h)
+        phase2 = all(isinstance(a, MixedActivation) for a in self.acts)
+        plan = None if not phase2 or torch.is_grad_enabled() else self._inference_plan(
+            h.shape[1], h)
         if plan is not None:
             for weight, bias, slot in plan.layers:
                 torch.addmm(bias, weight, h, out=slot.out)

@@ -162,3 +162,40 @@ def test_mixed_mlp_with_an_impure_pool_infers_without_buffers():
     with torch.no_grad():
         torch.testing.assert_close(net(x), expected, rtol=0, atol=0)
     assert net._plans == {}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_selective_mlp_units_first_equals_the_stacked_reference(training):
+    """A fused selective MLP runs ``[units, batch]`` (sorting units gathers rows): the same
+    outputs, input/weight/logit gradients and Gumbel draws as the stack-all-K reference in the
+    plain ``[batch, units]`` layout; an unfused (impure) pool keeps the batch-first path."""
+    import smartmixed_core.models as models
+    from smartmixed_core.layers import SelectiveActivation
+
+    torch.manual_seed(0)
+    net = MLP(12, [9, 7], 4, lambda i, n: SelectiveActivation(n, POOLS["paper"], tau=0.5))
+    for slot in net.acts:
+        slot.logits.data.normal_()
+    net.train(training)
+    x = torch.randn(16, 12)
+    results = []
+    for fused in (True, False):
+        for slot in net.acts:
+            slot.fused = fused
+        assert models._units_first(net.acts[0]) == fused
+        net.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        torch.manual_seed(7)
+        out = net(xi)
+        (out * torch.arange(4.0)).sum().backward()
+        results.append([out.detach(), xi.grad, *(p.grad for p in net.parameters())])
+    for a, b in zip(*results):
+        if a is None:  # eval: no logit gradients
+            assert b is None
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all((slot.logits.grad is not None) == training for slot in net.acts)
+    impure = MLP(12, [9], 4, lambda i, n: SelectiveActivation(n, POOLS["adact"]))
+    assert not models._units_first(impure.acts[0]) and impure(x).shape == (16, 4)
+    with pytest.raises(ValueError, match="dimension 1"):
+        impure.acts[0].train().forward_units_first(torch.randn(9, 3))
