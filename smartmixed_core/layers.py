@@ -160,9 +160,10 @@ class _SelectST(torch.autograd.Function):
                     (gxs,) = torch.autograd.grad(_grouped_apply(xp, counts, ctx.fns, dim), xp, gs)
             grad_x = gxs.index_select(dim, inv)
         if ctx.needs_input_grad[1]:
-            # One candidate at a time (measured: as fast as one stacked buffer, and lighter).
+            # One candidate at a time (measured: as fast as one stacked buffer, and lighter);
+            # multiplying in place spares a second large allocation per candidate.
             dims = [d for d in range(x.dim()) if d != dim]
-            grad_y = torch.stack([(grad * fn(x)).sum(dims) for fn in ctx.fns], dim=-1)
+            grad_y = torch.stack([fn(x).mul_(grad).sum(dims) for fn in ctx.fns], dim=-1)
         return grad_x, grad_y, None, None, None, None, None
 
 
