@@ -328,3 +328,33 @@ def test_same_name_refusal_leaves_the_first_sweep_resumable(tmp_path, capsys):
 
     spec_, _ = load_state(path)
     assert spec_.seeds == [0, 1]
+
+
+def test_ray_started_beside_a_failing_store_is_shut_down(tmp_path, capsys, monkeypatch):
+    """`sweep run` starts Ray while the SQLite store is created: when the store then fails,
+    the one-line error comes with Ray shut down again and no sweep folder written (Ray is
+    replaced by a recorder here; the file check covers the tree apart from the store)."""
+    from sweeps import launch, tracking
+
+    calls: list[str] = []
+
+    def init_ray(address: str | None) -> bool:
+        calls.append("init")
+        monkeypatch.setattr(launch, "_ray_owned", True)
+        return True
+
+    def broken_store(uri: str) -> Any:
+        raise RuntimeError("(sqlite3.OperationalError) disk I/O error")
+
+    monkeypatch.setattr(launch, "_init_ray", init_ray)
+    monkeypatch.setattr(launch, "release_ray", lambda: calls.append("release"))
+    monkeypatch.setattr(tracking, "client", broken_store)
+    path = spec(tmp_path)
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    rc = main(["sweep", "run", path])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    assert "disk I/O error" in check_one_line(err, "tracking_uri")
+    assert calls == ["init", "release"]
+    assert snapshot(tmp_path) == before and not (tmp_path / "ray_results").exists()
