@@ -83,15 +83,18 @@ def _pragma(uri: str, pragma: str) -> str | None:
 def check_tracking(uri: str) -> None:
     """Fail with one line before any trial starts when ``uri`` cannot be used."""
     if uri.startswith(("http://", "https://")):
+        from sweeps.redact import credentials
+
+        bare = credentials(uri)[0]  # /health needs no login; urllib cannot parse user:pass@
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
+            with urllib.request.urlopen(bare.rstrip("/") + "/health", timeout=5) as resp:
                 ok = resp.status == 200
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ConfigError("tracking_uri", f"cannot reach the MLflow tracking server at "
-                              f"{uri} ({reason}); start it or pass --tracking-uri") from None
+                              f"{bare} ({reason}); start it or pass --tracking-uri") from None
         if not ok:
-            raise ConfigError("tracking_uri", f"{uri}/health did not answer 200")
+            raise ConfigError("tracking_uri", f"{bare}/health did not answer 200")
     elif (path := sqlite_path(uri)) is not None:
         folder = path.parent
         if not folder.is_dir():

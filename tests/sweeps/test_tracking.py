@@ -75,3 +75,14 @@ def test_wal_is_folded_back_into_the_database_file(store, tmp_path):
     assert set(runs) <= ids
     for uri in ("http://127.0.0.1:5000", f"sqlite:///{tmp_path / 'absent.db'}"):
         assert not tracking.use_wal(uri) and not tracking.fold_wal(uri)
+
+
+def test_check_tracking_probes_a_server_given_with_credentials(mlflow_server):
+    from smartmixed_core.errors import ConfigError
+    from tests.sweeps.sweep_helpers import free_port
+
+    host = mlflow_server.removeprefix("http://")
+    tracking.check_tracking(f"http://alice:s3cret@{host}")  # answers: no error
+    with pytest.raises(ConfigError, match="cannot reach") as err:
+        tracking.check_tracking(f"http://alice:s3cret@127.0.0.1:{free_port()}")
+    assert "s3cret" not in str(err.value) and "alice" not in str(err.value)
