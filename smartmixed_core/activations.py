@@ -152,6 +152,14 @@ def resolve_pool(pool: str | Sequence[str], field: str = "pool") -> tuple[str, .
     return names
 
 
+def fused_forms(names: Sequence[str]) -> tuple[tuple | None, tuple | None]:
+    """The ``inplace`` forms and the output ``grad`` forms of ``names``, each tuple None
+    unless every one of them has that form (what the fused layers need)."""
+    specs = [ACTIVATIONS[n] for n in names]
+    inplace, grads = tuple(s.inplace for s in specs), tuple(s.grad for s in specs)
+    return (inplace if all(inplace) else None), (grads if all(grads) else None)
+
+
 def is_pure(names: Sequence[str]) -> bool:
     """True when every activation in ``names`` is a parameter-free deterministic function."""
     return all(ACTIVATIONS[n].pure for n in names)

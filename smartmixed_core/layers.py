@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from smartmixed_core.activations import ACTIVATIONS, is_pure
+from smartmixed_core.activations import ACTIVATIONS, fused_forms, is_pure
 
 # Uniform draws are clamped into [tiny, 1 - eps] of float32: 1 - 1e-10 would round to 1.0
 # and give infinite noise, so the upper bound must be representable.
@@ -80,6 +80,27 @@ def _grouped_apply(xp: Tensor, counts: Sequence[int], fns: Sequence, dim: int = 
     return torch.cat([fn(c) for (fn, _), c in zip(used, chunks)], dim=dim)
 
 
+def _activate_blocks(x: Tensor, sizes: Sequence[int], fns: Sequence, dim: int) -> Tensor:
+    """Overwrite each block of ``sizes[j]`` units (along ``dim``) of ``x`` with ``fns[j]``
+    (in-place forms); empty blocks are skipped.  Returns ``x``."""
+    for fn, block, n in zip(fns, x.split(list(sizes), dim), sizes):
+        if n:
+            fn(block)
+    return x
+
+
+def _grad_from_output(grad: Tensor, out: Tensor, sizes: Sequence[int], grads: Sequence,
+                      dim: int) -> Tensor:
+    """The input gradient of :func:`_activate_blocks`, block by block from its output."""
+    grad_x = torch.empty_like(out)
+    split = list(sizes)
+    parts = zip(grad.split(split, dim), out.split(split, dim), grad_x.split(split, dim))
+    for fn, (g, y, gx), n in zip(grads, parts, sizes):
+        if n:
+            fn(g, y, gx)
+    return grad_x
+
+
 class _GroupedInPlace(torch.autograd.Function):
     """Contiguous activation groups as one autograd node.
 
@@ -91,9 +112,7 @@ class _GroupedInPlace(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, sizes: list[int], fns: tuple, grads: tuple, dim: int) -> Tensor:  # type: ignore[override]
-        out = x.clone()
-        for fn, rows in zip(fns, out.split(sizes, dim)):
-            fn(rows)
+        out = _activate_blocks(x.clone(), sizes, fns, dim)
         ctx.save_for_backward(out)
         ctx.sizes, ctx.grads, ctx.dim = sizes, grads, dim
         return out
@@ -102,12 +121,7 @@ class _GroupedInPlace(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (out,) = ctx.saved_tensors
-        grad_x = torch.empty_like(out)
-        sizes, dim = ctx.sizes, ctx.dim
-        parts = zip(grad.split(sizes, dim), out.split(sizes, dim), grad_x.split(sizes, dim))
-        for fn, (g, y, gx) in zip(ctx.grads, parts):
-            fn(g, y, gx)
-        return grad_x, None, None, None, None
+        return _grad_from_output(grad, out, ctx.sizes, ctx.grads, ctx.dim), None, None, None, None
 
 
 class _SelectST(torch.autograd.Function):
@@ -130,9 +144,7 @@ class _SelectST(torch.autograd.Function):
         inv = inverse(perm)
         xs = x.index_select(dim, perm)
         if inplace is not None:
-            outs = xs  # a fresh copy: activated in place, block by block
-            for fn, block in _blocks(inplace, counts, outs, dim):
-                fn(block)
+            outs = _activate_blocks(xs, counts, inplace, dim)  # xs is a fresh copy
         else:
             outs = _grouped_apply(xs, counts, fns, dim)
         ctx.save_for_backward(x, perm, inv, outs if grads is not None else None)
@@ -148,12 +160,7 @@ class _SelectST(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gs = grad.index_select(dim, perm)
             if outs is not None:
-                gxs = torch.empty_like(gs)
-                parts = zip(gs.split(counts, dim), outs.split(counts, dim),
-                            gxs.split(counts, dim))
-                for fn, (g, o, gx) in zip(ctx.grads, parts):
-                    if o.numel():
-                        fn(g, o, gx)
+                gxs = _grad_from_output(gs, outs, counts, ctx.grads, dim)
             else:
                 with torch.enable_grad():
                     xp = x.index_select(dim, perm).requires_grad_(True)
@@ -166,11 +173,6 @@ class _SelectST(torch.autograd.Function):
             grad_y = torch.stack([fn(x).mul_(grad).sum(dims) for fn in ctx.fns], dim=-1)
         return grad_x, grad_y, None, None, None, None, None
 
-
-def _blocks(fns: Sequence, counts: Sequence[int], xs: Tensor,
-            dim: int) -> list[tuple[Callable, Tensor]]:
-    """(fn, block) for the non-empty blocks of ``counts[j]`` units (along ``dim``) of ``xs``."""
-    return [(fn, b) for fn, b, c in zip(fns, xs.split(list(counts), dim), counts) if c]
 
 
 class SelectiveActivation(nn.Module):
@@ -189,9 +191,7 @@ class SelectiveActivation(nn.Module):
         # The fused path needs plain functions; PReLU/RReLU use the stacked reference path.
         self.fused = fused and is_pure(self.pool)
         self._fns = tuple(ACTIVATIONS[n].fn for n in self.pool) if is_pure(self.pool) else ()
-        specs = [ACTIVATIONS[n] for n in self.pool]  # in-place forms and output gradients
-        self._inplace = tuple(s.inplace for s in specs) if all(s.inplace for s in specs) else None
-        self._grads = tuple(s.grad for s in specs) if all(s.grad for s in specs) else None
+        self._inplace, self._grads = fused_forms(self.pool)
 
     @property
     def units(self) -> int:
@@ -263,13 +263,10 @@ class MixedActivation(nn.Module):
         if len(self.counts) != len(self.pool):
             raise ValueError("counts must have one entry per pool member")
         self.candidates = candidates or nn.ModuleList(ACTIVATIONS[n].module() for n in self.pool)
-        # The used groups' sizes, in-place builtins and gradients from outputs; the in-place
-        # (gradient) tuple is None when a used member has no such form.
-        used = [(ACTIVATIONS[n], c) for n, c in zip(self.pool, self.counts) if c]
+        # The used groups' sizes, in-place builtins and gradients from outputs.
+        used = [(n, c) for n, c in zip(self.pool, self.counts) if c]
         self._sizes = [c for _, c in used]
-        inplace, grads = tuple(a.inplace for a, _ in used), tuple(a.grad for a, _ in used)
-        self._inplace = inplace if all(inplace) else None
-        self._grads = grads if all(grads) else None
+        self._inplace, self._grads = fused_forms([n for n, _ in used])
 
     @property
     def units(self) -> int:

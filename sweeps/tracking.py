@@ -269,11 +269,13 @@ def log_params(c: MlflowClient, run_id: str, params: dict[str, Any], lookup: boo
     ``lookup``: read the run's params first and log only the missing ones; off for a run just
     created, or params whose value cannot change (MLflow accepts a param logged again with the
     same value, and refuses another value)."""
-    from mlflow.entities import Param
+    from mlflow.entities import Metric, Param
 
-    have = c.get_run(run_id).data.params if lookup else {}
+    have = c.get_run(run_id).data.params if lookup and params else {}
     todo = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
-    batch = _metric_entities(metrics)
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, int(s)) for k, v, s in metrics
+             if v is not None and math.isfinite(float(v))]
     while todo or batch:
         p, todo = todo[:MAX_PARAMS_PER_BATCH], todo[MAX_PARAMS_PER_BATCH:]
         n = MAX_METRICS_PER_BATCH - len(p)
@@ -281,19 +283,9 @@ def log_params(c: MlflowClient, run_id: str, params: dict[str, Any], lookup: boo
         batch = batch[n:]
 
 
-def _metric_entities(metrics: Iterable[tuple[str, float, int]]) -> list[Any]:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, int(s)) for k, v, s in metrics
-            if v is not None and math.isfinite(float(v))]
-
-
 def log_metrics(c: MlflowClient, run_id: str, metrics: Iterable[tuple[str, float, int]]) -> None:
     """Log (key, value, step) triples in batches, skipping non-finite values."""
-    batch = _metric_entities(metrics)
-    for i in range(0, len(batch), MAX_METRICS_PER_BATCH):
-        c.log_batch(run_id, metrics=batch[i:i + MAX_METRICS_PER_BATCH])
+    log_params(c, run_id, {}, metrics=metrics)
 
 
 def create_sweep_run(c: MlflowClient, experiment_id: str, name: str, params: dict[str, Any],
