@@ -467,9 +467,10 @@ def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | No
     if not interrupted:  # trials lost with a killed driver (docs/sweeps.md, Failure handling)
         tracking.close_lost_trials(c, ctx.experiment_id, spec.name, {t.trial_id for t in trials})
         if spec.search.algorithm != "grid":
-            from sweeps.searcher import fail_lost_trials
+            from sweeps.searcher import settle_lost_trials
 
-            fail_lost_trials(path / JOURNAL_FILE, spec.name)
+            settle_lost_trials(path / JOURNAL_FILE, spec.name, tracking.finished_trial_results(
+                c, ctx.experiment_id, spec.name, spec.search.metric))
     reason = ("sweep interrupted; smartmixed sweep resume continues it" if interrupted
               else "stopped early by the scheduler" if spec.scheduler
               else "ended before finishing")

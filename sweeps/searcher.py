@@ -8,16 +8,20 @@ Optuna study, which is written at once to its journal file:
   reports the final result without training), but Optuna already has it COMPLETE and refuses
   further reports (``UpdateFinishedTrialError``), which would stop the whole sweep;
 - a trial that started after the snapshot is unknown to the restored Tuner ("lost"); Ray
-  samples a replacement, and the lost trial would stay RUNNING in the study for ever.
+  samples a replacement, and the lost trial would stay RUNNING in the study for ever.  It
+  may even have finished (its MLflow runs FINISHED) with the driver killed before Ray passed
+  the final result to the study.
 
-:class:`ResumableOptunaSearch` ignores reports for trials the study has finished, and
-:func:`fail_lost_trials` marks lost trials FAIL once a sweep has ended.  Imports Ray and
-Optuna: load it inside the commands only.
+:class:`ResumableOptunaSearch` ignores reports for trials the study has finished and tags
+every study trial with its Ray trial id; :func:`settle_lost_trials` closes the trials still
+RUNNING once a sweep has ended: COMPLETE with the result MLflow holds for a finished one,
+FAIL otherwise.  Imports Ray and Optuna: load it inside the commands only.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +32,20 @@ from ray.tune.search.optuna import OptunaSearch
 
 log = logging.getLogger(__name__)
 
+RAY_TRIAL_ATTR = "ray_trial_id"
+"""User attribute of each study trial: the Ray trial id (= the MLflow ``smartmixed.trial`` tag)."""
+
 
 class ResumableOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that skips results of trials the study has already finished."""
+    """``OptunaSearch`` that tags each study trial with its Ray trial id and skips results
+    of trials the study has already finished."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        new = trial_id not in self._ot_trials
+        config = super().suggest(trial_id)
+        if new:  # written to the journal at once, before the trial runs
+            self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         try:
@@ -44,13 +59,22 @@ def journal_storage(path: Path) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def fail_lost_trials(journal: Path, study_name: str) -> list[int]:
-    """Mark FAIL the trials still RUNNING in the study (call it when the sweep has ended and
-    was not interrupted: then every trial Ray knows is finished); returns their numbers."""
+def settle_lost_trials(journal: Path, study_name: str,
+                       finished: Mapping[str, float]) -> dict[int, str]:
+    """Close the trials still RUNNING in the study; call it when the sweep has ended and was
+    not interrupted (then every trial Ray knows is finished).  ``finished`` maps Ray trial
+    ids to the final metric of trials whose MLflow trial run FINISHED: such a trial becomes
+    COMPLETE with that value, any other FAIL.  Returns {trial number: state name}."""
     if not journal.is_file():
-        return []
+        return {}
     study = optuna.load_study(study_name=study_name, storage=journal_storage(journal))
-    lost = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    for trial in lost:
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    return [t.number for t in lost]
+    settled = {}
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        ray_id = trial.user_attrs.get(RAY_TRIAL_ATTR)  # absent in journals of older sweeps
+        value = None if ray_id is None else finished.get(ray_id)
+        if value is None:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial.number, value)
+        settled[trial.number] = "FAIL" if value is None else "COMPLETE"
+    return settled

@@ -429,6 +429,15 @@ def close_lost_trials(c: MlflowClient, experiment_id: str, sweep: str,
     return lost
 
 
+def finished_trial_results(c: MlflowClient, experiment_id: str, sweep: str,
+                           metric: str) -> dict[str, float]:
+    """{trial id: seed-mean ``metric``} of the sweep's FINISHED trial runs."""
+    key = f"{metric}_mean"
+    return {r.data.tags[schema.TAG_TRIAL]: r.data.metrics[key]
+            for r in find_runs(c, experiment_id, schema.KIND_TRIAL, sweep, status="FINISHED")
+            if key in r.data.metrics}
+
+
 def start_seed_run(c: MlflowClient, experiment_id: str, sweep: str, trial: str,
                    trial_run_id: str, seed: int, cfg: RunConfig, first_attempt: bool = False
                    ) -> str:

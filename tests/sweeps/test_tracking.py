@@ -86,3 +86,23 @@ def test_check_tracking_probes_a_server_given_with_credentials(mlflow_server):
     with pytest.raises(ConfigError, match="cannot reach") as err:
         tracking.check_tracking(f"http://alice:s3cret@127.0.0.1:{free_port()}")
     assert "s3cret" not in str(err.value) and "alice" not in str(err.value)
+
+
+def test_finished_trial_results_are_the_seed_means_of_finished_trial_runs(store):
+    _, c, exp = store
+
+    def trial(name, status, sweep="sw", **metrics):
+        run = c.create_run(exp, tags={schema.TAG_KIND: schema.KIND_TRIAL,
+                                      schema.TAG_SWEEP: sweep, schema.TAG_TRIAL: name}).info
+        for k, v in metrics.items():
+            c.log_metric(run.run_id, k, v, step=0)
+        if status != "RUNNING":
+            c.set_terminated(run.run_id, status)
+
+    trial("a", "FINISHED", val_accuracy_mean=0.75, val_loss_mean=0.5)
+    trial("b", "RUNNING", val_accuracy_mean=0.5)
+    trial("c", "KILLED", val_accuracy_mean=0.5)
+    trial("d", "FINISHED")  # no result logged
+    trial("e", "FINISHED", sweep="other", val_accuracy_mean=0.25)
+    assert tracking.finished_trial_results(c, exp, "sw", "val_accuracy") == {"a": 0.75}
+    assert tracking.finished_trial_results(c, exp, "sw", "val_loss") == {"a": 0.5}
