@@ -33,6 +33,9 @@ class ActivationSpec:
     it once per activation group and layer.  ``grad(grad_out, result, out)`` writes the input
     gradient into ``out`` from the activation's *output* (ATen's own backward kernels, as
     autograd uses them for the in-place forms), so the mixed layer can overwrite its input.
+    ``basis`` writes the activation as a linear combination of other registry activations
+    and :data:`IDENTITY` (``(name, coefficient)`` pairs), exact up to rounding; see
+    :func:`candidate_basis`.
     """
 
     name: str
@@ -40,6 +43,7 @@ class ActivationSpec:
     fn: Callable[[Tensor], Tensor] | None = None
     inplace: Callable[[Tensor], Tensor] | None = None
     grad: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
+    basis: tuple[tuple[str, float], ...] = ()
 
     @property
     def pure(self) -> bool:
@@ -49,6 +53,9 @@ class ActivationSpec:
 def _leaky_relu(x: Tensor) -> Tensor:
     return F.leaky_relu(x, 0.01)
 
+
+IDENTITY = "identity"
+"""The basis function ``x -> x`` of :attr:`ActivationSpec.basis` (not an activation)."""
 
 _ATEN = torch.ops.aten
 # torch.selu is ELU with these constants (ATen's SELU_ALPHA and SELU_SCALE).
@@ -94,9 +101,18 @@ ACTIVATIONS: dict[str, ActivationSpec] = {
             _leaky_relu,
             partial(F.leaky_relu_, negative_slope=0.01),
             _leaky_relu_grad,
+            basis=(("relu", 0.99), (IDENTITY, 0.01)),
         ),
         ActivationSpec("elu", nn.ELU, F.elu, F.elu_, _elu_grad),
-        ActivationSpec("selu", nn.SELU, F.selu, torch.selu_, _selu_grad),
+        ActivationSpec(
+            "selu",
+            nn.SELU,
+            F.selu,
+            torch.selu_,
+            _selu_grad,
+            # scale * (relu(x) + alpha * (elu(x) - relu(x)))
+            basis=(("relu", _SELU_SCALE * (1 - _SELU_ALPHA)), ("elu", _SELU_SCALE * _SELU_ALPHA)),
+        ),
         ActivationSpec("prelu", nn.PReLU),
         ActivationSpec("rrelu", nn.RReLU),
         ActivationSpec("silu", nn.SiLU, F.silu, torch._C._nn.silu_),
@@ -163,3 +179,29 @@ def fused_forms(names: Sequence[str]) -> tuple[tuple | None, tuple | None]:
 def is_pure(names: Sequence[str]) -> bool:
     """True when every activation in ``names`` is a parameter-free deterministic function."""
     return all(ACTIVATIONS[n].pure for n in names)
+
+
+def candidate_basis(names: Sequence[str]) -> tuple[tuple[str, ...], list[list[float]] | None]:
+    """Fewer functions whose values give those of every member of the pool ``names``.
+
+    Returns ``(basis, matrix)``: ``act_j(x) = sum_i matrix[i][j] * basis_i(x)`` for every
+    member ``j``, or ``(names, None)`` when no member is worth rewriting.  A member is
+    rewritten through its :attr:`ActivationSpec.basis` when every function of that basis
+    other than :data:`IDENTITY` is itself a member (so it is evaluated anyway); e.g. in the
+    paper pool, leaky_relu becomes relu and x, and selu becomes relu and elu.  The selective
+    layer's backward needs ``sum_batch(grad * act_j(x))`` for every member: with the basis,
+    five evaluations instead of six, and ELU's costly ``expm1`` once instead of twice.
+    """
+    members = set(names)
+    rewrite = {n for n in names if ACTIVATIONS[n].basis and all(
+        b == IDENTITY or (b in members and not ACTIVATIONS[b].basis)
+        for b, _ in ACTIVATIONS[n].basis)}
+    if not rewrite:
+        return tuple(names), None
+    basis = [n for n in names if n not in rewrite]
+    basis += sorted({b for n in rewrite for b, _ in ACTIVATIONS[n].basis} - set(basis))
+    matrix = [[0.0] * len(names) for _ in basis]
+    for j, n in enumerate(names):
+        for b, coef in ACTIVATIONS[n].basis if n in rewrite else ((n, 1.0),):
+            matrix[basis.index(b)][j] += coef
+    return tuple(basis), matrix

@@ -2,7 +2,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smartmixed_core.activations import ACTIVATIONS, POOLS, canonical, get_activation, resolve_pool
+from smartmixed_core.activations import (
+    ACTIVATIONS,
+    IDENTITY,
+    POOLS,
+    candidate_basis,
+    canonical,
+    get_activation,
+    resolve_pool,
+)
 from smartmixed_core.errors import ConfigError
 
 REFERENCES = {
@@ -91,3 +99,32 @@ def test_gradients_from_outputs_equal_autograd(name):
     out = torch.empty_like(expected)
     assert ACTIVATIONS[name].grad(grad, result.detach(), out) is out
     torch.testing.assert_close(out, expected)
+
+
+def _value(name: str, x: torch.Tensor) -> torch.Tensor:
+    return x if name == IDENTITY else ACTIVATIONS[name].fn(x)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, a in ACTIVATIONS.items() if a.basis))
+def test_basis_combinations_equal_the_activation(name):
+    x = torch.cat([torch.linspace(-8, 8, 2001), torch.zeros(3)]).double()
+    combined = sum(coef * _value(b, x) for b, coef in ACTIVATIONS[name].basis)
+    torch.testing.assert_close(combined, ACTIVATIONS[name].fn(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("pool", [POOLS["paper"], ("relu", "sigmoid", "leaky_relu", "gelu"),
+                                  ("selu", "tanh", "elu", "relu")])
+def test_candidate_basis_reproduces_every_member(pool):
+    basis, matrix = candidate_basis(pool)
+    assert matrix is not None
+    x = torch.linspace(-8, 8, 2001).double()
+    coefficients = torch.tensor(matrix, dtype=torch.float64)
+    values = torch.stack([_value(b, x) for b in basis], -1) @ coefficients
+    expected = torch.stack([ACTIVATIONS[n].fn(x) for n in pool], -1)
+    torch.testing.assert_close(values, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_candidate_basis_rewrites_only_through_members():
+    assert candidate_basis(POOLS["paper"])[0] == ("relu", "sigmoid", "tanh", "elu", IDENTITY)
+    assert candidate_basis(("leaky_relu", "sigmoid")) == (("leaky_relu", "sigmoid"), None)
+    assert candidate_basis(("selu", "relu", "tanh")) == (("selu", "relu", "tanh"), None)

@@ -206,3 +206,12 @@ def test_mixed_inference_plan_activates_its_buffer_in_place():
 def test_mixed_impure_pool_has_no_inference_plan():
     layer = MixedActivation(POOLS["adact"], [2, 1, 0, 2, 1, 1, 1])
     assert layer.inference_plan(8, torch.randn(8, 8)) is None
+
+
+def test_basis_matrix_follows_the_module_but_stays_out_of_checkpoints():
+    layer = SelectiveActivation(8, PAPER).double()
+    assert list(layer.state_dict()) == ["logits"]
+    assert layer._basis_matrix.dtype == torch.float64 and layer._basis_matrix.shape == (5, 6)
+    x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    layer(x).sum().backward()
+    assert layer.logits.grad.dtype == torch.float64 and torch.isfinite(layer.logits.grad).all()
