@@ -32,7 +32,13 @@ from smartmixed_core.activations import ACTIVATIONS, is_pure
 from smartmixed_core.config import RunConfig
 from smartmixed_core.data import Splits
 from smartmixed_core.freeze import freeze
-from smartmixed_core.layers import MixedActivation, SelectiveActivation, gumbel_noise
+from smartmixed_core.layers import (
+    MixedActivation,
+    SelectiveActivation,
+    gumbel_noise,
+    hard_gumbel_softmax,
+    noise_shape,
+)
 from smartmixed_core.models import MLP
 from smartmixed_core.training import FitConfig, NonFiniteLossError, make_optimizer
 
@@ -87,11 +93,10 @@ class _Selective(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return _select(x, self.choices(), self.fns)
-        shape = self.logits.shape[1:]
+        shape = noise_shape(self.logits[0])
         # Each seed's generator makes the draws train_seed makes from the global CPU one.
         g = torch.stack([gumbel_noise(shape, "cpu", torch.float32, gen) for gen in self.noise])
-        y = torch.softmax((self.logits + g.to(self.logits)) / self.tau, -1)
-        choice = y.argmax(-1)
+        y, choice = hard_gumbel_softmax(self.logits, self.tau, g.to(self.logits))
         h = F.one_hot(choice, len(self.pool)).to(y.dtype) + (y - y.detach())  # [K, N, P]
         out = torch.zeros_like(x)
         for j, fn in enumerate(self.fns):

@@ -45,18 +45,28 @@ def gumbel_noise(
     """Gumbel(0, 1) noise from clamped uniforms: finite for every draw (paper eq. 1).
     Drawn from ``generator`` (default: torch's global generator of ``device``)."""
     u = torch.rand(shape, device=device, dtype=torch.float32, generator=generator)
-    u = u.clamp_(_U_LOW, _U_HIGH)
-    return (-torch.log(-torch.log(u))).to(dtype)
+    return u.clamp_(_U_LOW, _U_HIGH).log_().neg_().log_().neg_().to(dtype)
 
 
-def hard_gumbel_softmax(logits: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+def noise_shape(logits: Tensor) -> tuple[int, ...]:
+    """The shape of the Gumbel noise for ``logits`` ``[..., units, K]``: ``[..., K, units]``."""
+    return (*logits.shape[:-2], logits.shape[-1], logits.shape[-2])
+
+
+def hard_gumbel_softmax(logits: Tensor, tau: float,
+                        noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Straight-through Gumbel-Softmax over the last dimension (paper eqs. 1-4).
 
     Returns ``(y, index)``: the soft sample ``y`` (carries the gradient) and the hard choice.
-    The one-hot forward value is ``one_hot(index) + (y - y.detach())``.
+    The one-hot forward value is ``one_hot(index) + (y - y.detach())``.  ``noise`` (shape
+    :func:`noise_shape`, overwritten; default: drawn here) is laid out ``[K, units]``, the
+    layout the softmax works in: over a short last dimension of size K it costs ten times
+    more on a CPU.
     """
-    y = torch.softmax((logits + gumbel_noise(logits.shape, logits.device, logits.dtype)) / tau, -1)
-    return y, y.argmax(-1)
+    if noise is None:
+        noise = gumbel_noise(noise_shape(logits), logits.device, logits.dtype)
+    z = noise.add_(logits.transpose(-1, -2)).div_(tau)
+    return torch.softmax(z, -2).transpose(-1, -2), z.max(-2).indices
 
 
 def sort_units(choice: Tensor, k: int) -> tuple[Tensor, list[int]]:
@@ -147,8 +157,8 @@ def _candidate_sums(x: Tensor, grad: Tensor, evals: Sequence, matrix: Tensor | N
         else:
             t = fn(x).mul_(grad)
         cols.append(t.sum(dims))
-    sums = torch.stack(cols, -1)
-    return sums if matrix is None else sums @ matrix
+    sums = torch.stack(cols)  # [basis, units]: the softmax's layout (hard_gumbel_softmax)
+    return (sums if matrix is None else matrix.t() @ sums).t()
 
 
 class _SelectST(torch.autograd.Function):

@@ -60,7 +60,7 @@ def assert_same(a, b):
     [
         {"method": "smartmixed", "phase2_init": "reinit", "grad_clip": 0.5},
         {"method": "fixed:elu", "patience": 1, "epochs": 6, "lr": 0.05},
-        {"method": "smartmixed", "patience": 1, "epochs": 7, "transition_epoch": 4, "lr": 0.1},
+        {"method": "smartmixed", "patience": 1, "epochs": 7, "transition_epoch": 3, "lr": 0.1},
     ],
     ids=["reinit-clip", "fixed-patience", "smartmixed-patience"],
 )
