@@ -1,7 +1,7 @@
 """Slow, multi-process tests: a two-node Ray cluster, a killed trial worker (resumed from its
-checkpoint), an interrupted (SIGINT) and a killed (SIGKILL) driver resumed with ``sweep
-resume``, an MLflow server outage, and a NaN trial end to end.  Each runs the real CLI in a
-subprocess, with bounded waits."""
+checkpoint, or closed FAILED with no retries left), an interrupted (SIGINT) and a killed
+(SIGKILL) driver resumed with ``sweep resume``, an MLflow server outage, and a NaN trial end
+to end.  Each runs the real CLI in a subprocess, with bounded waits."""
 
 from __future__ import annotations
 
@@ -185,6 +185,38 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, monkeypatc
         losses = c.get_metric_history(r.info.run_id, "train_loss")
         assert [m.value for m in sorted(losses, key=lambda m: m.step)] == \
             [h["train_loss"] for h in alone["history"]]
+
+
+def test_trial_whose_retries_are_spent_ends_failed_with_the_reason(tmp_path, monkeypatch):
+    """``max_failures: 0`` and the trial's worker SIGKILLed: nothing in the trial closes its
+    runs, so the sweep closes the trial run and its unfinished seed runs as FAILED with the
+    reason, and the sweep itself finishes."""
+    monkeypatch.setenv("SMARTMIXED_REPORT_SECONDS", "0")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = write_spec(tmp_path, max_failures=0,
+                      fixed={"epochs": 60, "transition_epoch": 5, "architecture": "64",
+                             "device": "cpu"},
+                      search={"algorithm": "grid", "space": {"method": {"choice": ["smartmixed"]}}})
+    c = MlflowClient(uri)
+    with sweep_process(tmp_path, "run", str(spec)) as (proc, log):
+        def started():
+            trials = runs_by_kind(uri, "t-exp")[schema.KIND_TRIAL]
+            if trials and len(c.get_metric_history(trials[0].info.run_id, "val_accuracy")) >= 3:
+                return trials[0]
+            return None
+
+        trial = _wait(started, 300, "3 epochs", proc)
+        os.kill(int(trial.data.tags[schema.TAG_WORKER].split(":")[1]), signal.SIGKILL)
+        assert _finish(proc, log, 300) == 0, _tail(log)  # the sweep itself completed
+    runs = runs_by_kind(uri, "t-exp")
+    (sweep,), (trial,) = runs[schema.KIND_SWEEP], runs[schema.KIND_TRIAL]
+    assert sweep.info.status == "FINISHED"
+    assert trial.info.status == "FAILED"
+    reason = "crashed: the trial failed 1 times"
+    assert trial.data.tags[schema.TAG_STATUS_REASON] == reason
+    seeds = runs[schema.KIND_SEED]
+    assert len(seeds) == 2 and all(r.info.status == "FAILED" for r in seeds)
+    assert all(r.data.tags[schema.TAG_STATUS_REASON] == reason for r in seeds)
 
 
 def test_interrupted_driver_resumes_with_one_finished_seed_run_each(tmp_path):
