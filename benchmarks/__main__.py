@@ -5,7 +5,8 @@
     python -m benchmarks --json out.json
 
 "uniform mix" = plain MLPs of the same widths, one per pool activation, timed and averaged with
-the weights of the mixed net's activation mix: what the activations cost anyway.
+the weights of the mixed net's activation mix: what the activations cost anyway.  Every
+train step uses the training loop's optimizer (:func:`make_optimizer`: fused Adam).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from smartmixed_core.batched import BatchedMLP
 from smartmixed_core.freeze import freeze
 from smartmixed_core.layers import SelectiveActivation
 from smartmixed_core.models import MLP, PAPER_ARCHITECTURES, REPRESENTATIVE
+from smartmixed_core.training import FitConfig, make_optimizer
 
 POOL = POOLS["paper"]
 # A mix like the paper's Fig. 3 (sigmoid rare): fraction of units per pool activation.
@@ -50,6 +52,11 @@ def measure(cases: dict[str, Callable[[], float]], repeats: int) -> dict[str, fl
         for k, once in cases.items():
             samples[k].append(once())
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    """The training loop's optimizer (Adam, fused where torch has it), lr 1e-4."""
+    return make_optimizer(model, FitConfig(epochs=1, lr=1e-4))
 
 
 def selective_net(hidden, in_f, classes, device, layer=SelectiveActivation):
@@ -81,7 +88,7 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
     }
 
     def step(model: nn.Module) -> Callable[[], None]:
-        opt = torch.optim.Adam(model.parameters(), 1e-4)
+        opt = optimizer(model)
 
         def go() -> None:
             model.train()
@@ -114,7 +121,7 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
     seeds = [selective_net(hidden, in_f, classes, dev) for _ in range(SEEDS)]
     batched = BatchedMLP(seeds, [torch.Generator().manual_seed(s) for s in range(SEEDS)])
     xs, ys = x.expand(SEEDS, *x.shape), y.expand(SEEDS, *y.shape)
-    opt_k = torch.optim.Adam(batched.parameters(), 1e-4)
+    opt_k = optimizer(batched)
 
     def step_batched() -> None:
         batched.train()
@@ -153,7 +160,7 @@ def epoch_vs_dataloader(device: str, batch: int, hidden, batches: int, repeats: 
     x_all = (images.float().div(255).sub(0.1307).div(0.3081)).flatten(1).to(dev)
     y_all = labels.to(dev)
     model = MLP(784, hidden, 10, lambda i, n: nn.ReLU()).to(dev)
-    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    opt = optimizer(model)
     gen = torch.Generator().manual_seed(0)
 
     def train_on(xb: torch.Tensor, yb: torch.Tensor) -> None:

@@ -5,7 +5,7 @@ import torch
 
 from smartmixed_core.data import load_dataset
 from smartmixed_core.models import MLP
-from smartmixed_core.training import FitConfig, NonFiniteLossError, fit, predict
+from smartmixed_core.training import FitConfig, NonFiniteLossError, fit, make_optimizer, predict
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +95,24 @@ def test_grad_clip_bounds_gradient_norm(data, monkeypatch):
     norms.clear()
     fit(relu_net(data), data, FitConfig(epochs=1), generator=torch.Generator())
     assert max(norms) > 1e-2  # unclipped gradients are far larger
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_optimizer_is_fused_where_torch_has_it_and_plain_elsewhere(name, monkeypatch):
+    model = torch.nn.Linear(4, 3)
+    cfg = FitConfig(epochs=1, lr=0.01, weight_decay=0.1, optimizer=name)
+    opt = make_optimizer(model, cfg)
+    assert opt.defaults["fused"] is True  # CPU has fused Adam kernels since torch 2.4
+    assert (opt.defaults["lr"], opt.defaults["weight_decay"]) == (0.01, 0.1)
+    cls = type(opt)
+
+    class NoFusedKernel(cls):
+        def __init__(self, params, **kw):
+            if kw.get("fused"):
+                raise RuntimeError("fused=True needs params on a supported device")
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(torch.optim, cls.__name__, NoFusedKernel)
+    plain = make_optimizer(model, cfg)
+    assert isinstance(plain, NoFusedKernel) and not plain.defaults["fused"]
+    assert plain.defaults["weight_decay"] == 0.1
