@@ -10,13 +10,12 @@ several FINISHED copies of the same computation; the newest is the most complete
 
 from __future__ import annotations
 
-from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 import pandas as pd
 
 from smartmixed_core.errors import ConfigError
-from sweeps import schema
+from sweeps import schema, tracking
 
 DEFAULT_TRACKING_URI = schema.DEFAULT_TRACKING_URI
 
@@ -32,9 +31,8 @@ def _check_uri(tracking_uri: str) -> None:
     """Refuse URIs that cannot be read, before MLflow silently creates an empty store."""
     parsed = urlparse(tracking_uri)
     if parsed.scheme == "sqlite":
-        path = unquote(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith(
-            "sqlite:///") else ""
-        if not path or path == ":memory:" or not Path(path).is_file():
+        path = tracking.sqlite_path(tracking_uri)
+        if path is None or not path.is_file():
             raise ConfigError("tracking_uri", f"no SQLite tracking store at {tracking_uri!r}")
     elif parsed.scheme in ("", "file"):
         raise ConfigError("tracking_uri", f"{tracking_uri!r} is a folder store; MLflow 3 needs "

@@ -194,6 +194,9 @@ class SweepSpec(_Strict):
                              + ", ".join(TRACKING_SCHEMES[3:6]) + ")")
         if scheme.lower() == "sqlite" and not v.startswith("sqlite:///"):
             raise ValueError(f"{v!r}: a SQLite store is sqlite:///PATH (three slashes)")
+        if scheme.lower() == "sqlite" and v[len("sqlite:///"):] in ("", ":memory:"):
+            raise ValueError(f"{v!r}: the trial workers need a SQLite file they can share; "
+                             "use sqlite:///PATH/mlflow.db")
         if scheme.lower() in ("http", "https"):
             from urllib.parse import urlsplit
 

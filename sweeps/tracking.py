@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import quote, unquote
 
 from smartmixed_core.errors import ConfigError
 from sweeps import schema
@@ -39,14 +40,20 @@ SQLITE = "sqlite:///"
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///path`` URI (None for any other URI)."""
-    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
+    """The database file of a ``sqlite:///path`` URI, percent-decoded as SQLAlchemy reads it
+    (None for any other URI, and for an in-memory database)."""
+    if not uri.startswith(SQLITE):
+        return None
+    path = unquote(uri[len(SQLITE):])
+    return Path(path) if path and path != ":memory:" else None
 
 
 def normalize_uri(uri: str) -> str:
     """Make a relative ``sqlite:///x.db`` absolute: trial workers run in other folders."""
     path = sqlite_path(uri)
-    return SQLITE + str(path.resolve()) if path is not None and not path.is_absolute() else uri
+    if path is None or path.is_absolute():
+        return uri
+    return SQLITE + quote(str(path.resolve()))
 
 
 def use_wal(uri: str) -> bool:

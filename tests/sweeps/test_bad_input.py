@@ -163,6 +163,8 @@ CASES: list[Case] = [
     ("tracking-uri-missing-folder", lambda t: [*RUN, spec(t), "--tracking-uri",
                                                f"sqlite:///{t / 'no' / 'such' / 'm.db'}"],
      "tracking_uri"),
+    ("tracking-uri-in-memory", lambda t: [*RUN, spec(t), "--tracking-uri", "sqlite:///:memory:"],
+     "tracking_uri"),
     ("address-syntax", lambda t: [*RUN, spec(t), "--address", "head-node"], "address"),
     ("address-unreachable", lambda t: [*RUN, spec(t), "--address", "127.0.0.1:1"], "address"),
     # -- a sweep of the same name --------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from mlflow.exceptions import MlflowException
@@ -106,3 +108,18 @@ def test_finished_trial_results_are_the_seed_means_of_finished_trial_runs(store)
     trial("e", "FINISHED", sweep="other", val_accuracy_mean=0.25)
     assert tracking.finished_trial_results(c, exp, "sw", "val_accuracy") == {"a": 0.75}
     assert tracking.finished_trial_results(c, exp, "sw", "val_loss") == {"a": 0.5}
+
+
+def test_sqlite_paths_are_read_as_sqlalchemy_reads_them(tmp_path, monkeypatch):
+    assert tracking.sqlite_path("sqlite:////data/a%20b.db") == Path("/data/a b.db")
+    assert tracking.sqlite_path("sqlite:///rel/m.db") == Path("rel/m.db")
+    assert tracking.sqlite_path("sqlite:///:memory:") is None
+    assert tracking.sqlite_path("http://host:5000") is None
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my runs").mkdir()
+    uri = tracking.normalize_uri("sqlite:///my%20runs/m.db")
+    assert uri == f"sqlite:///{quote(str(tmp_path))}/my%20runs/m.db"
+    assert tracking.normalize_uri(uri) == uri
+    tracking.ensure_experiment(tracking.client(uri), "e", uri)  # MLflow opens that very file
+    assert (tmp_path / "my runs" / "m.db").is_file()
+    assert tracking.sqlite_path(uri) == tmp_path / "my runs" / "m.db"
