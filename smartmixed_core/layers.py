@@ -229,7 +229,7 @@ class SelectiveActivation(nn.Module):
         self.fused = fused and is_pure(self.pool)
         self._fns = tuple(ACTIVATIONS[n].fn for n in self.pool) if is_pure(self.pool) else ()
         self._inplace, self._grads = fused_forms(self.pool)
-        basis, matrix = candidate_basis(self.pool) if self.fused else (self.pool, None)
+        basis, matrix = candidate_basis(self.pool) if is_pure(self.pool) else ((), None)
         self._evals = tuple((None, None) if b == IDENTITY else
                             (ACTIVATIONS[b].inplace, ACTIVATIONS[b].fn) for b in basis)
         # Not in the state dict; moves with .to() like the logits.
