@@ -5,7 +5,7 @@
 # Build (compose does this): docker build -f docker/mlflow.Dockerfile -t smartmixed-mlflow:3.17.2 docker
 #
 # Configuration comes from the environment at run time, never from the image:
-#   POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB  (docker/.env, via compose env_file)
+#   POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB  (docker/.env, passed by compose.yaml)
 #   POSTGRES_HOST (default postgres), POSTGRES_PORT (default 5432)
 #   MLFLOW_SERVER_ALLOWED_HOSTS  Host headers the server accepts (DNS-rebinding protection)
 FROM python:3.11.14-slim-bookworm
