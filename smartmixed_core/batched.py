@@ -28,13 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smartmixed_core.activations import ACTIVATIONS, is_pure
+from smartmixed_core.activations import ACTIVATIONS, fused_forms, is_pure
 from smartmixed_core.config import RunConfig
 from smartmixed_core.data import Splits
 from smartmixed_core.freeze import freeze
 from smartmixed_core.layers import (
     MixedActivation,
     SelectiveActivation,
+    activate_groups,
     gumbel_noise,
     hard_gumbel_softmax,
     noise_shape,
@@ -105,19 +106,34 @@ class _Selective(nn.Module):
 
 
 class _Mixed(nn.Module):
-    """Phase-2 slot of K seeds: each seed's fixed per-unit choices ``[K, N]``."""
+    """Phase-2 slot of K seeds: each seed's fixed per-unit choices ``[K, N]``.
+
+    :func:`~smartmixed_core.freeze.freeze` sorted every seed's units into contiguous groups,
+    so on a CPU the slot lays the seeds' units end to end (``[K * N, batch]``) and activates
+    each group once, in place (:func:`~smartmixed_core.layers.activate_groups`), instead of
+    every pool member on every unit followed by a selection.  On a GPU the selection stays:
+    it launches a fixed number of kernels whatever the number of seeds and groups.
+    """
 
     def __init__(self, slots: Sequence[MixedActivation]):
         super().__init__()
         self.pool = slots[0].pool
         self.fns = tuple(ACTIVATIONS[n].fn for n in self.pool)
         self.register_buffer("choice", torch.stack([s.choices() for s in slots]))
+        inplace, grads = fused_forms(self.pool)
+        self._groups = None if inplace is None or grads is None else (
+            [c for s in slots for c in s.counts], inplace * len(slots), grads * len(slots))
 
     def choices(self) -> Tensor:
         return self.choice
 
     def forward(self, x: Tensor) -> Tensor:
-        return _select(x, self.choice, self.fns)
+        if self._groups is None or x.device.type != "cpu":
+            return _select(x, self.choice, self.fns)
+        k, batch, units = x.shape
+        rows = x.transpose(1, 2).reshape(k * units, batch)
+        out = activate_groups(rows, *self._groups, 0)
+        return out.view(k, units, batch).transpose(1, 2)
 
 
 class BatchedMLP(nn.Module):

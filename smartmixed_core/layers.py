@@ -140,6 +140,14 @@ class _GroupedInPlace(torch.autograd.Function):
         return _grad_from_output(grad, out, ctx.sizes, ctx.grads, ctx.dim), None, None, None, None
 
 
+def activate_groups(x: Tensor, sizes: Sequence[int], inplace: Sequence, grads: Sequence,
+                    dim: int) -> Tensor:
+    """``inplace[j]`` on the ``j``-th contiguous block of ``sizes[j]`` units of a copy of
+    ``x`` (along ``dim``; empty blocks skipped), as one autograd node whose backward uses
+    ``grads`` (output-gradient forms, :class:`_GroupedInPlace`)."""
+    return _GroupedInPlace.apply(x, list(sizes), tuple(inplace), tuple(grads), dim)
+
+
 def _candidate_sums(x: Tensor, grad: Tensor, evals: Sequence, matrix: Tensor | None,
                     dim: int) -> Tensor:
     """``[units, K]``: the sum over every dimension but ``dim`` of ``grad * act_j(x)`` for
@@ -337,7 +345,7 @@ class MixedActivation(nn.Module):
 
     def _grouped(self, x: Tensor, dim: int) -> Tensor:
         if self._inplace is not None and (self._grads is not None or not torch.is_grad_enabled()):
-            return _GroupedInPlace.apply(x, self._sizes, self._inplace, self._grads, dim)
+            return activate_groups(x, self._sizes, self._inplace, self._grads, dim)
         return _grouped_apply(x, self.counts, self.candidates, dim)
 
     def extra_repr(self) -> str:

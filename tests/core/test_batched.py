@@ -161,3 +161,27 @@ def test_batched_resume_refuses_other_seeds():
     train_seeds_batched(cfg, [0, 1], data, state=state)
     with pytest.raises(ValueError, match="other seeds"):
         train_seeds_batched(cfg, [1, 0], data, state=BatchedState.restore(state.snapshot()))
+
+
+def test_batched_mixed_slot_on_cpu_activates_each_seeds_groups_once():
+    """The CPU form (every seed's sorted groups, in place, end to end) equals the selection
+    form the GPU keeps, in values and input gradients, with empty groups in some seeds."""
+    from smartmixed_core.activations import POOLS
+    from smartmixed_core.batched import _Mixed, _select
+
+    pool = POOLS["paper"]
+    slots = [MixedActivation(pool, c) for c in ([2, 0, 1, 3, 0, 1], [0, 4, 0, 0, 3, 0],
+                                                 [1, 1, 1, 1, 1, 2])]
+    mixed = _Mixed(slots)
+    assert mixed._groups is not None
+    x = torch.randn(3, 5, 7, dtype=torch.float64)
+    w = torch.randn(3, 5, 7, dtype=torch.float64)
+    results = []
+    for form in (mixed, lambda v: _select(v, mixed.choice, mixed.fns)):
+        xi = x.clone().requires_grad_(True)
+        out = form(xi)
+        assert torch.equal(xi.detach(), x)  # the input is never written to
+        (out * w).sum().backward()
+        results.append((out.detach(), xi.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
