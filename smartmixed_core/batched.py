@@ -9,7 +9,9 @@ instead of K times as many, which is what pays on a GPU.  The loss is the sum of
 per-seed mean losses, so each seed's gradient is its own; Adam is elementwise and gradient
 clipping is done per seed.  Per-seed results equal one-by-one training up to float rounding
 (the batched matmul sums in another order) and do not depend on which other seeds share
-the batch.
+the batch.  On a CPU the activation slots lay the seeds' units end to end and run the
+single model's fused layers on them (each unit's activation computed once); on a GPU they
+evaluate every pool member and select, a fixed number of kernels whatever K.
 
 Supported: MLP backbones with fixed activations or SmartMixed/selective slots over pure
 activations (no PReLU/RReLU).  :func:`batchable` says whether a configuration qualifies.
@@ -39,6 +41,8 @@ from smartmixed_core.layers import (
     gumbel_noise,
     hard_gumbel_softmax,
     noise_shape,
+    selection_forms,
+    straight_through,
 )
 from smartmixed_core.models import MLP
 from smartmixed_core.training import FitConfig, NonFiniteLossError, make_optimizer
@@ -78,7 +82,11 @@ def _select(x: Tensor, choice: Tensor, fns: Sequence[Any]) -> Tensor:
 
 
 class _Selective(nn.Module):
-    """Phase-1 slot of K seeds: logits ``[K, N, P]``, noise from each seed's generator."""
+    """Phase-1 slot of K seeds: logits ``[K, N, P]``, noise from each seed's generator.
+
+    On a CPU the seeds' units are laid end to end (``[K * N, batch]``) and go through the
+    single model's fused straight-through selection; on a GPU every pool member is evaluated
+    on every unit and selected (a fixed number of kernels, no sort)."""
 
     def __init__(self, slots: Sequence[SelectiveActivation], noise: Sequence[torch.Generator]):
         super().__init__()
@@ -87,6 +95,8 @@ class _Selective(nn.Module):
         self.tau = slots[0].tau
         self.logits = nn.Parameter(torch.stack([s.logits.detach() for s in slots]).clone())
         self.noise = noise
+        self._forms, matrix = selection_forms(self.pool)
+        self.register_buffer("_basis_matrix", matrix, persistent=False)
 
     def choices(self) -> Tensor:
         return self.logits.detach().argmax(-1)
@@ -98,6 +108,12 @@ class _Selective(nn.Module):
         # Each seed's generator makes the draws train_seed makes from the global CPU one.
         g = torch.stack([gumbel_noise(shape, "cpu", torch.float32, gen) for gen in self.noise])
         y, choice = hard_gumbel_softmax(self.logits, self.tau, g.to(self.logits))
+        if x.device.type == "cpu":
+            k, batch, units = x.shape
+            rows = x.transpose(1, 2).reshape(k * units, batch)
+            out = straight_through(rows, y.reshape(k * units, -1), choice.reshape(-1),
+                                   self._forms, self._basis_matrix, 0)
+            return out.view(k, units, batch).transpose(1, 2)
         h = F.one_hot(choice, len(self.pool)).to(y.dtype) + (y - y.detach())  # [K, N, P]
         out = torch.zeros_like(x)
         for j, fn in enumerate(self.fns):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -140,6 +141,34 @@ class _GroupedInPlace(torch.autograd.Function):
         return _grad_from_output(grad, out, ctx.sizes, ctx.grads, ctx.dim), None, None, None, None
 
 
+class SelectionForms(NamedTuple):
+    """What the fused straight-through selection needs of a pool (empty for an impure one)."""
+
+    fns: tuple  # the pool's pure functions
+    inplace: tuple | None  # their in-place forms (None unless every member has one)
+    grads: tuple | None  # their input gradients from outputs (None unless every member has one)
+    evals: tuple  # the candidate sums' basis: (inplace, fn) each, (None, None) for x itself
+
+
+def selection_forms(pool: Sequence[str]) -> tuple[SelectionForms, Tensor | None]:
+    """The :class:`SelectionForms` of ``pool`` and its basis matrix
+    (:func:`~smartmixed_core.activations.candidate_basis`; None: the basis is the pool)."""
+    if not is_pure(pool):
+        return SelectionForms((), None, None, ()), None
+    basis, matrix = candidate_basis(pool)
+    evals = tuple((None, None) if b == IDENTITY else (ACTIVATIONS[b].inplace, ACTIVATIONS[b].fn)
+                  for b in basis)
+    forms = SelectionForms(tuple(ACTIVATIONS[n].fn for n in pool), *fused_forms(pool), evals)
+    return forms, None if matrix is None else torch.tensor(matrix)
+
+
+def straight_through(x: Tensor, y: Tensor, choice: Tensor, forms: SelectionForms,
+                     matrix: Tensor | None, dim: int) -> Tensor:
+    """The fused hard straight-through selection of the sample ``(y, choice)`` (``[units,
+    K]``, ``[units]``; units along ``dim`` of ``x``): :class:`_SelectST`."""
+    return _SelectST.apply(x, y, choice, *forms, matrix, dim)
+
+
 def activate_groups(x: Tensor, sizes: Sequence[int], inplace: Sequence, grads: Sequence,
                     dim: int) -> Tensor:
     """``inplace[j]`` on the ``j``-th contiguous block of ``sizes[j]`` units of a copy of
@@ -235,14 +264,9 @@ class SelectiveActivation(nn.Module):
         self.candidates = nn.ModuleList(ACTIVATIONS[n].module() for n in self.pool)
         # The fused path needs plain functions; PReLU/RReLU use the stacked reference path.
         self.fused = fused and is_pure(self.pool)
-        self._fns = tuple(ACTIVATIONS[n].fn for n in self.pool) if is_pure(self.pool) else ()
-        self._inplace, self._grads = fused_forms(self.pool)
-        basis, matrix = candidate_basis(self.pool) if is_pure(self.pool) else ((), None)
-        self._evals = tuple((None, None) if b == IDENTITY else
-                            (ACTIVATIONS[b].inplace, ACTIVATIONS[b].fn) for b in basis)
+        self._forms, matrix = selection_forms(self.pool)
         # Not in the state dict; moves with .to() like the logits.
-        self.register_buffer("_basis_matrix", None if matrix is None else torch.tensor(matrix),
-                             persistent=False)
+        self.register_buffer("_basis_matrix", matrix, persistent=False)
 
     @property
     def units(self) -> int:
@@ -262,11 +286,10 @@ class SelectiveActivation(nn.Module):
 
     def _select(self, x: Tensor, dim: int) -> Tensor:
         if not self.training:
-            return apply_choices(x, self.choices(), self._fns or tuple(self.candidates), dim)
+            return apply_choices(x, self.choices(), self._forms.fns or tuple(self.candidates), dim)
         y, choice = hard_gumbel_softmax(self.logits, self.tau)
         if self.fused:
-            return _SelectST.apply(x, y, choice, self._fns, self._inplace, self._grads,
-                                   self._evals, self._basis_matrix, dim)
+            return straight_through(x, y, choice, self._forms, self._basis_matrix, dim)
         if dim != 1:
             raise ValueError("the stacked (unfused) selective layer takes units on dimension 1")
         return self.stacked(x, y, choice)

@@ -185,3 +185,42 @@ def test_batched_mixed_slot_on_cpu_activates_each_seeds_groups_once():
         results.append((out.detach(), xi.grad))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_batched_selective_slot_on_cpu_equals_each_seeds_stacked_reference():
+    """The CPU form (seeds' units end to end through the fused straight-through selection)
+    gives every seed the output, input gradient and logit gradient of the stack-all-K
+    reference fed that seed's own Gumbel draws."""
+    from smartmixed_core.activations import POOLS
+    from smartmixed_core.batched import _Selective
+    from smartmixed_core.layers import (
+        SelectiveActivation,
+        gumbel_noise,
+        hard_gumbel_softmax,
+        noise_shape,
+    )
+
+    torch.set_default_dtype(torch.float64)
+    try:
+        slots = [SelectiveActivation(7, POOLS["paper"], tau=0.6) for _ in range(3)]
+        for slot in slots:
+            slot.logits.data.normal_()
+        batched = _Selective(slots, [torch.Generator().manual_seed(s) for s in range(3)])
+        x = torch.randn(3, 5, 7)
+        w = torch.randn(3, 5, 7)
+        xb = x.clone().requires_grad_(True)
+        out = batched(xb)
+        (out * w).sum().backward()
+        for k, slot in enumerate(slots):
+            gen = torch.Generator().manual_seed(k)
+            noise = gumbel_noise(noise_shape(slot.logits), "cpu", torch.float32, gen)
+            y, choice = hard_gumbel_softmax(slot.logits, slot.tau, noise.double())
+            xk = x[k].clone().requires_grad_(True)
+            expected = slot.stacked(xk, y, choice)
+            (expected * w[k]).sum().backward()
+            torch.testing.assert_close(out[k].detach(), expected.detach(), rtol=0, atol=1e-12)
+            torch.testing.assert_close(xb.grad[k], xk.grad, rtol=0, atol=1e-12)
+            torch.testing.assert_close(batched.logits.grad[k], slot.logits.grad,
+                                       rtol=1e-10, atol=1e-12)
+    finally:
+        torch.set_default_dtype(torch.float32)
