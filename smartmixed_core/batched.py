@@ -81,6 +81,15 @@ def _select(x: Tensor, choice: Tensor, fns: Sequence[Any]) -> Tensor:
     return out
 
 
+def _end_to_end(x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """``fn`` on the K seeds' units laid end to end: ``x`` ``[K, batch, N]`` is passed as
+    ``[K * N, batch]`` (seed ``k``'s units are rows ``k * N`` to ``(k + 1) * N``) and the
+    result comes back as ``[K, batch, N]``."""
+    k, batch, units = x.shape
+    out = fn(x.transpose(1, 2).reshape(k * units, batch))
+    return out.view(k, units, batch).transpose(1, 2)
+
+
 class _Selective(nn.Module):
     """Phase-1 slot of K seeds: logits ``[K, N, P]``, noise from each seed's generator.
 
@@ -91,11 +100,11 @@ class _Selective(nn.Module):
     def __init__(self, slots: Sequence[SelectiveActivation], noise: Sequence[torch.Generator]):
         super().__init__()
         self.pool = slots[0].pool
-        self.fns = tuple(ACTIVATIONS[n].fn for n in self.pool)
+        self._forms, matrix = selection_forms(self.pool)
+        self.fns = self._forms.fns
         self.tau = slots[0].tau
         self.logits = nn.Parameter(torch.stack([s.logits.detach() for s in slots]).clone())
         self.noise = noise
-        self._forms, matrix = selection_forms(self.pool)
         self.register_buffer("_basis_matrix", matrix, persistent=False)
 
     def choices(self) -> Tensor:
@@ -109,11 +118,8 @@ class _Selective(nn.Module):
         g = torch.stack([gumbel_noise(shape, "cpu", torch.float32, gen) for gen in self.noise])
         y, choice = hard_gumbel_softmax(self.logits, self.tau, g.to(self.logits))
         if x.device.type == "cpu":
-            k, batch, units = x.shape
-            rows = x.transpose(1, 2).reshape(k * units, batch)
-            out = straight_through(rows, y.reshape(k * units, -1), choice.reshape(-1),
-                                   self._forms, self._basis_matrix, 0)
-            return out.view(k, units, batch).transpose(1, 2)
+            return _end_to_end(x, lambda rows: straight_through(
+                rows, y.flatten(0, 1), choice.flatten(), self._forms, self._basis_matrix, 0))
         h = F.one_hot(choice, len(self.pool)).to(y.dtype) + (y - y.detach())  # [K, N, P]
         out = torch.zeros_like(x)
         for j, fn in enumerate(self.fns):
@@ -146,10 +152,7 @@ class _Mixed(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self._groups is None or x.device.type != "cpu":
             return _select(x, self.choice, self.fns)
-        k, batch, units = x.shape
-        rows = x.transpose(1, 2).reshape(k * units, batch)
-        out = activate_groups(rows, *self._groups, 0)
-        return out.view(k, units, batch).transpose(1, 2)
+        return _end_to_end(x, lambda rows: activate_groups(rows, *self._groups, 0))
 
 
 class BatchedMLP(nn.Module):

@@ -248,7 +248,6 @@ class _SelectST(torch.autograd.Function):
         return grad_x, grad_y, None, None, None, None, None, None, None
 
 
-
 class SelectiveActivation(nn.Module):
     """Phase 1: every unit learns logits over ``pool`` (paper §III-B).
 

@@ -24,7 +24,7 @@ from smartmixed_core.config import METHOD_KINDS, RunConfig
 from smartmixed_core.data import DATASETS
 from smartmixed_core.errors import ConfigError, choice_error
 from smartmixed_core.models import PAPER_ARCHITECTURES
-from sweeps import schema
+from sweeps import schema, tracking
 from sweeps.redact import redact_text, redact_uri
 
 RUN_FIELDS = tuple(f.name for f in fields(RunConfig))
@@ -194,7 +194,7 @@ class SweepSpec(_Strict):
                              + ", ".join(TRACKING_SCHEMES[3:6]) + ")")
         if scheme.lower() == "sqlite" and not v.startswith("sqlite:///"):
             raise ValueError(f"{v!r}: a SQLite store is sqlite:///PATH (three slashes)")
-        if scheme.lower() == "sqlite" and v[len("sqlite:///"):] in ("", ":memory:"):
+        if scheme.lower() == "sqlite" and tracking.sqlite_path(v) is None:
             raise ValueError(f"{v!r}: the trial workers need a SQLite file they can share; "
                              "use sqlite:///PATH/mlflow.db")
         if scheme.lower() in ("http", "https"):

@@ -129,6 +129,22 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float) -> int:
         raise AssertionError(f"sweep still running after {timeout} s:\n{_tail(log)}") from None
 
 
+def _trial_after(uri: str, c: MlflowClient, epochs: int):
+    """A :func:`_wait` predicate: the sweep's only trial run once it logged ``epochs``."""
+    def predicate():
+        trials = runs_by_kind(uri, "t-exp")[schema.KIND_TRIAL]
+        if trials and len(c.get_metric_history(trials[0].info.run_id, "val_accuracy")) >= epochs:
+            return trials[0]
+        return None
+
+    return predicate
+
+
+def _worker_pid(trial) -> int:
+    """The pid of the process that runs (or last ran) ``trial`` (tag ``host:pid``)."""
+    return int(trial.data.tags[schema.TAG_WORKER].split(":")[1])
+
+
 def _standalone(fixed: dict, method: str, seeds: list[int]) -> dict[int, dict]:
     """``smartmixed train --seeds ...`` in this process (the spec's ``fixed`` + method), which
     batches the seeds as the trial does; per seed its summary."""
@@ -149,21 +165,15 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, monkeypatc
                       search={"algorithm": "grid", "space": {"method": {"choice": ["smartmixed"]}}})
     c = MlflowClient(uri)
     with sweep_process(tmp_path, "run", str(spec)) as (proc, log):
-        def progressed():
-            trials = runs_by_kind(uri, "t-exp")[schema.KIND_TRIAL]
-            if trials and len(c.get_metric_history(trials[0].info.run_id, "val_accuracy")) >= 8:
-                return trials[0]
-            return None
-
-        trial = _wait(progressed, 300, "8 epochs", proc)
-        pid = int(trial.data.tags[schema.TAG_WORKER].split(":")[1])
+        trial = _wait(_trial_after(uri, c, 8), 300, "8 epochs", proc)
+        pid = _worker_pid(trial)
         t_kill = time.time()
         os.kill(pid, signal.SIGKILL)
         assert _finish(proc, log, 400) == 0, _tail(log)
         print(f"killed worker {pid}; sweep finished {time.time() - t_kill:.0f} s later")
     runs = assert_run_tree(uri, "t-exp", "t-sweep", 1, [0, 1], 40)
     (trial,) = runs[schema.KIND_TRIAL]
-    assert int(trial.data.tags[schema.TAG_WORKER].split(":")[1]) != pid  # a new attempt
+    assert _worker_pid(trial) != pid  # a new attempt
     seeds = runs[schema.KIND_SEED]
     assert len(seeds) == 2  # the same two seed runs were continued: none superseded
     # 8 epochs logged = the round-6 report (with its checkpoint) had returned
@@ -199,14 +209,8 @@ def test_trial_whose_retries_are_spent_ends_failed_with_the_reason(tmp_path, mon
                       search={"algorithm": "grid", "space": {"method": {"choice": ["smartmixed"]}}})
     c = MlflowClient(uri)
     with sweep_process(tmp_path, "run", str(spec)) as (proc, log):
-        def started():
-            trials = runs_by_kind(uri, "t-exp")[schema.KIND_TRIAL]
-            if trials and len(c.get_metric_history(trials[0].info.run_id, "val_accuracy")) >= 3:
-                return trials[0]
-            return None
-
-        trial = _wait(started, 300, "3 epochs", proc)
-        os.kill(int(trial.data.tags[schema.TAG_WORKER].split(":")[1]), signal.SIGKILL)
+        trial = _wait(_trial_after(uri, c, 3), 300, "3 epochs", proc)
+        os.kill(_worker_pid(trial), signal.SIGKILL)
         assert _finish(proc, log, 300) == 0, _tail(log)  # the sweep itself completed
     runs = runs_by_kind(uri, "t-exp")
     (sweep,), (trial,) = runs[schema.KIND_SWEEP], runs[schema.KIND_TRIAL]
