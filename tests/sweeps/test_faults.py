@@ -238,10 +238,15 @@ def test_interrupted_driver_resumes_with_one_finished_seed_run_each(tmp_path):
     c = MlflowClient(uri)
     with sweep_process(tmp_path, "run", str(spec)) as (proc, log):
         def seed_done_and_trial_two_epochs_in():
+            # The busy trial must be another than the one whose seeds finished: a trial's run
+            # stays RUNNING for a moment after its own seed runs are FINISHED (once, the first
+            # trial was caught in that moment, and the interrupt found nothing to resume).
             runs = runs_by_kind(uri, "t-exp")
-            busy = [t for t in runs[schema.KIND_TRIAL] if t.info.status == "RUNNING" and len(
-                c.get_metric_history(t.info.run_id, "val_accuracy")) >= 2]
-            done = [r for r in runs[schema.KIND_SEED] if r.info.status == "FINISHED"]
+            done = {r.data.tags[schema.TAG_TRIAL] for r in runs[schema.KIND_SEED]
+                    if r.info.status == "FINISHED"}
+            busy = [t for t in runs[schema.KIND_TRIAL] if t.info.status == "RUNNING"
+                    and t.data.tags[schema.TAG_TRIAL] not in done
+                    and len(c.get_metric_history(t.info.run_id, "val_accuracy")) >= 2]
             return busy[0] if done and busy else None
 
         busy = _wait(seed_done_and_trial_two_epochs_in, 300,
