@@ -72,9 +72,7 @@ def settle_lost_trials(journal: Path, study_name: str,
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         ray_id = trial.user_attrs.get(RAY_TRIAL_ATTR)  # absent in journals of older sweeps
         value = None if ray_id is None else finished.get(ray_id)
-        if value is None:
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        else:
-            study.tell(trial.number, value)
-        settled[trial.number] = "FAIL" if value is None else "COMPLETE"
+        state = optuna.trial.TrialState.FAIL if value is None else optuna.trial.TrialState.COMPLETE
+        study.tell(trial.number, value, state=state)
+        settled[trial.number] = state.name
     return settled
