@@ -7,7 +7,7 @@ the same shape; "units" are MLP neurons or ConvNet channels (dimension 1).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from smartmixed_core import kernels
 from smartmixed_core.activations import (
     ACTIVATIONS,
     IDENTITY,
@@ -97,18 +98,24 @@ def _grouped_apply(xp: Tensor, counts: Sequence[int], fns: Sequence, dim: int = 
     return torch.cat([fn(c) for (fn, _), c in zip(used, chunks)], dim=dim)
 
 
-def _activate_blocks(x: Tensor, sizes: Sequence[int], fns: Sequence, dim: int) -> Tensor:
+def _activate_blocks(x: Tensor, sizes: Sequence[int], fns: tuple, dim: int) -> Tensor:
     """Overwrite each block of ``sizes[j]`` units (along ``dim``) of ``x`` with ``fns[j]``
-    (in-place forms); empty blocks are skipped.  Returns ``x``."""
+    (in-place registry forms); empty blocks are skipped.  Returns ``x``.  Units-first CPU
+    buffers go through the compiled kernels (:mod:`smartmixed_core.kernels`) when built."""
+    if kernels.usable(x, dim) and (codes := kernels.inplace_codes(fns)) is not None:
+        return kernels.activate_groups_(x, sizes, codes)
     for fn, block, n in zip(fns, x.split(list(sizes), dim), sizes):
         if n:
             fn(block)
     return x
 
 
-def _grad_from_output(grad: Tensor, out: Tensor, sizes: Sequence[int], grads: Sequence,
+def _grad_from_output(grad: Tensor, out: Tensor, sizes: Sequence[int], grads: tuple,
                       dim: int) -> Tensor:
-    """The input gradient of :func:`_activate_blocks`, block by block from its output."""
+    """The input gradient of :func:`_activate_blocks`, block by block from its output
+    (``grads``: output-gradient registry forms)."""
+    if kernels.usable(out, dim) and (codes := kernels.grad_codes(grads)) is not None:
+        return kernels.grad_groups(grad, out, sizes, codes)
     grad_x = torch.empty_like(out)
     split = list(sizes)
     parts = zip(grad.split(split, dim), out.split(split, dim), grad_x.split(split, dim))
@@ -307,16 +314,15 @@ class SelectiveActivation(nn.Module):
 
 @dataclass
 class InferencePlan:
-    """A mixed layer's output buffer ``[units, batch]`` and its (in-place fn, rows) groups:
-    write the pre-activations into ``out``, then :meth:`activate`."""
+    """A mixed layer's output buffer ``[units, batch]``, its groups' sizes and in-place
+    activations: write the pre-activations into ``out``, then :meth:`activate`."""
 
     out: Tensor
-    groups: list[tuple[Callable[[Tensor], Tensor], Tensor]]
+    sizes: list[int]
+    inplace: tuple
 
     def activate(self) -> Tensor:
-        for fn, rows in self.groups:
-            fn(rows)
-        return self.out
+        return _activate_blocks(self.out, self.sizes, self.inplace, 0)
 
 
 class MixedActivation(nn.Module):
@@ -362,8 +368,7 @@ class MixedActivation(nn.Module):
         calls; None when a used pool member has no pure form."""
         if self._inplace is None:
             return None
-        out = like.new_empty(self.units, batch)
-        return InferencePlan(out, list(zip(self._inplace, out.split(self._sizes))))
+        return InferencePlan(like.new_empty(self.units, batch), self._sizes, self._inplace)
 
     def _grouped(self, x: Tensor, dim: int) -> Tensor:
         if self._inplace is not None and (self._grads is not None or not torch.is_grad_enabled()):

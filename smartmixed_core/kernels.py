@@ -1,0 +1,201 @@
+"""Compiled CPU kernels for contiguous activation groups (optional; built once per machine).
+
+A mixed layer, and a selective layer after sorting its units by choice, holds its
+pre-activations in the MLP's units-first layout: one contiguous ``[units, batch]`` buffer
+whose activation groups are contiguous blocks of rows.  At small batches each block is below
+ATen's parallel grain (32768 elements), so the in-place activations run one after the other
+on one thread.  ``kernels.cpp`` gives every thread its share of every block and calls the
+same ATen kernels on the shares, cut where they give exactly the values of one ATen call
+per block, whatever the number of threads; all threads stay busy.  The measured effect is in
+the README's Performance section.
+
+The source is compiled with torch's C++ extension tooling the first time a process needs it
+(about 15 s on a 2-core machine; a C++ compiler is required) into a cache directory keyed by
+the source, torch and Python versions, and loaded from there afterwards.  Builds go to a
+private temporary directory and are moved into place atomically, so processes that build at
+the same time (Ray workers on a fresh node) never wait on each other's locks.
+``smartmixed kernels`` builds ahead of time (``make install`` and the Docker image run it).
+Without a compiler, or with ``SMARTMIXED_KERNELS=0``, the layers use the equivalent Python
+path (one ATen call per group) and say so once.
+
+Environment: ``SMARTMIXED_KERNELS=0`` disables the kernels; ``SMARTMIXED_KERNELS_DIR``
+moves the cache (default ``$XDG_CACHE_HOME/smartmixed/kernels`` or
+``~/.cache/smartmixed/kernels``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from smartmixed_core.activations import ACTIVATIONS
+
+log = logging.getLogger(__name__)
+
+ENABLE_ENV = "SMARTMIXED_KERNELS"
+DIR_ENV = "SMARTMIXED_KERNELS_DIR"
+NAME = "smartmixed_kernels"
+SOURCE = Path(__file__).with_name("kernels.cpp")
+
+_INPLACE_CODES = {s.inplace: s.kernel for s in ACTIVATIONS.values() if s.kernel is not None}
+_GRAD_CODES = {s.grad: s.kernel for s in ACTIVATIONS.values()
+               if s.kernel is not None and s.grad is not None}
+
+
+def _openmp() -> bool:
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def _flags() -> tuple[list[str], list[str]]:
+    """Compiler and linker flags: OpenMP when ATen's own thread pool is OpenMP's."""
+    return (["-O3", "-fopenmp"], ["-fopenmp"]) if _openmp() else (["-O3"], [])
+
+
+def library_path() -> Path:
+    """Where the built library lives for this source, torch and Python."""
+    cflags, ldflags = _flags()
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), torch.__version__, sys.version, *cflags, *ldflags]).encode()
+    ).hexdigest()[:16]
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "smartmixed"
+    root = Path(os.environ.get(DIR_ENV) or default / "kernels")
+    return root / key / f"{NAME}.so"
+
+
+_BUILD = """
+import json, logging, sys
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # no-CUDA notice
+from torch.utils import cpp_extension
+a = json.loads(sys.argv[1])
+print(cpp_extension.load(a["name"], [a["source"]], extra_cflags=a["cflags"],
+                         extra_ldflags=a["ldflags"], build_directory=a["dir"],
+                         is_python_module=False, verbose=False))
+"""
+
+
+def build(path: Path) -> None:
+    """Compile the source into ``path``: in a child process (torch's tooling also loads what
+    it builds, and a process registers the ops once), in a private folder, then moved."""
+    cflags, ldflags = _flags()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=path.parent))
+    try:
+        args = {"name": NAME, "source": str(SOURCE), "cflags": cflags, "ldflags": ldflags,
+                "dir": str(work)}
+        done = subprocess.run([sys.executable, "-c", _BUILD, json.dumps(args)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode:
+            log.debug("%s", done.stderr)
+            lines = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
+            named = [ln for ln in lines if re.search(r"\berror:|: not found", ln, re.IGNORECASE)]
+            raise RuntimeError((named or lines or [f"exit status {done.returncode}"])[0])
+        os.replace(done.stdout.strip().splitlines()[-1], path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def enabled() -> bool:
+    """False when ``SMARTMIXED_KERNELS=0``."""
+    return os.environ.get(ENABLE_ENV, "1").strip() != "0"
+
+
+FAILED = "build-failed.txt"
+"""Written next to the library's place when a build fails: later processes (every Ray
+worker, every command) skip the build instead of failing again; ``smartmixed kernels``
+retries."""
+
+
+@functools.cache
+def available() -> bool:
+    """Load the kernels (building them first if needed); False, said once per process, when
+    they cannot be had.  Called on a layer's first CPU pass, not at import."""
+    if not enabled():
+        return False
+    path = library_path()
+    failed = path.with_name(FAILED)
+    try:
+        if not path.exists():
+            if failed.exists():
+                raise RuntimeError(f"an earlier build failed: {failed.read_text().strip()}; "
+                                   "`smartmixed kernels` tries again")
+            log.warning("smartmixed: compiling the CPU group kernels for this torch, once "
+                        "(about 15 s; %s=0 skips them)", ENABLE_ENV)
+            start = time.perf_counter()
+            try:
+                build(path)
+            except Exception as err:
+                with contextlib.suppress(OSError):  # an unwritable cache: nothing to record
+                    failed.parent.mkdir(parents=True, exist_ok=True)
+                    failed.write_text(_first_line(err) + "\n")
+                raise
+            log.info("smartmixed: kernels built in %.0f s: %s", time.perf_counter() - start, path)
+        if not _registered():  # a process registers the ops once, from whichever file
+            torch.ops.load_library(str(path))
+    except Exception as err:  # no compiler, unwritable cache, ...: the Python path serves
+        log.warning("smartmixed: compiled group kernels unavailable (%s); using the Python "
+                    "path", _first_line(err))
+        return False
+    return True
+
+
+def retry() -> bool:
+    """Forget an earlier failed build and this process's verdict, then :func:`available`."""
+    library_path().with_name(FAILED).unlink(missing_ok=True)
+    available.cache_clear()
+    return available()
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def _registered() -> bool:
+    return hasattr(torch.ops.smartmixed, "activate_groups_")
+
+
+def usable(x: Tensor, dim: int) -> bool:
+    """Whether the kernels can take ``x``: units on dimension 0 of a contiguous CPU tensor
+    outside autograd (the ops have no autograd formula; the layers' own backward calls
+    :func:`grad_groups`)."""
+    return (dim == 0 and x.device.type == "cpu" and x.is_contiguous()
+            and not (x.requires_grad and torch.is_grad_enabled()) and available())
+
+
+@functools.cache
+def inplace_codes(fns: tuple) -> tuple[int, ...] | None:
+    """The kernel codes of in-place registry forms (None: one of them has no kernel)."""
+    codes = tuple(_INPLACE_CODES.get(f) for f in fns)
+    return None if None in codes else codes  # type: ignore[return-value]
+
+
+@functools.cache
+def grad_codes(fns: tuple) -> tuple[int, ...] | None:
+    """The kernel codes of output-gradient registry forms (None: one has no kernel)."""
+    codes = tuple(_GRAD_CODES.get(f) for f in fns)
+    return None if None in codes else codes  # type: ignore[return-value]
+
+
+def activate_groups_(x: Tensor, sizes: Sequence[int], codes: Sequence[int]) -> Tensor:
+    """Overwrite the ``j``-th block of ``sizes[j]`` rows of ``x`` with activation ``codes[j]``."""
+    return torch.ops.smartmixed.activate_groups_(x, sizes, codes)
+
+
+def grad_groups(grad: Tensor, out: Tensor, sizes: Sequence[int], codes: Sequence[int]) -> Tensor:
+    """The input gradient of :func:`activate_groups_` from its output ``out``."""
+    return torch.ops.smartmixed.grad_groups(grad, out, sizes, codes)
