@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -169,11 +169,25 @@ def _registered() -> bool:
     return hasattr(torch.ops.smartmixed, "activate_groups_")
 
 
+_switched_off = False
+
+
+@contextlib.contextmanager
+def off() -> Iterator[None]:
+    """Within this block the layers take their Python path (for A/B timings and checks)."""
+    global _switched_off
+    before, _switched_off = _switched_off, True
+    try:
+        yield
+    finally:
+        _switched_off = before
+
+
 def usable(x: Tensor, dim: int) -> bool:
     """Whether the kernels can take ``x``: units on dimension 0 of a contiguous CPU tensor
     outside autograd (the ops have no autograd formula; the layers' own backward calls
-    :func:`grad_groups`)."""
-    return (dim == 0 and x.device.type == "cpu" and x.is_contiguous()
+    :func:`grad_groups`), unless switched :func:`off`."""
+    return (not _switched_off and dim == 0 and x.device.type == "cpu" and x.is_contiguous()
             and not (x.requires_grad and torch.is_grad_enabled()) and available())
 
 
