@@ -1,18 +1,30 @@
-// Contiguous activation groups on a CPU, split across ATen's intra-op threads.
+// CPU kernels of the selective (phase 1) and mixed (phase 2) layers in the MLP's units-first
+// layout: a contiguous [units, batch] buffer, one row per unit.  Built by
+// smartmixed_core/kernels.py for this machine's vector instructions (ATen's CPU_CAPABILITY);
+// the activation codes are ActivationSpec.kernel in activations.py.
 //
-// A mixed (or sorted selective) layer in the MLP's units-first layout holds its
-// pre-activations as one contiguous [units, batch] buffer whose activation groups are
-// contiguous blocks of rows.  At small batches every block is smaller than ATen's parallel
-// grain, so each in-place activation runs on one thread, one after the other.  These ops give
-// every thread its share of every block instead and call the same ATen kernels on the
-// shares: the values of one ATen call per block, all threads busy.  Built on first use by
-// smartmixed_core/kernels.py; the codes are ActivationSpec.kernel in activations.py.
+// Groups (phase 2): activate_groups_ / grad_groups take contiguous blocks of rows, one
+// activation each (the mixed layer's layout).  At small batches every block is below ATen's
+// parallel grain, so the Python path runs the blocks one after the other on one thread.
+// These give every thread its share of every block and call the same ATen kernels on the
+// shares, cut where they give exactly the values of one ATen call per block.
+//
+// Selection (phase 1): select_forward / select_backward take each unit's choice.  Every row
+// goes through its own activation in one vectorised loop (ATen's vector formulas), rows
+// spread over ATen's threads; backward computes, in the same pass over a row, the input
+// gradient and the row's sum of grad * act_k(x) for every pool member k (the gradient of the
+// straight-through sample).  No sorting, no [K, units, batch] stack.  A row's values do not
+// depend on the number of threads.
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -22,8 +34,17 @@ enum Code : int64_t { kRelu, kSigmoid, kTanh, kLeakyRelu, kElu, kSelu, kSilu, kM
 constexpr double kLeakySlope = 0.01;  // the registry's leaky_relu
 constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
 constexpr double kSeluScale = 1.0507009873554804934193349852946;
-// Fewer elements per thread than this cost more in thread hand-off than they save.
-constexpr int64_t kMinShare = 16384;
+
+bool has_grad(int64_t code) { return code >= kRelu && code <= kSelu; }
+
+void check_codes(at::IntArrayRef codes, bool grads) {
+  for (int64_t c : codes) {
+    TORCH_CHECK(c >= kRelu && c <= kMish, "smartmixed: no kernel for activation code ", c);
+    TORCH_CHECK(!grads || has_grad(c), "smartmixed: no output gradient for activation code ", c);
+  }
+}
+
+// ---- Groups (phase 2) ----
 
 void activate(at::Tensor x, int64_t code) {
   switch (code) {
@@ -35,7 +56,6 @@ void activate(at::Tensor x, int64_t code) {
     case kSelu: at::selu_(x); break;
     case kSilu: at::silu_(x); break;
     case kMish: at::mish_(x); break;
-    default: TORCH_CHECK(false, "smartmixed: no kernel for activation code ", code);
   }
 }
 
@@ -49,10 +69,11 @@ void gradient(at::Tensor grad_x, const at::Tensor& grad, const at::Tensor& out, 
     case kLeakyRelu: at::leaky_relu_backward_out(grad_x, grad, out, kLeakySlope, true); break;
     case kElu: at::elu_backward_out(grad_x, grad, 1.0, 1.0, 1.0, true, out); break;
     case kSelu: at::elu_backward_out(grad_x, grad, kSeluAlpha, kSeluScale, 1.0, true, out); break;
-    default: TORCH_CHECK(false, "smartmixed: no output gradient for activation code ", code);
   }
 }
 
+// Fewer elements per thread than this cost more in thread hand-off than they save.
+constexpr int64_t kMinShare = 16384;
 // ATen's elementwise loops run whole vectors from a tensor's start and finish its last
 // elements with scalar code, whose rounding can differ.  Shares that start at multiples of
 // this many elements into their group (a multiple of every vector length, float or double)
@@ -64,9 +85,10 @@ constexpr int64_t aligned(int64_t offset) { return offset / kAlign * kAlign; }
 // Calls body(group, lo, hi) on every thread's share [lo, hi) of every group's flat elements.
 template <typename Body>
 void for_each_share(const at::Tensor& x, at::IntArrayRef sizes, at::IntArrayRef codes,
-                    const Body& body) {
+                    bool grads, const Body& body) {
   TORCH_CHECK(sizes.size() == codes.size(), "smartmixed: one code per group size");
   TORCH_CHECK(x.dim() >= 1 && x.is_contiguous(), "smartmixed: units-first contiguous input");
+  check_codes(codes, grads);
   int64_t rows = 0;
   for (int64_t s : sizes) rows += s;
   TORCH_CHECK(rows == x.size(0), "smartmixed: group sizes add up to ", rows, ", not ",
@@ -93,7 +115,7 @@ void for_each_share(const at::Tensor& x, at::IntArrayRef sizes, at::IntArrayRef 
 
 at::Tensor activate_groups_(at::Tensor x, at::IntArrayRef sizes, at::IntArrayRef codes) {
   at::Tensor flat = x.view(-1);
-  for_each_share(x, sizes, codes, [&](size_t g, int64_t lo, int64_t hi) {
+  for_each_share(x, sizes, codes, false, [&](size_t g, int64_t lo, int64_t hi) {
     activate(flat.slice(0, lo, hi), codes[g]);
   });
   return x;
@@ -104,10 +126,199 @@ at::Tensor grad_groups(const at::Tensor& grad, const at::Tensor& out, at::IntArr
   TORCH_CHECK(grad.sizes() == out.sizes(), "smartmixed: grad and out differ in shape");
   at::Tensor grad_x = at::empty_like(out, at::MemoryFormat::Contiguous);
   at::Tensor g = grad.contiguous().view(-1), y = out.view(-1), gx = grad_x.view(-1);
-  for_each_share(out, sizes, codes, [&](size_t k, int64_t lo, int64_t hi) {
+  for_each_share(out, sizes, codes, true, [&](size_t k, int64_t lo, int64_t hi) {
     gradient(gx.slice(0, lo, hi), g.slice(0, lo, hi), y.slice(0, lo, hi), codes[k]);
   });
   return grad_x;
+}
+
+// ---- Selection (phase 1) ----
+
+using at::vec::Vectorized;
+constexpr size_t kMaxPool = 6;  // the members with output gradients: relu .. selu
+
+// f on every vector of a row: whole vectors, then the short last one zero-filled.
+template <typename T, typename F>
+inline void each_vector(int64_t cols, const F& f) {
+  using V = Vectorized<T>;
+  int64_t i = 0;
+  for (; i + V::size() <= cols; i += V::size()) f(i, V::size());
+  if (i < cols) f(i, cols - i);
+}
+
+// Calls body(op) with op the vector form of activation `code` (ATen's vector formulas).
+template <typename T, typename Body>
+void with_activation(int64_t code, const Body& body) {
+  using V = Vectorized<T>;
+  const V zero = V(T(0)), one = V(T(1)), slope = V(static_cast<T>(kLeakySlope));
+  const V selu_neg = V(static_cast<T>(kSeluAlpha * kSeluScale));
+  const V selu_pos = V(static_cast<T>(kSeluScale));
+  switch (code) {
+    case kRelu: return body([=](V x) { return at::vec::maximum(x, zero); });
+    case kSigmoid: return body([=](V x) { return (one + (zero - x).exp()).reciprocal(); });
+    case kTanh: return body([=](V x) { return x.tanh(); });
+    case kLeakyRelu: return body([=](V x) { return V::blendv(x * slope, x, x > zero); });
+    case kElu: return body([=](V x) { return V::blendv(x.expm1(), x, x > zero); });
+    case kSelu:
+      return body([=](V x) { return V::blendv(x.expm1() * selu_neg, x * selu_pos, x > zero); });
+    case kSilu: return body([=](V x) { return x / (one + (zero - x).exp()); });
+    case kMish: return body([=](V x) { return x * x.exp().log1p().tanh(); });
+  }
+}
+
+// Calls body(op) with op(g, y) the input gradient of activation `code` from its output y.
+template <typename T, typename Body>
+void with_gradient(int64_t code, const Body& body) {
+  using V = Vectorized<T>;
+  const V zero = V(T(0)), one = V(T(1)), slope = V(static_cast<T>(kLeakySlope));
+  const V selu_neg = V(static_cast<T>(kSeluAlpha * kSeluScale));
+  const V selu_pos = V(static_cast<T>(kSeluScale));
+  switch (code) {
+    case kRelu: return body([=](V g, V y) { return V::blendv(zero, g, y > zero); });
+    case kSigmoid: return body([=](V g, V y) { return g * (one - y) * y; });
+    case kTanh: return body([=](V g, V y) { return g * (one - y * y); });
+    case kLeakyRelu: return body([=](V g, V y) { return V::blendv(g * slope, g, y > zero); });
+    case kElu: return body([=](V g, V y) { return V::blendv(g * (y + one), g, y > zero); });
+    case kSelu:
+      return body([=](V g, V y) { return V::blendv(g * (y + selu_neg), g * selu_pos, y > zero); });
+  }
+}
+
+// The candidate sums' basis: every pool member is a combination of
+//   pos = max(x, 0), neg = min(x, 0), em1 = expm1(min(x, 0)), sigmoid(x), tanh(x),
+// (leaky = pos + 0.01 neg, elu = pos + em1, selu = scale (pos + alpha em1)).  All three
+// transcendental ones come from one e = exp(-|x|): em1 = e - 1 for x < 0,
+// sigmoid = 1 / (1 + e) or e / (1 + e), tanh = +-(1 - e^2) / (1 + e^2).  These sums are the
+// logits' gradient only; their terms are exact to a few units of the last place of 1
+// (about 1e-7 in float32), where the accurate forms would cost several times more.
+constexpr int kBasis = 5;
+
+template <typename T>
+inline void basis(Vectorized<T> x, Vectorized<T>* b) {
+  using V = Vectorized<T>;
+  const V zero = V(T(0)), one = V(T(1));
+  const V nonneg = x >= zero;
+  const V e = (zero - x.abs()).exp();
+  const V r = (one + e).reciprocal();
+  const V e2 = e * e;
+  const V t = (one - e2) / (one + e2);
+  b[0] = at::vec::maximum(x, zero);
+  b[1] = at::vec::minimum(x, zero);
+  b[2] = V::blendv(e - one, zero, nonneg);
+  b[3] = V::blendv(e * r, r, nonneg);
+  b[4] = V::blendv(zero - t, t, nonneg);
+}
+
+// Row of pool member k's sum from the basis sums s (pos, neg, em1, sigmoid, tanh).
+template <typename T>
+T member_sum(int64_t code, const std::array<T, kBasis>& s) {
+  switch (code) {
+    case kRelu: return s[0];
+    case kSigmoid: return s[3];
+    case kTanh: return s[4];
+    case kLeakyRelu: return s[0] + T(kLeakySlope) * s[1];
+    case kElu: return s[0] + s[2];
+    case kSelu: return T(kSeluScale) * (s[0] + T(kSeluAlpha) * s[2]);
+  }
+  return T(0);
+}
+
+// Rows per task: about 8192 elements, so small layers stay on one thread.
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)); }
+
+std::vector<int64_t> checked_pool(at::IntArrayRef codes, bool grads) {
+  TORCH_CHECK(!codes.empty() && codes.size() <= kMaxPool, "smartmixed: 1 to 6 pool members");
+  check_codes(codes, grads);
+  return {codes.begin(), codes.end()};
+}
+
+// The codes of each row's chosen activation.
+std::vector<int64_t> row_codes(const at::Tensor& choice, const at::Tensor& x,
+                               const std::vector<int64_t>& pool) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "smartmixed: [units, batch] contiguous input");
+  TORCH_CHECK(choice.dim() == 1 && choice.size(0) == x.size(0),
+              "smartmixed: one choice per unit (row)");
+  const at::Tensor c = choice.to(at::kLong).contiguous();
+  const int64_t* cp = c.data_ptr<int64_t>();
+  std::vector<int64_t> codes(x.size(0));
+  for (size_t r = 0; r < codes.size(); ++r) {
+    TORCH_CHECK(cp[r] >= 0 && cp[r] < static_cast<int64_t>(pool.size()),
+                "smartmixed: choice ", cp[r], " outside the pool");
+    codes[r] = pool[cp[r]];
+  }
+  return codes;
+}
+
+at::Tensor select_forward(const at::Tensor& x, const at::Tensor& choice, at::IntArrayRef codes) {
+  const std::vector<int64_t> pool = checked_pool(codes, false);
+  const std::vector<int64_t> code = row_codes(choice, x, pool);
+  at::Tensor out = at::empty_like(x);
+  const int64_t cols = x.size(1);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "smartmixed_select_forward", [&] {
+    using V = Vectorized<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, x.size(0), row_grain(cols), [&](int64_t first, int64_t last) {
+      for (int64_t r = first; r < last; ++r) {
+        const scalar_t* src = xp + r * cols;
+        scalar_t* dst = op + r * cols;
+        with_activation<scalar_t>(code[r], [&](const auto& f) {
+          each_vector<scalar_t>(cols, [&](int64_t i, int64_t n) {
+            f(V::loadu(src + i, n)).store(dst + i, n);
+          });
+        });
+      }
+    });
+  });
+  return out;
+}
+
+// (grad_x, sums): the input gradient through each unit's chosen activation (from the saved
+// output) and sums[u, k] = sum over the batch of grad[u, b] * act_k(x[u, b]).
+std::tuple<at::Tensor, at::Tensor> select_backward(const at::Tensor& grad_in, const at::Tensor& x,
+                                                   const at::Tensor& out, const at::Tensor& choice,
+                                                   at::IntArrayRef codes) {
+  const std::vector<int64_t> pool = checked_pool(codes, true);
+  const std::vector<int64_t> code = row_codes(choice, x, pool);
+  TORCH_CHECK(grad_in.sizes() == x.sizes() && out.sizes() == x.sizes() && out.is_contiguous(),
+              "smartmixed: grad, x and out of one shape");
+  const at::Tensor grad = grad_in.contiguous();
+  const int64_t cols = x.size(1), k = pool.size();
+  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor sums = at::empty({x.size(0), k}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "smartmixed_select_backward", [&] {
+    using V = Vectorized<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* yp = out.data_ptr<scalar_t>();
+    const scalar_t* gp = grad.data_ptr<scalar_t>();
+    scalar_t* gxp = grad_x.data_ptr<scalar_t>();
+    scalar_t* sp = sums.data_ptr<scalar_t>();
+    at::parallel_for(0, x.size(0), row_grain(cols), [&](int64_t first, int64_t last) {
+      for (int64_t r = first; r < last; ++r) {
+        const int64_t off = r * cols;
+        std::array<V, kBasis> acc, b;
+        acc.fill(V(scalar_t(0)));
+        with_gradient<scalar_t>(code[r], [&](const auto& df) {
+          each_vector<scalar_t>(cols, [&](int64_t i, int64_t n) {
+            // A short last vector is zero-filled: zero gradients add nothing to the sums.
+            const V g = V::loadu(gp + off + i, n);
+            df(g, V::loadu(yp + off + i, n)).store(gxp + off + i, n);
+            basis<scalar_t>(V::loadu(xp + off + i, n), b.data());
+            for (int j = 0; j < kBasis; ++j) acc[j] = at::vec::fmadd(g, b[j], acc[j]);
+          });
+        });
+        std::array<scalar_t, kBasis> s;
+        for (int j = 0; j < kBasis; ++j) {  // lanes summed in a fixed order: reproducible
+          std::array<scalar_t, V::size()> lanes;
+          acc[j].store(lanes.data());
+          s[j] = 0;
+          for (scalar_t lane : lanes) s[j] += lane;
+        }
+        for (int64_t j = 0; j < k; ++j) sp[r * k + j] = member_sum<scalar_t>(pool[j], s);
+      }
+    });
+  });
+  return {grad_x, sums};
 }
 
 }  // namespace
@@ -115,9 +326,14 @@ at::Tensor grad_groups(const at::Tensor& grad, const at::Tensor& out, at::IntArr
 TORCH_LIBRARY(smartmixed, m) {
   m.def("activate_groups_(Tensor(a!) x, int[] sizes, int[] codes) -> Tensor(a!)");
   m.def("grad_groups(Tensor grad, Tensor out, int[] sizes, int[] codes) -> Tensor");
+  m.def("select_forward(Tensor x, Tensor choice, int[] codes) -> Tensor");
+  m.def("select_backward(Tensor grad, Tensor x, Tensor out, Tensor choice, int[] codes)"
+        " -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(smartmixed, CPU, m) {
   m.impl("activate_groups_", &activate_groups_);
   m.impl("grad_groups", &grad_groups);
+  m.impl("select_forward", &select_forward);
+  m.impl("select_backward", &select_backward);
 }

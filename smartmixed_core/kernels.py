@@ -52,18 +52,26 @@ DIR_ENV = "SMARTMIXED_KERNELS_DIR"
 NAME = "smartmixed_kernels"
 SOURCE = Path(__file__).with_name("kernels.cpp")
 
-_INPLACE_CODES = {s.inplace: s.kernel for s in ACTIVATIONS.values() if s.kernel is not None}
-_GRAD_CODES = {s.grad: s.kernel for s in ACTIVATIONS.values()
-               if s.kernel is not None and s.grad is not None}
 
 
 def _openmp() -> bool:
     return "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
+# ATen's vector code for each CPU capability torch reports (its own build flags for it).
+_CAPABILITY_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+}
+
+
 def _flags() -> tuple[list[str], list[str]]:
-    """Compiler and linker flags: OpenMP when ATen's own thread pool is OpenMP's."""
-    return (["-O3", "-fopenmp"], ["-fopenmp"]) if _openmp() else (["-O3"], [])
+    """Compiler and linker flags: this machine's vector instructions as torch uses them
+    (scalar code elsewhere), OpenMP when ATen's own thread pool is OpenMP's."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    cflags = ["-O3", *_CAPABILITY_FLAGS.get(capability, ["-DCPU_CAPABILITY=DEFAULT"])]
+    return ([*cflags, "-fopenmp"], ["-fopenmp"]) if _openmp() else (cflags, [])
 
 
 def library_path() -> Path:
@@ -192,17 +200,26 @@ def usable(x: Tensor, dim: int) -> bool:
 
 
 @functools.cache
-def inplace_codes(fns: tuple) -> tuple[int, ...] | None:
-    """The kernel codes of in-place registry forms (None: one of them has no kernel)."""
-    codes = tuple(_INPLACE_CODES.get(f) for f in fns)
-    return None if None in codes else codes  # type: ignore[return-value]
+def codes(names: tuple[str, ...], grads: bool = False) -> tuple[int, ...] | None:
+    """The kernel codes of ``names`` (registry names): None unless every one has a code and,
+    with ``grads``, a gradient from its output (what backward needs)."""
+    specs = [ACTIVATIONS[n] for n in names]
+    if any(s.kernel is None or (grads and s.grad is None) for s in specs):
+        return None
+    return tuple(s.kernel for s in specs)  # type: ignore[misc]
 
 
-@functools.cache
-def grad_codes(fns: tuple) -> tuple[int, ...] | None:
-    """The kernel codes of output-gradient registry forms (None: one has no kernel)."""
-    codes = tuple(_GRAD_CODES.get(f) for f in fns)
-    return None if None in codes else codes  # type: ignore[return-value]
+def select_forward(x: Tensor, choice: Tensor, codes: Sequence[int]) -> Tensor:
+    """Row ``u`` of ``x`` (``[units, batch]``) through activation ``codes[choice[u]]``."""
+    return torch.ops.smartmixed.select_forward(x, choice, codes)
+
+
+def select_backward(grad: Tensor, x: Tensor, out: Tensor, choice: Tensor,
+                    codes: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """``(grad_x, sums)`` of :func:`select_forward`: the input gradient (from the output
+    ``out``) and ``sums[u, k]``, the sum over the batch of ``grad * act_k(x)`` for every pool
+    member ``k``, in one pass."""
+    return torch.ops.smartmixed.select_backward(grad, x, out, choice, codes)
 
 
 def activate_groups_(x: Tensor, sizes: Sequence[int], codes: Sequence[int]) -> Tensor:

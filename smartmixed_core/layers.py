@@ -98,11 +98,13 @@ def _grouped_apply(xp: Tensor, counts: Sequence[int], fns: Sequence, dim: int = 
     return torch.cat([fn(c) for (fn, _), c in zip(used, chunks)], dim=dim)
 
 
-def _activate_blocks(x: Tensor, sizes: Sequence[int], fns: tuple, dim: int) -> Tensor:
+def _activate_blocks(x: Tensor, sizes: Sequence[int], fns: Sequence, dim: int,
+                     codes: Sequence[int] | None = None) -> Tensor:
     """Overwrite each block of ``sizes[j]`` units (along ``dim``) of ``x`` with ``fns[j]``
-    (in-place registry forms); empty blocks are skipped.  Returns ``x``.  Units-first CPU
-    buffers go through the compiled kernels (:mod:`smartmixed_core.kernels`) when built."""
-    if kernels.usable(x, dim) and (codes := kernels.inplace_codes(fns)) is not None:
+    (in-place forms); empty blocks are skipped.  Returns ``x``.  With the blocks' kernel
+    ``codes``, a units-first CPU buffer goes through the compiled kernels
+    (:mod:`smartmixed_core.kernels`) when they are built."""
+    if codes is not None and kernels.usable(x, dim):
         return kernels.activate_groups_(x, sizes, codes)
     for fn, block, n in zip(fns, x.split(list(sizes), dim), sizes):
         if n:
@@ -110,11 +112,11 @@ def _activate_blocks(x: Tensor, sizes: Sequence[int], fns: tuple, dim: int) -> T
     return x
 
 
-def _grad_from_output(grad: Tensor, out: Tensor, sizes: Sequence[int], grads: tuple,
-                      dim: int) -> Tensor:
+def _grad_from_output(grad: Tensor, out: Tensor, sizes: Sequence[int], grads: Sequence,
+                      dim: int, codes: Sequence[int] | None = None) -> Tensor:
     """The input gradient of :func:`_activate_blocks`, block by block from its output
-    (``grads``: output-gradient registry forms)."""
-    if kernels.usable(out, dim) and (codes := kernels.grad_codes(grads)) is not None:
+    (``grads``: output-gradient forms; ``codes``: as there)."""
+    if codes is not None and kernels.usable(out, dim):
         return kernels.grad_groups(grad, out, sizes, codes)
     grad_x = torch.empty_like(out)
     split = list(sizes)
@@ -135,17 +137,19 @@ class _GroupedInPlace(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, sizes: list[int], fns: tuple, grads: tuple, dim: int) -> Tensor:  # type: ignore[override]
-        out = _activate_blocks(x.clone(), sizes, fns, dim)
+    def forward(ctx, x: Tensor, sizes: list[int], fns: tuple, grads: tuple,  # type: ignore[override]
+                dim: int, codes: tuple | None) -> Tensor:
+        out = _activate_blocks(x.clone(), sizes, fns, dim, codes)
         ctx.save_for_backward(out)
-        ctx.sizes, ctx.grads, ctx.dim = sizes, grads, dim
+        ctx.sizes, ctx.grads, ctx.dim, ctx.codes = sizes, grads, dim, codes
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (out,) = ctx.saved_tensors
-        return _grad_from_output(grad, out, ctx.sizes, ctx.grads, ctx.dim), None, None, None, None
+        grad_x = _grad_from_output(grad, out, ctx.sizes, ctx.grads, ctx.dim, ctx.codes)
+        return grad_x, None, None, None, None, None
 
 
 class SelectionForms(NamedTuple):
@@ -155,18 +159,21 @@ class SelectionForms(NamedTuple):
     inplace: tuple | None  # their in-place forms (None unless every member has one)
     grads: tuple | None  # their input gradients from outputs (None unless every member has one)
     evals: tuple  # the candidate sums' basis: (inplace, fn) each, (None, None) for x itself
+    codes: tuple | None  # their compiled-kernel codes, with gradients (kernels.codes)
 
 
 def selection_forms(pool: Sequence[str]) -> tuple[SelectionForms, Tensor | None]:
     """The :class:`SelectionForms` of ``pool`` and its basis matrix
     (:func:`~smartmixed_core.activations.candidate_basis`; None: the basis is the pool)."""
     if not is_pure(pool):
-        return SelectionForms((), None, None, ()), None
+        return SelectionForms((), None, None, (), None), None
     basis, matrix = candidate_basis(pool)
     evals = tuple((None, None) if b == IDENTITY else (ACTIVATIONS[b].inplace, ACTIVATIONS[b].fn)
                   for b in basis)
-    forms = SelectionForms(tuple(ACTIVATIONS[n].fn for n in pool), *fused_forms(pool), evals)
-    return forms, None if matrix is None else torch.tensor(matrix)
+    forms = SelectionForms(tuple(ACTIVATIONS[n].fn for n in pool), *fused_forms(pool), evals,
+                           kernels.codes(tuple(pool), grads=True))
+    # float64: a module moved to float64 keeps the exact coefficients (rounded on use).
+    return forms, None if matrix is None else torch.tensor(matrix, dtype=torch.float64)
 
 
 def straight_through(x: Tensor, y: Tensor, choice: Tensor, forms: SelectionForms,
@@ -177,11 +184,13 @@ def straight_through(x: Tensor, y: Tensor, choice: Tensor, forms: SelectionForms
 
 
 def activate_groups(x: Tensor, sizes: Sequence[int], inplace: Sequence, grads: Sequence,
-                    dim: int) -> Tensor:
+                    dim: int, codes: Sequence[int] | None = None) -> Tensor:
     """``inplace[j]`` on the ``j``-th contiguous block of ``sizes[j]`` units of a copy of
     ``x`` (along ``dim``; empty blocks skipped), as one autograd node whose backward uses
-    ``grads`` (output-gradient forms, :class:`_GroupedInPlace`)."""
-    return _GroupedInPlace.apply(x, list(sizes), tuple(inplace), tuple(grads), dim)
+    ``grads`` (output-gradient forms, :class:`_GroupedInPlace`); ``codes``: the blocks'
+    kernel codes with gradients (:func:`kernels.codes`), for the compiled kernels."""
+    return _GroupedInPlace.apply(x, list(sizes), tuple(inplace), tuple(grads), dim,
+                                 None if codes is None else tuple(codes))
 
 
 def _candidate_sums(x: Tensor, grad: Tensor, evals: Sequence, matrix: Tensor | None,
@@ -202,7 +211,7 @@ def _candidate_sums(x: Tensor, grad: Tensor, evals: Sequence, matrix: Tensor | N
             t = fn(x).mul_(grad)
         cols.append(t.sum(dims))
     sums = torch.stack(cols)  # [basis, units]: the softmax's layout (hard_gumbel_softmax)
-    return (sums if matrix is None else matrix.t() @ sums).t()
+    return (sums if matrix is None else matrix.t().to(sums.dtype) @ sums).t()
 
 
 class _SelectST(torch.autograd.Function):
@@ -217,12 +226,21 @@ class _SelectST(torch.autograd.Function):
     ``sum_batch(grad * act_j(x))`` for every candidate ``j``, evaluated only now, one basis
     function at a time (:func:`_candidate_sums`), so no ``[K, batch, units]`` stack is ever
     stored.
+    On a units-first CPU buffer with the compiled kernels (``codes``), both directions are
+    one vectorised pass each instead (:func:`kernels.select_forward`,
+    :func:`kernels.select_backward`): rows through their own choice, no sorting, and the
+    input gradient and candidate sums of a row computed together.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, choice: Tensor, fns: tuple,  # type: ignore[override]
-                inplace: tuple | None, grads: tuple | None, evals: tuple,
+                inplace: tuple | None, grads: tuple | None, evals: tuple, codes: tuple | None,
                 matrix: Tensor | None, dim: int) -> Tensor:
+        ctx.codes = codes if codes is not None and kernels.usable(x, dim) else None
+        if ctx.codes is not None:  # compiled: each row through its choice, no sorting
+            out = kernels.select_forward(x, choice, ctx.codes)
+            ctx.save_for_backward(x, out, choice)
+            return out
         perm, counts = sort_units(choice, len(fns))
         inv = inverse(perm)
         xs = x.index_select(dim, perm)
@@ -238,6 +256,10 @@ class _SelectST(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
+        if ctx.codes is not None:
+            x, out, choice = ctx.saved_tensors
+            grad_x, grad_y = kernels.select_backward(grad, x, out, choice, ctx.codes)
+            return grad_x, grad_y, None, None, None, None, None, None, None, None
         x, perm, inv, outs = ctx.saved_tensors
         dim, counts = ctx.dim, ctx.counts
         grad_x = grad_y = None
@@ -252,7 +274,7 @@ class _SelectST(torch.autograd.Function):
             grad_x = gxs.index_select(dim, inv)
         if ctx.needs_input_grad[1]:
             grad_y = _candidate_sums(x, grad, ctx.evals, ctx.matrix, dim)
-        return grad_x, grad_y, None, None, None, None, None, None, None
+        return grad_x, grad_y, None, None, None, None, None, None, None, None
 
 
 class SelectiveActivation(nn.Module):
@@ -320,9 +342,10 @@ class InferencePlan:
     out: Tensor
     sizes: list[int]
     inplace: tuple
+    codes: tuple | None  # the groups' kernel codes (kernels.codes)
 
     def activate(self) -> Tensor:
-        return _activate_blocks(self.out, self.sizes, self.inplace, 0)
+        return _activate_blocks(self.out, self.sizes, self.inplace, 0, self.codes)
 
 
 class MixedActivation(nn.Module):
@@ -346,7 +369,10 @@ class MixedActivation(nn.Module):
         # The used groups' sizes, in-place builtins and gradients from outputs.
         used = [(n, c) for n, c in zip(self.pool, self.counts) if c]
         self._sizes = [c for _, c in used]
-        self._inplace, self._grads = fused_forms([n for n, _ in used])
+        names = tuple(n for n, _ in used)
+        self._inplace, self._grads = fused_forms(names)
+        # Compiled-kernel codes (by name: copies and pickles of the forms stay valid).
+        self._codes, self._grad_codes = kernels.codes(names), kernels.codes(names, grads=True)
 
     @property
     def units(self) -> int:
@@ -368,11 +394,13 @@ class MixedActivation(nn.Module):
         calls; None when a used pool member has no pure form."""
         if self._inplace is None:
             return None
-        return InferencePlan(like.new_empty(self.units, batch), self._sizes, self._inplace)
+        return InferencePlan(like.new_empty(self.units, batch), self._sizes, self._inplace,
+                             self._codes)
 
     def _grouped(self, x: Tensor, dim: int) -> Tensor:
         if self._inplace is not None and (self._grads is not None or not torch.is_grad_enabled()):
-            return activate_groups(x, self._sizes, self._inplace, self._grads, dim)
+            return activate_groups(x, self._sizes, self._inplace, self._grads, dim,
+                                   self._grad_codes)
         return _grouped_apply(x, self.counts, self.candidates, dim)
 
     def extra_repr(self) -> str:

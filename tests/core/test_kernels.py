@@ -1,4 +1,6 @@
-"""The compiled CPU group kernels: identical to the Python path, built and loaded safely."""
+"""The compiled CPU kernels: the groups bitwise as ATen computes them, the fused selection
+as the registry computes it up to rounding, values independent of the number of threads,
+the layers' results with and without them, and a build that is safe to fail."""
 
 from __future__ import annotations
 
@@ -16,13 +18,15 @@ from smartmixed_core.models import MLP
 
 KERNEL_NAMES = sorted(n for n, s in ACTIVATIONS.items() if s.kernel is not None)
 GRAD_NAMES = [n for n in KERNEL_NAMES if ACTIVATIONS[n].grad is not None]
+PAPER = POOLS["paper"]
+PAPER_CODES = [ACTIVATIONS[n].kernel for n in PAPER]
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="kernels not built here")
 
 
 @pytest.fixture
 def two_threads():
-    """Two intra-op threads even on a 1-core machine, so every block is split in shares."""
+    """Two intra-op threads even on a 1-core machine, so rows are spread over threads."""
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
@@ -32,18 +36,23 @@ def two_threads():
 def groups_input(sizes, batch, dtype):
     x = torch.randn(sum(sizes), batch, dtype=dtype) * 3
     x[0, :4] = torch.tensor([0.0, -0.0, 1e-30, -1e-30], dtype=dtype)  # ties at the kinks
+    x[-1, :2] = torch.tensor([100.0, -100.0], dtype=dtype)  # saturation
     return x
 
 
 def test_codes_are_distinct_and_cover_the_paper_pool():
     codes = [ACTIVATIONS[n].kernel for n in KERNEL_NAMES]
     assert sorted(codes) == list(range(len(codes)))
-    assert set(POOLS["paper"]) <= set(GRAD_NAMES)
+    assert set(PAPER) <= set(GRAD_NAMES)
+    assert kernels.codes(PAPER, grads=True) == tuple(PAPER_CODES)
+    assert kernels.codes(("relu", "silu")) == (0, ACTIVATIONS["silu"].kernel)
+    assert kernels.codes(("relu", "silu"), grads=True) is None  # no gradient from its output
+    assert kernels.codes(("relu", "prelu")) is None
 
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("batch", [128, 7])  # split across threads / one share
+@pytest.mark.parametrize("batch", [128, 7])  # full vectors / short rows
 def test_activate_groups_equals_each_registry_function(two_threads, dtype, batch):
     sizes = [130, 0, 61, 5, 150, 149, 90, 40][: len(KERNEL_NAMES)]
     x = groups_input(sizes, batch, dtype)
@@ -51,31 +60,7 @@ def test_activate_groups_equals_each_registry_function(two_threads, dtype, batch
     out = x.clone()
     assert kernels.activate_groups_(out, sizes, codes) is out
     for name, xb, ob in zip(KERNEL_NAMES, x.split(sizes), out.split(sizes)):
-        assert torch.equal(ob, ACTIVATIONS[name].fn(xb)), name
-
-
-@needs_kernels
-def test_values_do_not_depend_on_the_number_of_threads():
-    """Random groups, batches and thread counts: the exact values of one single-threaded ATen
-    call per group (where a share ends inside a vector, ATen's scalar tail could round
-    differently)."""
-    gen = torch.Generator().manual_seed(5)
-    before = torch.get_num_threads()
-    try:
-        for _ in range(40):
-            k = int(torch.randint(1, len(KERNEL_NAMES) + 1, (), generator=gen))
-            names = [KERNEL_NAMES[i] for i in torch.randperm(len(KERNEL_NAMES), generator=gen)[:k]]
-            sizes = torch.randint(0, 300, (k,), generator=gen).tolist()
-            batch = int(torch.randint(1, 200, (), generator=gen))
-            dtype = (torch.float32, torch.float64)[int(torch.randint(0, 2, (), generator=gen))]
-            x = torch.randn(sum(sizes), batch, generator=gen, dtype=dtype) * 3
-            torch.set_num_threads(int(torch.randint(2, 5, (), generator=gen)))
-            out = kernels.activate_groups_(x.clone(), sizes, [ACTIVATIONS[n].kernel for n in names])
-            torch.set_num_threads(1)
-            expected = [ACTIVATIONS[n].fn(xb) for n, xb in zip(names, x.split(sizes))]
-            assert torch.equal(out, torch.cat(expected)), (names, sizes, batch, dtype)
-    finally:
-        torch.set_num_threads(before)
+        assert torch.equal(ob, ACTIVATIONS[name].fn(xb)), name  # ATen's own kernels
 
 
 @needs_kernels
@@ -96,6 +81,69 @@ def test_grad_groups_equals_each_registry_gradient(two_threads, dtype, batch):
         torch.testing.assert_close(gotb, expected, msg=name)
 
 
+def selection_reference(x, g, choice, pool):
+    """Row by row with the registry: outputs, input gradients and every member's sums."""
+    out = torch.stack([ACTIVATIONS[pool[c]].fn(row) for row, c in zip(x, choice.tolist())])
+    gx = torch.stack([ACTIVATIONS[pool[c]].grad(gr, yr, torch.empty_like(yr))
+                      for gr, yr, c in zip(g, out, choice.tolist())])
+    sums = torch.stack([(g * ACTIVATIONS[n].fn(x)).sum(1) for n in pool], 1)
+    return out, gx, sums
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [128, 77])
+@pytest.mark.parametrize("pool", [PAPER, ("tanh", "selu"), ("elu", "relu", "sigmoid")])
+def test_fused_selection_equals_the_registry_row_by_row(two_threads, dtype, batch, pool):
+    x = groups_input([300], batch, dtype)
+    choice = torch.randint(0, len(pool), (300,))
+    g = torch.randn_like(x)
+    codes = kernels.codes(tuple(pool), grads=True)
+    out = kernels.select_forward(x, choice, codes)
+    grad_x, sums = kernels.select_backward(g, x, out, choice, codes)
+    ref_out, ref_gx, ref_sums = selection_reference(x, g, choice, pool)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(grad_x, ref_gx)
+    assert sums.shape == (300, len(pool)) and sums.dtype == dtype
+    tol = 1e-4 if dtype == torch.float32 else 1e-10  # sums of 128 terms, another order
+    torch.testing.assert_close(sums, ref_sums, rtol=tol, atol=tol)
+
+
+@needs_kernels
+def test_values_do_not_depend_on_the_number_of_threads():
+    """Random groups, choices, batches and thread counts: bitwise the values of one thread."""
+    gen = torch.Generator().manual_seed(5)
+    before = torch.get_num_threads()
+    try:
+        for _ in range(30):
+            k = int(torch.randint(1, len(GRAD_NAMES) + 1, (), generator=gen))
+            names = [GRAD_NAMES[i] for i in torch.randperm(len(GRAD_NAMES), generator=gen)[:k]]
+            sizes = torch.randint(0, 300, (k,), generator=gen).tolist()
+            batch = int(torch.randint(1, 200, (), generator=gen))
+            dtype = (torch.float32, torch.float64)[int(torch.randint(0, 2, (), generator=gen))]
+            x = torch.randn(sum(sizes), batch, generator=gen, dtype=dtype) * 3
+            g = torch.randn(sum(sizes), batch, generator=gen, dtype=dtype)
+            choice = torch.randint(0, k, (sum(sizes),), generator=gen)
+            codes = [ACTIVATIONS[n].kernel for n in names]
+
+            def run(x=x, g=g, choice=choice, sizes=sizes, codes=codes):
+                out = kernels.activate_groups_(x.clone(), sizes, codes)
+                sel = kernels.select_forward(x, choice, codes)
+                return [out, kernels.grad_groups(g, out, sizes, codes), sel,
+                        *kernels.select_backward(g, x, sel, choice, codes)]
+
+            torch.set_num_threads(int(torch.randint(2, 5, (), generator=gen)))
+            many = run()
+            torch.set_num_threads(1)
+            for a, b in zip(many, run()):
+                assert torch.equal(a, b), (names, sizes, batch, dtype)
+            # The groups: one single-threaded ATen call per group, bitwise.
+            expected = [ACTIVATIONS[n].fn(xb) for n, xb in zip(names, x.split(sizes))]
+            assert torch.equal(many[0], torch.cat(expected)), (names, sizes, batch, dtype)
+    finally:
+        torch.set_num_threads(before)
+
+
 @needs_kernels
 def test_bad_sizes_are_refused():
     x = torch.randn(10, 4)
@@ -105,16 +153,22 @@ def test_bad_sizes_are_refused():
         kernels.activate_groups_(x, [4, 6], [0])
     with pytest.raises(RuntimeError, match="no output gradient"):
         kernels.grad_groups(x, x, [4, 6], [0, ACTIVATIONS["silu"].kernel])
+    with pytest.raises(RuntimeError, match="choice 2 outside the pool"):
+        kernels.select_forward(x, torch.tensor([0, 1, 2, 0, 0, 0, 0, 0, 0, 0]), [0, 1])
+    with pytest.raises(RuntimeError, match="one choice per unit"):
+        kernels.select_forward(x, torch.zeros(9, dtype=torch.long), [0, 1])
+    with pytest.raises(RuntimeError, match="no kernel for activation code 99"):
+        kernels.activate_groups_(x, [10], [99])
 
 
-def paper_mlp_outputs(phase: int):
+def paper_mlp_outputs(phase: int, dtype=torch.float32):
     torch.manual_seed(3)
-    net = MLP(20, [300, 200], 5, lambda i, n: SelectiveActivation(n, POOLS["paper"]))
+    net = MLP(20, [300, 200], 5, lambda i, n: SelectiveActivation(n, POOLS["paper"])).to(dtype)
     for slot in net.acts:
         slot.logits.data.normal_(0, 2)
     if phase == 2:
         net = freeze(net.eval())
-    x = torch.randn(100, 20, requires_grad=True)  # shares end inside vectors
+    x = torch.randn(100, 20, dtype=dtype, requires_grad=True)  # shares end inside vectors
     net.train()
     torch.manual_seed(4)
     out = net(x)
@@ -125,16 +179,28 @@ def paper_mlp_outputs(phase: int):
 
 
 @needs_kernels
-@pytest.mark.parametrize("phase", [1, 2])
-def test_networks_are_bitwise_the_same_with_and_without_kernels(two_threads, phase):
-    with_kernels = paper_mlp_outputs(phase)
+def test_phase2_networks_are_bitwise_the_same_with_and_without_kernels(two_threads):
+    with_kernels = paper_mlp_outputs(2)
     with kernels.off():
         assert not kernels.usable(torch.randn(4, 4), 0)
-        without = paper_mlp_outputs(phase)
+        without = paper_mlp_outputs(2)
     assert kernels.usable(torch.randn(4, 4), 0)
-    assert len(with_kernels) == len(without)
+    assert len(with_kernels) == len(without) == 3 + 6  # outputs, x.grad, 3 linear layers
     for a, b in zip(with_kernels, without):
-        assert torch.equal(a, b)
+        assert torch.equal(a, b)  # the same ATen kernels, shares cut at whole vectors
+
+
+@needs_kernels
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_phase1_networks_agree_with_and_without_kernels(two_threads, dtype, tol):
+    """The fused selection uses ATen's vector formulas in its own loops, exp-based terms in
+    the logits' gradient and sums in another order: equal up to rounding."""
+    with_kernels = paper_mlp_outputs(1, dtype)
+    with kernels.off():
+        without = paper_mlp_outputs(1, dtype)
+    assert len(with_kernels) == len(without) == 3 + 6 + 2  # ..., 2 layers of logits
+    for a, b in zip(with_kernels, without):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 @needs_kernels
@@ -195,3 +261,27 @@ def test_builds_into_an_empty_cache_and_the_cli_reports_it(fresh_state, capsys):
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # the build folder is gone
     assert main(["kernels"]) == 0
     assert str(path) in capsys.readouterr().out
+
+
+@needs_kernels
+def test_copies_and_pickles_keep_the_kernels(monkeypatch):
+    """Kernel codes come from activation names, not function identity: a deep copy or a
+    pickle (how Ray ships a model) runs the same kernels and gives the same values."""
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    net = MLP(20, [30], 5, lambda i, n: SelectiveActivation(n, PAPER))
+    net.acts[0].logits.data.normal_()
+    net = freeze(net.eval())
+    assert net.acts[0].counts[PAPER.index("leaky_relu")] > 0  # its in-place form is a partial
+    x = torch.randn(9, 20)
+    calls = []
+    real = kernels.activate_groups_
+    monkeypatch.setattr(kernels, "activate_groups_", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        expected = net(x)
+        for other in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+            before = len(calls)
+            assert torch.equal(other(x), expected)
+            assert len(calls) == before + 1
