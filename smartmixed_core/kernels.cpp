@@ -6,8 +6,9 @@
 // Groups (phase 2): activate_groups_ / grad_groups take contiguous blocks of rows, one
 // activation each (the mixed layer's layout).  At small batches every block is below ATen's
 // parallel grain, so the Python path runs the blocks one after the other on one thread.
-// These give every thread its share of every block and call the same ATen kernels on the
-// shares, cut where they give exactly the values of one ATen call per block.
+// These give every thread its share of every such block and call the same ATen kernels on
+// the shares, cut where they give exactly the values of one ATen call per block (blocks that
+// ATen parallelises itself go to it whole).
 //
 // Selection (phase 1): select_forward / select_backward take each unit's choice.  Every row
 // goes through its own activation in one vectorised loop (ATen's vector formulas), rows
@@ -82,7 +83,13 @@ constexpr int64_t kMinShare = 16384;
 constexpr int64_t kAlign = 64;
 constexpr int64_t aligned(int64_t offset) { return offset / kAlign * kAlign; }
 
-// Calls body(group, lo, hi) on every thread's share [lo, hi) of every group's flat elements.
+// ATen's own parallel grain (at::internal::GRAIN_SIZE): a block at least this large is
+// already split across the threads by ATen.
+constexpr int64_t kAtenGrain = 32768;
+
+// Calls body(group, lo, hi) on flat element ranges [lo, hi) covering every group: a group
+// of at least ATen's grain whole (ATen spreads it over the threads itself), every smaller
+// one in one share per thread.
 template <typename Body>
 void for_each_share(const at::Tensor& x, at::IntArrayRef sizes, at::IntArrayRef codes,
                     bool grads, const Body& body) {
@@ -94,20 +101,30 @@ void for_each_share(const at::Tensor& x, at::IntArrayRef sizes, at::IntArrayRef 
   TORCH_CHECK(rows == x.size(0), "smartmixed: group sizes add up to ", rows, ", not ",
               x.size(0), " units");
   const int64_t row = rows ? x.numel() / rows : 0;
+  std::vector<int64_t> starts(sizes.size() + 1, 0);
+  int64_t small = 0;
+  for (size_t g = 0; g < sizes.size(); ++g) {
+    const int64_t n = sizes[g] * row;
+    starts[g + 1] = starts[g] + n;
+    if (n >= kAtenGrain) {
+      body(g, starts[g], starts[g + 1]);
+    } else {
+      small += n;
+    }
+  }
   const int64_t shares = std::max<int64_t>(
-      1, std::min<int64_t>(at::get_num_threads(), x.numel() / kMinShare));
+      1, std::min<int64_t>(at::get_num_threads(), small / kMinShare));
   at::parallel_for(0, shares, 1, [&](int64_t first, int64_t last) {
     // Worker threads start with autograd's default thread-local state: stay below it, as
     // the calling thread is inside this op.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     for (int64_t share = first; share < last; ++share) {
-      int64_t start = 0;
       for (size_t g = 0; g < sizes.size(); ++g) {
-        const int64_t n = sizes[g] * row;
-        const int64_t lo = start + aligned(n * share / shares);
-        const int64_t hi = start + (share + 1 == shares ? n : aligned(n * (share + 1) / shares));
+        const int64_t n = starts[g + 1] - starts[g];
+        if (n == 0 || n >= kAtenGrain) continue;
+        const int64_t lo = starts[g] + aligned(n * share / shares);
+        const int64_t hi = starts[g] + (share + 1 == shares ? n : aligned(n * (share + 1) / shares));
         if (lo < hi) body(g, lo, hi);
-        start += n;
       }
     }
   });

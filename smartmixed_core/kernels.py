@@ -1,22 +1,39 @@
-"""Compiled CPU kernels for contiguous activation groups (optional; built once per machine).
+"""Compiled CPU kernels of the selective and mixed layers (optional; built once per machine).
 
-A mixed layer, and a selective layer after sorting its units by choice, holds its
-pre-activations in the MLP's units-first layout: one contiguous ``[units, batch]`` buffer
-whose activation groups are contiguous blocks of rows.  At small batches each block is below
-ATen's parallel grain (32768 elements), so the in-place activations run one after the other
-on one thread.  ``kernels.cpp`` gives every thread its share of every block and calls the
-same ATen kernels on the shares, cut where they give exactly the values of one ATen call
-per block, whatever the number of threads; all threads stay busy.  The measured effect is in
-the README's Performance section.
+Both layers hold their pre-activations in the MLP's units-first layout, one contiguous
+``[units, batch]`` buffer, one row per unit (``kernels.cpp``):
 
-The source is compiled with torch's C++ extension tooling the first time a process needs it
-(about 15 s on a 2-core machine; a C++ compiler is required) into a cache directory keyed by
-the source, torch and Python versions, and loaded from there afterwards.  Builds go to a
+* Selection (phase 1, :func:`select_forward`, :func:`select_backward`): each row goes
+  through its unit's chosen activation in one vectorised loop, rows spread over ATen's
+  threads, with no sorting and no gather.  Backward computes, in one pass over a row, the
+  input gradient (from the saved output) and the row's sum of ``grad * act_k(x)`` for every
+  pool member ``k``, the gradient of the straight-through sample.  Outputs and input
+  gradients use ATen's vector formulas (equal to the registry's functions up to rounding);
+  the sums build every member from one ``exp(-|x|)`` per element (``expm1``, sigmoid and
+  tanh of the paper pool), exact to about 1e-7 per term in float32, where the accurate forms
+  cost several times more.
+* Groups (phase 2, :func:`activate_groups_`, :func:`grad_groups`): a mixed layer's
+  activation groups are contiguous blocks of rows, below ATen's parallel grain (32768
+  elements) at small batches, so the Python path runs them one after the other on one
+  thread.  The kernel gives every thread its share of every such block and calls the same
+  ATen kernels on the shares, cut where they give exactly the values of one ATen call per
+  block; a block ATen parallelises itself (32768 elements or more) goes to it whole.  The
+  values are bitwise the Python path's.
+
+The measured effect is in the README's Performance section.  Kernel codes come from
+activation names (:attr:`ActivationSpec.kernel`), so copies and pickles of a model use them
+too.
+
+The source is compiled with torch's C++ extension tooling, for the vector instructions torch
+itself uses on this CPU (AVX512, AVX2 or none), the first time a process needs it (about
+20 s on a 2-core machine; a C++ compiler is required) into a cache directory keyed by the
+source, the flags, torch and Python, and loaded from there afterwards.  Builds go to a
 private temporary directory and are moved into place atomically, so processes that build at
 the same time (Ray workers on a fresh node) never wait on each other's locks.
 ``smartmixed kernels`` builds ahead of time (``make install`` and the Docker image run it).
-Without a compiler, or with ``SMARTMIXED_KERNELS=0``, the layers use the equivalent Python
-path (one ATen call per group) and say so once.
+Without a compiler, or with ``SMARTMIXED_KERNELS=0``, the layers use their Python path
+(sorting, one ATen call per group, the candidate sums basis function by basis function) and
+say so once.
 
 Environment: ``SMARTMIXED_KERNELS=0`` disables the kernels; ``SMARTMIXED_KERNELS_DIR``
 moves the cache (default ``$XDG_CACHE_HOME/smartmixed/kernels`` or
@@ -142,7 +159,7 @@ def available() -> bool:
                 raise RuntimeError(f"an earlier build failed: {failed.read_text().strip()}; "
                                    "`smartmixed kernels` tries again")
             log.warning("smartmixed: compiling the CPU group kernels for this torch, once "
-                        "(about 15 s; %s=0 skips them)", ENABLE_ENV)
+                        "(about 20 s; %s=0 skips them)", ENABLE_ENV)
             start = time.perf_counter()
             try:
                 build(path)

@@ -110,8 +110,11 @@ def test_fused_selection_equals_the_registry_row_by_row(two_threads, dtype, batc
 
 
 @needs_kernels
-def test_values_do_not_depend_on_the_number_of_threads():
-    """Random groups, choices, batches and thread counts: bitwise the values of one thread."""
+def test_selection_does_not_depend_on_threads_and_groups_equal_the_python_path():
+    """Random pools, choices, group sizes, batches and thread counts: the fused selection
+    gives bitwise the values of one thread; the groups give bitwise the values of one ATen
+    call per group at the same number of threads (the Python path; ATen's own split of a
+    large block depends on the thread count)."""
     gen = torch.Generator().manual_seed(5)
     before = torch.get_num_threads()
     try:
@@ -125,21 +128,24 @@ def test_values_do_not_depend_on_the_number_of_threads():
             g = torch.randn(sum(sizes), batch, generator=gen, dtype=dtype)
             choice = torch.randint(0, k, (sum(sizes),), generator=gen)
             codes = [ACTIVATIONS[n].kernel for n in names]
+            case = (names, sizes, batch, dtype)
 
-            def run(x=x, g=g, choice=choice, sizes=sizes, codes=codes):
-                out = kernels.activate_groups_(x.clone(), sizes, codes)
-                sel = kernels.select_forward(x, choice, codes)
-                return [out, kernels.grad_groups(g, out, sizes, codes), sel,
-                        *kernels.select_backward(g, x, sel, choice, codes)]
+            def selection(x=x, g=g, choice=choice, codes=codes):
+                out = kernels.select_forward(x, choice, codes)
+                return [out, *kernels.select_backward(g, x, out, choice, codes)]
 
             torch.set_num_threads(int(torch.randint(2, 5, (), generator=gen)))
-            many = run()
-            torch.set_num_threads(1)
-            for a, b in zip(many, run()):
-                assert torch.equal(a, b), (names, sizes, batch, dtype)
-            # The groups: one single-threaded ATen call per group, bitwise.
+            many = selection()
+            out = kernels.activate_groups_(x.clone(), sizes, codes)
+            grad_x = kernels.grad_groups(g, out, sizes, codes)
             expected = [ACTIVATIONS[n].fn(xb) for n, xb in zip(names, x.split(sizes))]
-            assert torch.equal(many[0], torch.cat(expected)), (names, sizes, batch, dtype)
+            assert torch.equal(out, torch.cat(expected)), case
+            expected = [ACTIVATIONS[n].grad(gb, yb, torch.empty_like(yb))
+                        for n, gb, yb in zip(names, g.split(sizes), out.split(sizes))]
+            assert torch.equal(grad_x, torch.cat(expected)), case
+            torch.set_num_threads(1)
+            for a, b in zip(many, selection()):
+                assert torch.equal(a, b), case
     finally:
         torch.set_num_threads(before)
 
