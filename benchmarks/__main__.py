@@ -7,8 +7,8 @@
 "uniform mix" = plain MLPs of the same widths, one per pool activation, timed and averaged with
 the weights of the mixed net's activation mix: what the activations cost anyway.  Every
 train step uses the training loop's optimizer (:func:`make_optimizer`: fused Adam).
-``kernels_*`` = the same net with the compiled CPU group kernels (:mod:`smartmixed_core.kernels`)
-over the same net on the layers' Python path, both timed in this run.
+``kernels_*`` = the selective net with the compiled CPU kernels (:mod:`smartmixed_core.kernels`)
+over the same net on the layer's Python path, both timed in this run.
 """
 
 from __future__ import annotations
@@ -132,8 +132,6 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
     cases |= {f"train/uniform/{a}": timer(step(m), sync) for a, m in uniform.items()}
     cases |= {
         "infer/mixed": timer(infer(mixed), sync),
-        "infer/mixed_python": timer(python_path(infer(mixed)), sync),
-        "train/mixed_python": timer(python_path(step(mixed)), sync),
         "train/selective_python": timer(python_path(step(sel)), sync),
         "infer/gather_scatter": timer(infer(gather), sync),
         "train/mixed": timer(step(mixed), sync),
@@ -166,8 +164,6 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
         "phase1_train_vs_stack_all_k": t["train/selective"] / t["train/stack_all_k"],
         f"seeds{SEEDS}_batched_train_vs_1_seed": t[f"train/selective_x{SEEDS}_batched"]
         / t["train/selective"],
-        "kernels_phase2_infer_vs_python_path": t["infer/mixed"] / t["infer/mixed_python"],
-        "kernels_phase2_train_vs_python_path": t["train/mixed"] / t["train/mixed_python"],
         "kernels_phase1_train_vs_python_path": t["train/selective"] / t["train/selective_python"],
         "gather_scatter_infer_vs_uniform_mix": t["infer/gather_scatter"] / mix["infer"],
         "gather_scatter_train_vs_uniform_mix": t["train/gather_scatter"] / mix["train"],

@@ -35,8 +35,9 @@ class ActivationSpec:
     autograd uses them for the in-place forms), so the mixed layer can overwrite its input.
     ``basis`` writes the activation as a linear combination of other registry activations
     and :data:`IDENTITY` (``(name, coefficient)`` pairs), exact up to rounding; see
-    :func:`candidate_basis`.  ``kernel`` is the activation's code in the compiled group
-    kernels (``kernels.cpp``, :mod:`smartmixed_core.kernels`), None when they lack it.
+    :func:`candidate_basis`.  ``kernel`` is the activation's code in the compiled CPU
+    kernels of the selective layer (``kernels.cpp``, :mod:`smartmixed_core.kernels`), None
+    when they lack it.
     """
 
     name: str
@@ -120,8 +121,8 @@ ACTIVATIONS: dict[str, ActivationSpec] = {
         ),
         ActivationSpec("prelu", nn.PReLU),
         ActivationSpec("rrelu", nn.RReLU),
-        ActivationSpec("silu", nn.SiLU, F.silu, torch._C._nn.silu_, kernel=6),
-        ActivationSpec("mish", nn.Mish, F.mish, torch._C._nn.mish_, kernel=7),
+        ActivationSpec("silu", nn.SiLU, F.silu, torch._C._nn.silu_),
+        ActivationSpec("mish", nn.Mish, F.mish, torch._C._nn.mish_),
         ActivationSpec("gelu", nn.GELU, F.gelu),
     )
 }

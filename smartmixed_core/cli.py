@@ -163,7 +163,7 @@ def train(
 
 @app.command()
 def kernels() -> None:
-    """Build (once per machine and torch) and load the compiled CPU group kernels; retries a
+    """Build (once per machine and torch) and load the compiled CPU kernels; retries a
     build that failed before."""
     import logging
 

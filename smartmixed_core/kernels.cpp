@@ -1,21 +1,14 @@
-// CPU kernels of the selective (phase 1) and mixed (phase 2) layers in the MLP's units-first
-// layout: a contiguous [units, batch] buffer, one row per unit.  Built by
-// smartmixed_core/kernels.py for this machine's vector instructions (ATen's CPU_CAPABILITY);
-// the activation codes are ActivationSpec.kernel in activations.py.
+// CPU kernels of the selective layer (phase 1) in the MLP's units-first layout: a
+// contiguous [units, batch] buffer, one row per unit.  Built by smartmixed_core/kernels.py for
+// this machine's vector instructions (ATen's CPU_CAPABILITY); the activation codes are
+// ActivationSpec.kernel in activations.py.
 //
-// Groups (phase 2): activate_groups_ / grad_groups take contiguous blocks of rows, one
-// activation each (the mixed layer's layout).  At small batches every block is below ATen's
-// parallel grain, so the Python path runs the blocks one after the other on one thread.
-// These give every thread its share of every such block and call the same ATen kernels on
-// the shares, cut where they give exactly the values of one ATen call per block (blocks that
-// ATen parallelises itself go to it whole).
-//
-// Selection (phase 1): select_forward / select_backward take each unit's choice.  Every row
-// goes through its own activation in one vectorised loop (ATen's vector formulas), rows
-// spread over ATen's threads; backward computes, in the same pass over a row, the input
-// gradient and the row's sum of grad * act_k(x) for every pool member k (the gradient of the
-// straight-through sample).  No sorting, no [K, units, batch] stack.  A row's values do not
-// depend on the number of threads.
+// select_forward / select_backward take each unit's choice.  Every row goes through its own
+// activation in one vectorised loop (ATen's vector formulas), rows spread over ATen's
+// threads; backward computes, in the same pass over a row, the input gradient and the row's
+// sum of grad * act_k(x) for every pool member k (the gradient of the straight-through
+// sample).  No sorting, no [K, units, batch] stack.  A row's values do not depend on the
+// number of threads.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -30,129 +23,14 @@
 
 namespace {
 
-enum Code : int64_t { kRelu, kSigmoid, kTanh, kLeakyRelu, kElu, kSelu, kSilu, kMish };
+enum Code : int64_t { kRelu, kSigmoid, kTanh, kLeakyRelu, kElu, kSelu };
+constexpr size_t kMaxPool = 6;  // one per code
 
 constexpr double kLeakySlope = 0.01;  // the registry's leaky_relu
 constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
 constexpr double kSeluScale = 1.0507009873554804934193349852946;
 
-bool has_grad(int64_t code) { return code >= kRelu && code <= kSelu; }
-
-void check_codes(at::IntArrayRef codes, bool grads) {
-  for (int64_t c : codes) {
-    TORCH_CHECK(c >= kRelu && c <= kMish, "smartmixed: no kernel for activation code ", c);
-    TORCH_CHECK(!grads || has_grad(c), "smartmixed: no output gradient for activation code ", c);
-  }
-}
-
-// ---- Groups (phase 2) ----
-
-void activate(at::Tensor x, int64_t code) {
-  switch (code) {
-    case kRelu: at::relu_(x); break;
-    case kSigmoid: at::sigmoid_(x); break;
-    case kTanh: at::tanh_(x); break;
-    case kLeakyRelu: at::leaky_relu_(x, kLeakySlope); break;
-    case kElu: at::elu_(x); break;
-    case kSelu: at::selu_(x); break;
-    case kSilu: at::silu_(x); break;
-    case kMish: at::mish_(x); break;
-  }
-}
-
-// The input gradient from the activation's output, written into grad_x (ATen's backward
-// kernels, as autograd uses them for the in-place forms).
-void gradient(at::Tensor grad_x, const at::Tensor& grad, const at::Tensor& out, int64_t code) {
-  switch (code) {
-    case kRelu: at::threshold_backward_out(grad_x, grad, out, 0); break;
-    case kSigmoid: at::sigmoid_backward_out(grad_x, grad, out); break;
-    case kTanh: at::tanh_backward_out(grad_x, grad, out); break;
-    case kLeakyRelu: at::leaky_relu_backward_out(grad_x, grad, out, kLeakySlope, true); break;
-    case kElu: at::elu_backward_out(grad_x, grad, 1.0, 1.0, 1.0, true, out); break;
-    case kSelu: at::elu_backward_out(grad_x, grad, kSeluAlpha, kSeluScale, 1.0, true, out); break;
-  }
-}
-
-// Fewer elements per thread than this cost more in thread hand-off than they save.
-constexpr int64_t kMinShare = 16384;
-// ATen's elementwise loops run whole vectors from a tensor's start and finish its last
-// elements with scalar code, whose rounding can differ.  Shares that start at multiples of
-// this many elements into their group (a multiple of every vector length, float or double)
-// therefore give exactly the values of one serial ATen call on the whole group, whatever
-// the number of threads.
-constexpr int64_t kAlign = 64;
-constexpr int64_t aligned(int64_t offset) { return offset / kAlign * kAlign; }
-
-// ATen's own parallel grain (at::internal::GRAIN_SIZE): a block at least this large is
-// already split across the threads by ATen.
-constexpr int64_t kAtenGrain = 32768;
-
-// Calls body(group, lo, hi) on flat element ranges [lo, hi) covering every group: a group
-// of at least ATen's grain whole (ATen spreads it over the threads itself), every smaller
-// one in one share per thread.
-template <typename Body>
-void for_each_share(const at::Tensor& x, at::IntArrayRef sizes, at::IntArrayRef codes,
-                    bool grads, const Body& body) {
-  TORCH_CHECK(sizes.size() == codes.size(), "smartmixed: one code per group size");
-  TORCH_CHECK(x.dim() >= 1 && x.is_contiguous(), "smartmixed: units-first contiguous input");
-  check_codes(codes, grads);
-  int64_t rows = 0;
-  for (int64_t s : sizes) rows += s;
-  TORCH_CHECK(rows == x.size(0), "smartmixed: group sizes add up to ", rows, ", not ",
-              x.size(0), " units");
-  const int64_t row = rows ? x.numel() / rows : 0;
-  std::vector<int64_t> starts(sizes.size() + 1, 0);
-  int64_t small = 0;
-  for (size_t g = 0; g < sizes.size(); ++g) {
-    const int64_t n = sizes[g] * row;
-    starts[g + 1] = starts[g] + n;
-    if (n >= kAtenGrain) {
-      body(g, starts[g], starts[g + 1]);
-    } else {
-      small += n;
-    }
-  }
-  const int64_t shares = std::max<int64_t>(
-      1, std::min<int64_t>(at::get_num_threads(), small / kMinShare));
-  at::parallel_for(0, shares, 1, [&](int64_t first, int64_t last) {
-    // Worker threads start with autograd's default thread-local state: stay below it, as
-    // the calling thread is inside this op.
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    for (int64_t share = first; share < last; ++share) {
-      for (size_t g = 0; g < sizes.size(); ++g) {
-        const int64_t n = starts[g + 1] - starts[g];
-        if (n == 0 || n >= kAtenGrain) continue;
-        const int64_t lo = starts[g] + aligned(n * share / shares);
-        const int64_t hi = starts[g] + (share + 1 == shares ? n : aligned(n * (share + 1) / shares));
-        if (lo < hi) body(g, lo, hi);
-      }
-    }
-  });
-}
-
-at::Tensor activate_groups_(at::Tensor x, at::IntArrayRef sizes, at::IntArrayRef codes) {
-  at::Tensor flat = x.view(-1);
-  for_each_share(x, sizes, codes, false, [&](size_t g, int64_t lo, int64_t hi) {
-    activate(flat.slice(0, lo, hi), codes[g]);
-  });
-  return x;
-}
-
-at::Tensor grad_groups(const at::Tensor& grad, const at::Tensor& out, at::IntArrayRef sizes,
-                       at::IntArrayRef codes) {
-  TORCH_CHECK(grad.sizes() == out.sizes(), "smartmixed: grad and out differ in shape");
-  at::Tensor grad_x = at::empty_like(out, at::MemoryFormat::Contiguous);
-  at::Tensor g = grad.contiguous().view(-1), y = out.view(-1), gx = grad_x.view(-1);
-  for_each_share(out, sizes, codes, true, [&](size_t k, int64_t lo, int64_t hi) {
-    gradient(gx.slice(0, lo, hi), g.slice(0, lo, hi), y.slice(0, lo, hi), codes[k]);
-  });
-  return grad_x;
-}
-
-// ---- Selection (phase 1) ----
-
 using at::vec::Vectorized;
-constexpr size_t kMaxPool = 6;  // the members with output gradients: relu .. selu
 
 // f on every vector of a row: whole vectors, then the short last one zero-filled.
 template <typename T, typename F>
@@ -178,8 +56,6 @@ void with_activation(int64_t code, const Body& body) {
     case kElu: return body([=](V x) { return V::blendv(x.expm1(), x, x > zero); });
     case kSelu:
       return body([=](V x) { return V::blendv(x.expm1() * selu_neg, x * selu_pos, x > zero); });
-    case kSilu: return body([=](V x) { return x / (one + (zero - x).exp()); });
-    case kMish: return body([=](V x) { return x * x.exp().log1p().tanh(); });
   }
 }
 
@@ -243,9 +119,11 @@ T member_sum(int64_t code, const std::array<T, kBasis>& s) {
 // Rows per task: about 8192 elements, so small layers stay on one thread.
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)); }
 
-std::vector<int64_t> checked_pool(at::IntArrayRef codes, bool grads) {
+std::vector<int64_t> checked_pool(at::IntArrayRef codes) {
   TORCH_CHECK(!codes.empty() && codes.size() <= kMaxPool, "smartmixed: 1 to 6 pool members");
-  check_codes(codes, grads);
+  for (int64_t c : codes) {
+    TORCH_CHECK(c >= kRelu && c <= kSelu, "smartmixed: no kernel for activation code ", c);
+  }
   return {codes.begin(), codes.end()};
 }
 
@@ -267,7 +145,7 @@ std::vector<int64_t> row_codes(const at::Tensor& choice, const at::Tensor& x,
 }
 
 at::Tensor select_forward(const at::Tensor& x, const at::Tensor& choice, at::IntArrayRef codes) {
-  const std::vector<int64_t> pool = checked_pool(codes, false);
+  const std::vector<int64_t> pool = checked_pool(codes);
   const std::vector<int64_t> code = row_codes(choice, x, pool);
   at::Tensor out = at::empty_like(x);
   const int64_t cols = x.size(1);
@@ -295,7 +173,7 @@ at::Tensor select_forward(const at::Tensor& x, const at::Tensor& choice, at::Int
 std::tuple<at::Tensor, at::Tensor> select_backward(const at::Tensor& grad_in, const at::Tensor& x,
                                                    const at::Tensor& out, const at::Tensor& choice,
                                                    at::IntArrayRef codes) {
-  const std::vector<int64_t> pool = checked_pool(codes, true);
+  const std::vector<int64_t> pool = checked_pool(codes);
   const std::vector<int64_t> code = row_codes(choice, x, pool);
   TORCH_CHECK(grad_in.sizes() == x.sizes() && out.sizes() == x.sizes() && out.is_contiguous(),
               "smartmixed: grad, x and out of one shape");
@@ -341,16 +219,12 @@ std::tuple<at::Tensor, at::Tensor> select_backward(const at::Tensor& grad_in, co
 }  // namespace
 
 TORCH_LIBRARY(smartmixed, m) {
-  m.def("activate_groups_(Tensor(a!) x, int[] sizes, int[] codes) -> Tensor(a!)");
-  m.def("grad_groups(Tensor grad, Tensor out, int[] sizes, int[] codes) -> Tensor");
   m.def("select_forward(Tensor x, Tensor choice, int[] codes) -> Tensor");
   m.def("select_backward(Tensor grad, Tensor x, Tensor out, Tensor choice, int[] codes)"
         " -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(smartmixed, CPU, m) {
-  m.impl("activate_groups_", &activate_groups_);
-  m.impl("grad_groups", &grad_groups);
   m.impl("select_forward", &select_forward);
   m.impl("select_backward", &select_backward);
 }

@@ -1,28 +1,17 @@
-"""Compiled CPU kernels of the selective and mixed layers (optional; built once per machine).
+"""Compiled CPU kernels of the selective layer (phase 1; optional, built once per machine).
 
-Both layers hold their pre-activations in the MLP's units-first layout, one contiguous
-``[units, batch]`` buffer, one row per unit (``kernels.cpp``):
-
-* Selection (phase 1, :func:`select_forward`, :func:`select_backward`): each row goes
-  through its unit's chosen activation in one vectorised loop, rows spread over ATen's
-  threads, with no sorting and no gather.  Backward computes, in one pass over a row, the
-  input gradient (from the saved output) and the row's sum of ``grad * act_k(x)`` for every
-  pool member ``k``, the gradient of the straight-through sample.  Outputs and input
-  gradients use ATen's vector formulas (equal to the registry's functions up to rounding);
-  the sums build every member from one ``exp(-|x|)`` per element (``expm1``, sigmoid and
-  tanh of the paper pool), exact to about 1e-7 per term in float32, where the accurate forms
-  cost several times more.
-* Groups (phase 2, :func:`activate_groups_`, :func:`grad_groups`): a mixed layer's
-  activation groups are contiguous blocks of rows, below ATen's parallel grain (32768
-  elements) at small batches, so the Python path runs them one after the other on one
-  thread.  The kernel gives every thread its share of every such block and calls the same
-  ATen kernels on the shares, cut where they give exactly the values of one ATen call per
-  block; a block ATen parallelises itself (32768 elements or more) goes to it whole.  The
-  values are bitwise the Python path's.
-
-The measured effect is in the README's Performance section.  Kernel codes come from
-activation names (:attr:`ActivationSpec.kernel`), so copies and pickles of a model use them
-too.
+In the MLP's units-first layout a selective layer holds its pre-activations in one
+contiguous ``[units, batch]`` buffer, one row per unit.  :func:`select_forward` runs each
+row through its unit's chosen activation in one vectorised loop, rows spread over ATen's
+threads, with no sorting and no gather (``kernels.cpp``).  :func:`select_backward`
+computes, in one pass over a row, the input gradient (from the saved output) and the row's
+sum of ``grad * act_k(x)`` for every pool member ``k``, the gradient of the
+straight-through sample.  Outputs and input gradients use ATen's vector formulas (equal to
+the registry's functions up to rounding); the sums build every member from one
+``exp(-|x|)`` per element (``expm1``, sigmoid and tanh of the paper pool), exact to about
+1e-7 per term in float32, where the accurate forms cost several times more.  The measured
+effect is in the README's Performance section.  Kernel codes come from activation names
+(:attr:`ActivationSpec.kernel`), so copies and pickles of a model use them too.
 
 The source is compiled with torch's C++ extension tooling, for the vector instructions torch
 itself uses on this CPU (AVX512, AVX2 or none), the first time a process needs it (about
@@ -31,9 +20,9 @@ source, the flags, torch and Python, and loaded from there afterwards.  Builds g
 private temporary directory and are moved into place atomically, so processes that build at
 the same time (Ray workers on a fresh node) never wait on each other's locks.
 ``smartmixed kernels`` builds ahead of time (``make install`` and the Docker image run it).
-Without a compiler, or with ``SMARTMIXED_KERNELS=0``, the layers use their Python path
+Without a compiler, or with ``SMARTMIXED_KERNELS=0``, the layer uses its Python path
 (sorting, one ATen call per group, the candidate sums basis function by basis function) and
-say so once.
+says so once.
 
 Environment: ``SMARTMIXED_KERNELS=0`` disables the kernels; ``SMARTMIXED_KERNELS_DIR``
 moves the cache (default ``$XDG_CACHE_HOME/smartmixed/kernels`` or
@@ -158,7 +147,7 @@ def available() -> bool:
             if failed.exists():
                 raise RuntimeError(f"an earlier build failed: {failed.read_text().strip()}; "
                                    "`smartmixed kernels` tries again")
-            log.warning("smartmixed: compiling the CPU group kernels for this torch, once "
+            log.warning("smartmixed: compiling the CPU kernels for this torch, once "
                         "(about 20 s; %s=0 skips them)", ENABLE_ENV)
             start = time.perf_counter()
             try:
@@ -172,7 +161,7 @@ def available() -> bool:
         if not _registered():  # a process registers the ops once, from whichever file
             torch.ops.load_library(str(path))
     except Exception as err:  # no compiler, unwritable cache, ...: the Python path serves
-        log.warning("smartmixed: compiled group kernels unavailable (%s); using the Python "
+        log.warning("smartmixed: compiled kernels unavailable (%s); using the Python "
                     "path", _first_line(err))
         return False
     return True
@@ -191,7 +180,7 @@ def _first_line(err: Exception) -> str:
 
 
 def _registered() -> bool:
-    return hasattr(torch.ops.smartmixed, "activate_groups_")
+    return hasattr(torch.ops.smartmixed, "select_forward")
 
 
 _switched_off = False
@@ -199,7 +188,7 @@ _switched_off = False
 
 @contextlib.contextmanager
 def off() -> Iterator[None]:
-    """Within this block the layers take their Python path (for A/B timings and checks)."""
+    """Within this block the layer takes its Python path (for A/B timings and checks)."""
     global _switched_off
     before, _switched_off = _switched_off, True
     try:
@@ -210,20 +199,17 @@ def off() -> Iterator[None]:
 
 def usable(x: Tensor, dim: int) -> bool:
     """Whether the kernels can take ``x``: units on dimension 0 of a contiguous CPU tensor
-    outside autograd (the ops have no autograd formula; the layers' own backward calls
-    :func:`grad_groups`), unless switched :func:`off`."""
+    outside autograd (the ops have no autograd formula; the layer's own backward calls
+    :func:`select_backward`), unless switched :func:`off`."""
     return (not _switched_off and dim == 0 and x.device.type == "cpu" and x.is_contiguous()
             and not (x.requires_grad and torch.is_grad_enabled()) and available())
 
 
 @functools.cache
-def codes(names: tuple[str, ...], grads: bool = False) -> tuple[int, ...] | None:
-    """The kernel codes of ``names`` (registry names): None unless every one has a code and,
-    with ``grads``, a gradient from its output (what backward needs)."""
-    specs = [ACTIVATIONS[n] for n in names]
-    if any(s.kernel is None or (grads and s.grad is None) for s in specs):
-        return None
-    return tuple(s.kernel for s in specs)  # type: ignore[misc]
+def codes(names: tuple[str, ...]) -> tuple[int, ...] | None:
+    """The kernel codes of a pool (registry names): None unless every member has one."""
+    found = tuple(ACTIVATIONS[n].kernel for n in names)
+    return None if None in found else found  # type: ignore[return-value]
 
 
 def select_forward(x: Tensor, choice: Tensor, codes: Sequence[int]) -> Tensor:
@@ -237,13 +223,3 @@ def select_backward(grad: Tensor, x: Tensor, out: Tensor, choice: Tensor,
     ``out``) and ``sums[u, k]``, the sum over the batch of ``grad * act_k(x)`` for every pool
     member ``k``, in one pass."""
     return torch.ops.smartmixed.select_backward(grad, x, out, choice, codes)
-
-
-def activate_groups_(x: Tensor, sizes: Sequence[int], codes: Sequence[int]) -> Tensor:
-    """Overwrite the ``j``-th block of ``sizes[j]`` rows of ``x`` with activation ``codes[j]``."""
-    return torch.ops.smartmixed.activate_groups_(x, sizes, codes)
-
-
-def grad_groups(grad: Tensor, out: Tensor, sizes: Sequence[int], codes: Sequence[int]) -> Tensor:
-    """The input gradient of :func:`activate_groups_` from its output ``out``."""
-    return torch.ops.smartmixed.grad_groups(grad, out, sizes, codes)

@@ -7,7 +7,7 @@ the same shape; "units" are MLP neurons or ConvNet channels (dimension 1).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -98,14 +98,9 @@ def _grouped_apply(xp: Tensor, counts: Sequence[int], fns: Sequence, dim: int = 
     return torch.cat([fn(c) for (fn, _), c in zip(used, chunks)], dim=dim)
 
 
-def _activate_blocks(x: Tensor, sizes: Sequence[int], fns: Sequence, dim: int,
-                     codes: Sequence[int] | None = None) -> Tensor:
+def _activate_blocks(x: Tensor, sizes: Sequence[int], fns: Sequence, dim: int) -> Tensor:
     """Overwrite each block of ``sizes[j]`` units (along ``dim``) of ``x`` with ``fns[j]``
-    (in-place forms); empty blocks are skipped.  Returns ``x``.  With the blocks' kernel
-    ``codes``, a units-first CPU buffer goes through the compiled kernels
-    (:mod:`smartmixed_core.kernels`) when they are built."""
-    if codes is not None and kernels.usable(x, dim):
-        return kernels.activate_groups_(x, sizes, codes)
+    (in-place forms); empty blocks are skipped.  Returns ``x``."""
     for fn, block, n in zip(fns, x.split(list(sizes), dim), sizes):
         if n:
             fn(block)
@@ -113,11 +108,8 @@ def _activate_blocks(x: Tensor, sizes: Sequence[int], fns: Sequence, dim: int,
 
 
 def _grad_from_output(grad: Tensor, out: Tensor, sizes: Sequence[int], grads: Sequence,
-                      dim: int, codes: Sequence[int] | None = None) -> Tensor:
-    """The input gradient of :func:`_activate_blocks`, block by block from its output
-    (``grads``: output-gradient forms; ``codes``: as there)."""
-    if codes is not None and kernels.usable(out, dim):
-        return kernels.grad_groups(grad, out, sizes, codes)
+                      dim: int) -> Tensor:
+    """The input gradient of :func:`_activate_blocks`, block by block from its output."""
     grad_x = torch.empty_like(out)
     split = list(sizes)
     parts = zip(grad.split(split, dim), out.split(split, dim), grad_x.split(split, dim))
@@ -137,19 +129,17 @@ class _GroupedInPlace(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, sizes: list[int], fns: tuple, grads: tuple,  # type: ignore[override]
-                dim: int, codes: tuple | None) -> Tensor:
-        out = _activate_blocks(x.clone(), sizes, fns, dim, codes)
+    def forward(ctx, x: Tensor, sizes: list[int], fns: tuple, grads: tuple, dim: int) -> Tensor:  # type: ignore[override]
+        out = _activate_blocks(x.clone(), sizes, fns, dim)
         ctx.save_for_backward(out)
-        ctx.sizes, ctx.grads, ctx.dim, ctx.codes = sizes, grads, dim, codes
+        ctx.sizes, ctx.grads, ctx.dim = sizes, grads, dim
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (out,) = ctx.saved_tensors
-        grad_x = _grad_from_output(grad, out, ctx.sizes, ctx.grads, ctx.dim, ctx.codes)
-        return grad_x, None, None, None, None, None
+        return _grad_from_output(grad, out, ctx.sizes, ctx.grads, ctx.dim), None, None, None, None
 
 
 class SelectionForms(NamedTuple):
@@ -159,7 +149,7 @@ class SelectionForms(NamedTuple):
     inplace: tuple | None  # their in-place forms (None unless every member has one)
     grads: tuple | None  # their input gradients from outputs (None unless every member has one)
     evals: tuple  # the candidate sums' basis: (inplace, fn) each, (None, None) for x itself
-    codes: tuple | None  # their compiled-kernel codes, with gradients (kernels.codes)
+    codes: tuple | None  # their compiled-kernel codes (kernels.codes)
 
 
 def selection_forms(pool: Sequence[str]) -> tuple[SelectionForms, Tensor | None]:
@@ -171,7 +161,7 @@ def selection_forms(pool: Sequence[str]) -> tuple[SelectionForms, Tensor | None]
     evals = tuple((None, None) if b == IDENTITY else (ACTIVATIONS[b].inplace, ACTIVATIONS[b].fn)
                   for b in basis)
     forms = SelectionForms(tuple(ACTIVATIONS[n].fn for n in pool), *fused_forms(pool), evals,
-                           kernels.codes(tuple(pool), grads=True))
+                           kernels.codes(tuple(pool)))
     # float64: a module moved to float64 keeps the exact coefficients (rounded on use).
     return forms, None if matrix is None else torch.tensor(matrix, dtype=torch.float64)
 
@@ -184,13 +174,11 @@ def straight_through(x: Tensor, y: Tensor, choice: Tensor, forms: SelectionForms
 
 
 def activate_groups(x: Tensor, sizes: Sequence[int], inplace: Sequence, grads: Sequence,
-                    dim: int, codes: Sequence[int] | None = None) -> Tensor:
+                    dim: int) -> Tensor:
     """``inplace[j]`` on the ``j``-th contiguous block of ``sizes[j]`` units of a copy of
     ``x`` (along ``dim``; empty blocks skipped), as one autograd node whose backward uses
-    ``grads`` (output-gradient forms, :class:`_GroupedInPlace`); ``codes``: the blocks'
-    kernel codes with gradients (:func:`kernels.codes`), for the compiled kernels."""
-    return _GroupedInPlace.apply(x, list(sizes), tuple(inplace), tuple(grads), dim,
-                                 None if codes is None else tuple(codes))
+    ``grads`` (output-gradient forms, :class:`_GroupedInPlace`)."""
+    return _GroupedInPlace.apply(x, list(sizes), tuple(inplace), tuple(grads), dim)
 
 
 def _candidate_sums(x: Tensor, grad: Tensor, evals: Sequence, matrix: Tensor | None,
@@ -336,16 +324,16 @@ class SelectiveActivation(nn.Module):
 
 @dataclass
 class InferencePlan:
-    """A mixed layer's output buffer ``[units, batch]``, its groups' sizes and in-place
-    activations: write the pre-activations into ``out``, then :meth:`activate`."""
+    """A mixed layer's output buffer ``[units, batch]`` and its (in-place fn, rows) groups:
+    write the pre-activations into ``out``, then :meth:`activate`."""
 
     out: Tensor
-    sizes: list[int]
-    inplace: tuple
-    codes: tuple | None  # the groups' kernel codes (kernels.codes)
+    groups: list[tuple[Callable[[Tensor], Tensor], Tensor]]
 
     def activate(self) -> Tensor:
-        return _activate_blocks(self.out, self.sizes, self.inplace, 0, self.codes)
+        for fn, rows in self.groups:
+            fn(rows)
+        return self.out
 
 
 class MixedActivation(nn.Module):
@@ -369,10 +357,7 @@ class MixedActivation(nn.Module):
         # The used groups' sizes, in-place builtins and gradients from outputs.
         used = [(n, c) for n, c in zip(self.pool, self.counts) if c]
         self._sizes = [c for _, c in used]
-        names = tuple(n for n, _ in used)
-        self._inplace, self._grads = fused_forms(names)
-        # Compiled-kernel codes (by name: copies and pickles of the forms stay valid).
-        self._codes, self._grad_codes = kernels.codes(names), kernels.codes(names, grads=True)
+        self._inplace, self._grads = fused_forms([n for n, _ in used])
 
     @property
     def units(self) -> int:
@@ -394,13 +379,12 @@ class MixedActivation(nn.Module):
         calls; None when a used pool member has no pure form."""
         if self._inplace is None:
             return None
-        return InferencePlan(like.new_empty(self.units, batch), self._sizes, self._inplace,
-                             self._codes)
+        out = like.new_empty(self.units, batch)
+        return InferencePlan(out, list(zip(self._inplace, out.split(self._sizes))))
 
     def _grouped(self, x: Tensor, dim: int) -> Tensor:
         if self._inplace is not None and (self._grads is not None or not torch.is_grad_enabled()):
-            return activate_groups(x, self._sizes, self._inplace, self._grads, dim,
-                                   self._grad_codes)
+            return activate_groups(x, self._sizes, self._inplace, self._grads, dim)
         return _grouped_apply(x, self.counts, self.candidates, dim)
 
     def extra_repr(self) -> str:
