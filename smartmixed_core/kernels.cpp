@@ -41,21 +41,30 @@ inline void each_vector(int64_t cols, const F& f) {
   if (i < cols) f(i, cols - i);
 }
 
-// Calls body(op) with op the vector form of activation `code` (ATen's vector formulas).
-template <typename T, typename Body>
-void with_activation(int64_t code, const Body& body) {
+// The activations' constants as vectors.
+template <typename T>
+struct Constants {
   using V = Vectorized<T>;
   const V zero = V(T(0)), one = V(T(1)), slope = V(static_cast<T>(kLeakySlope));
   const V selu_neg = V(static_cast<T>(kSeluAlpha * kSeluScale));
   const V selu_pos = V(static_cast<T>(kSeluScale));
+};
+
+// Calls body(op) with op the vector form of activation `code` (ATen's vector formulas).
+template <typename T, typename Body>
+void with_activation(int64_t code, const Body& body) {
+  using V = Vectorized<T>;
+  const Constants<T> c;
   switch (code) {
-    case kRelu: return body([=](V x) { return at::vec::maximum(x, zero); });
-    case kSigmoid: return body([=](V x) { return (one + (zero - x).exp()).reciprocal(); });
+    case kRelu: return body([=](V x) { return at::vec::maximum(x, c.zero); });
+    case kSigmoid: return body([=](V x) { return (c.one + (c.zero - x).exp()).reciprocal(); });
     case kTanh: return body([=](V x) { return x.tanh(); });
-    case kLeakyRelu: return body([=](V x) { return V::blendv(x * slope, x, x > zero); });
-    case kElu: return body([=](V x) { return V::blendv(x.expm1(), x, x > zero); });
+    case kLeakyRelu: return body([=](V x) { return V::blendv(x * c.slope, x, x > c.zero); });
+    case kElu: return body([=](V x) { return V::blendv(x.expm1(), x, x > c.zero); });
     case kSelu:
-      return body([=](V x) { return V::blendv(x.expm1() * selu_neg, x * selu_pos, x > zero); });
+      return body([=](V x) {
+        return V::blendv(x.expm1() * c.selu_neg, x * c.selu_pos, x > c.zero);
+      });
   }
 }
 
@@ -63,17 +72,17 @@ void with_activation(int64_t code, const Body& body) {
 template <typename T, typename Body>
 void with_gradient(int64_t code, const Body& body) {
   using V = Vectorized<T>;
-  const V zero = V(T(0)), one = V(T(1)), slope = V(static_cast<T>(kLeakySlope));
-  const V selu_neg = V(static_cast<T>(kSeluAlpha * kSeluScale));
-  const V selu_pos = V(static_cast<T>(kSeluScale));
+  const Constants<T> c;
   switch (code) {
-    case kRelu: return body([=](V g, V y) { return V::blendv(zero, g, y > zero); });
-    case kSigmoid: return body([=](V g, V y) { return g * (one - y) * y; });
-    case kTanh: return body([=](V g, V y) { return g * (one - y * y); });
-    case kLeakyRelu: return body([=](V g, V y) { return V::blendv(g * slope, g, y > zero); });
-    case kElu: return body([=](V g, V y) { return V::blendv(g * (y + one), g, y > zero); });
+    case kRelu: return body([=](V g, V y) { return V::blendv(c.zero, g, y > c.zero); });
+    case kSigmoid: return body([=](V g, V y) { return g * (c.one - y) * y; });
+    case kTanh: return body([=](V g, V y) { return g * (c.one - y * y); });
+    case kLeakyRelu: return body([=](V g, V y) { return V::blendv(g * c.slope, g, y > c.zero); });
+    case kElu: return body([=](V g, V y) { return V::blendv(g * (y + c.one), g, y > c.zero); });
     case kSelu:
-      return body([=](V g, V y) { return V::blendv(g * (y + selu_neg), g * selu_pos, y > zero); });
+      return body([=](V g, V y) {
+        return V::blendv(g * (y + c.selu_neg), g * c.selu_pos, y > c.zero);
+      });
   }
 }
 

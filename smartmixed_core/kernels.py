@@ -184,6 +184,7 @@ def _registered() -> bool:
 
 
 _switched_off = False
+_DTYPES = (torch.float32, torch.float64)
 
 
 @contextlib.contextmanager
@@ -198,10 +199,11 @@ def off() -> Iterator[None]:
 
 
 def usable(x: Tensor, dim: int) -> bool:
-    """Whether the kernels can take ``x``: units on dimension 0 of a contiguous CPU tensor
-    outside autograd (the ops have no autograd formula; the layer's own backward calls
-    :func:`select_backward`), unless switched :func:`off`."""
-    return (not _switched_off and dim == 0 and x.device.type == "cpu" and x.is_contiguous()
+    """Whether the kernels can take ``x``: units on dimension 0 of a contiguous float32 or
+    float64 CPU matrix outside autograd (the ops have no autograd formula; the layer's own
+    backward calls :func:`select_backward`), unless switched :func:`off`."""
+    return (not _switched_off and dim == 0 and x.dim() == 2 and x.device.type == "cpu"
+            and x.dtype in _DTYPES and x.is_contiguous()
             and not (x.requires_grad and torch.is_grad_enabled()) and available())
 
 

@@ -158,6 +158,19 @@ def fresh_state(monkeypatch, tmp_path):
     kernels.available.cache_clear()
 
 
+def test_usable_only_where_the_ops_apply():
+    x = torch.randn(6, 4)
+    assert kernels.usable(x, 0) == kernels.available()
+    assert not kernels.usable(x, 1)  # units on dimension 1: the Python path
+    assert not kernels.usable(x.t(), 0)  # not contiguous
+    assert not kernels.usable(x.to(torch.bfloat16), 0)
+    assert not kernels.usable(torch.randn(6, 4, 2), 0)
+    assert not kernels.usable(x.requires_grad_(True), 0)  # recorded by autograd
+    net = MLP(6, [8], 3, lambda i, n: SelectiveActivation(n, PAPER)).to(torch.bfloat16)
+    net(torch.randn(5, 6, dtype=torch.bfloat16)).float().sum().backward()  # Python path
+    assert net.acts[0].logits.grad is not None
+
+
 def test_disabled_by_environment(fresh_state, monkeypatch):
     monkeypatch.setenv(kernels.ENABLE_ENV, "0")
     assert not kernels.available()
