@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from smartmixed_core import kernels
 from smartmixed_core.activations import ACTIVATIONS, fused_forms, is_pure
 from smartmixed_core.config import RunConfig
 from smartmixed_core.data import Splits
@@ -143,8 +144,10 @@ class _Mixed(nn.Module):
         self.fns = tuple(ACTIVATIONS[n].fn for n in self.pool)
         self.register_buffer("choice", torch.stack([s.choices() for s in slots]))
         inplace, grads = fused_forms(self.pool)
+        codes = kernels.codes(self.pool)
         self._groups = None if inplace is None or grads is None else (
-            [c for s in slots for c in s.counts], inplace * len(slots), grads * len(slots))
+            [c for s in slots for c in s.counts], inplace * len(slots), grads * len(slots), 0,
+            None if codes is None else codes * len(slots))
 
     def choices(self) -> Tensor:
         return self.choice
@@ -152,7 +155,7 @@ class _Mixed(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self._groups is None or x.device.type != "cpu":
             return _select(x, self.choice, self.fns)
-        return _end_to_end(x, lambda rows: activate_groups(rows, *self._groups, 0))
+        return _end_to_end(x, lambda rows: activate_groups(rows, *self._groups))
 
 
 class BatchedMLP(nn.Module):

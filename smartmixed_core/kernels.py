@@ -1,17 +1,27 @@
-"""Compiled CPU kernels of the selective layer (phase 1; optional, built once per machine).
+"""Compiled CPU kernels of the selective and mixed layers (optional, built once per machine).
 
-In the MLP's units-first layout a selective layer holds its pre-activations in one
-contiguous ``[units, batch]`` buffer, one row per unit.  :func:`select_forward` runs each
-row through its unit's chosen activation in one vectorised loop, rows spread over ATen's
-threads, with no sorting and no gather (``kernels.cpp``).  :func:`select_backward`
-computes, in one pass over a row, the input gradient (from the saved output) and the row's
-sum of ``grad * act_k(x)`` for every pool member ``k``, the gradient of the
-straight-through sample.  Outputs and input gradients use ATen's vector formulas (equal to
-the registry's functions up to rounding); the sums build every member from one
-``exp(-|x|)`` per element (``expm1``, sigmoid and tanh of the paper pool), exact to about
-1e-7 per term in float32, where the accurate forms cost several times more.  The measured
-effect is in the README's Performance section.  Kernel codes come from activation names
-(:attr:`ActivationSpec.kernel`), so copies and pickles of a model use them too.
+In the MLP's units-first layout a selective or mixed layer holds its pre-activations in one
+contiguous ``[units, batch]`` buffer, one row per unit (``kernels.cpp``).
+
+* Phase 1: :func:`select_forward` runs each row through its unit's chosen activation in one
+  vectorised loop, rows spread over ATen's threads, with no sorting and no gather;
+  :func:`select_backward` computes, in one pass over a row, the input gradient (from the
+  saved output) and the row's sum of ``grad * act_k(x)`` for every pool member ``k``, the
+  gradient of the straight-through sample.
+* Phase 2: :func:`groups_forward` activates all of a mixed layer's contiguous groups in one
+  such pass (one call per layer instead of one per group, each group spread over the
+  threads even when it is below ATen's parallel grain), with its backward pass
+  (:func:`groups_backward`) registered for autograd in C++; :func:`groups_forward_` is the
+  in-place form of the inference plans.
+
+Activations use float32 forms of their own for exp, expm1, sigmoid and tanh: a range
+reduction and a Taylor polynomial, within 4 units of 2^-24 relative of the float64 values
+(tested; ATen's own float32 forms measure 1 - 2.5), where ATen's vector (Sleef) ``expm1``
+costs about 2 ns per element on this machine's cores, several times more.  float64 keeps
+ATen's forms.  The candidate sums build every member from one ``exp(-|x|)`` per element,
+exact to about 1e-7 per term in float32.  The measured effect is in the README's Performance
+section.  Kernel codes come from activation names (:attr:`ActivationSpec.kernel`), so copies
+and pickles of a model use them too.
 
 The source is compiled with torch's C++ extension tooling, for the vector instructions torch
 itself uses on this CPU (AVX512, AVX2 or none), the first time a process needs it (about
@@ -20,9 +30,9 @@ source, the flags, torch and Python, and loaded from there afterwards.  Builds g
 private temporary directory and are moved into place atomically, so processes that build at
 the same time (Ray workers on a fresh node) never wait on each other's locks.
 ``smartmixed kernels`` builds ahead of time (``make install`` and the Docker image run it).
-Without a compiler, or with ``SMARTMIXED_KERNELS=0``, the layer uses its Python path
+Without a compiler, or with ``SMARTMIXED_KERNELS=0``, the layers use their Python paths
 (sorting, one ATen call per group, the candidate sums basis function by basis function) and
-says so once.
+say so once.
 
 Environment: ``SMARTMIXED_KERNELS=0`` disables the kernels; ``SMARTMIXED_KERNELS_DIR``
 moves the cache (default ``$XDG_CACHE_HOME/smartmixed/kernels`` or
@@ -198,13 +208,20 @@ def off() -> Iterator[None]:
         _switched_off = before
 
 
-def usable(x: Tensor, dim: int) -> bool:
+def active() -> bool:
+    """The kernels are loaded and not switched :func:`off`."""
+    return not _switched_off and available()
+
+
+def usable(x: Tensor, dim: int, differentiable: bool = False) -> bool:
     """Whether the kernels can take ``x``: units on dimension 0 of a contiguous float32 or
-    float64 CPU matrix outside autograd (the ops have no autograd formula; the layer's own
-    backward calls :func:`select_backward`), unless switched :func:`off`."""
-    return (not _switched_off and dim == 0 and x.dim() == 2 and x.device.type == "cpu"
-            and x.dtype in _DTYPES and x.is_contiguous()
-            and not (x.requires_grad and torch.is_grad_enabled()) and available())
+    float64 CPU matrix, unless switched :func:`off`.  Only :func:`groups_forward` has an
+    autograd formula (``differentiable``); the selection ops need ``x`` outside autograd (the
+    layer's own backward calls :func:`select_backward`)."""
+    return (dim == 0 and x.dim() == 2 and x.device.type == "cpu" and x.dtype in _DTYPES
+            and x.is_contiguous()
+            and (differentiable or not (x.requires_grad and torch.is_grad_enabled()))
+            and active())
 
 
 @functools.cache
@@ -225,3 +242,21 @@ def select_backward(grad: Tensor, x: Tensor, out: Tensor, choice: Tensor,
     ``out``) and ``sums[u, k]``, the sum over the batch of ``grad * act_k(x)`` for every pool
     member ``k``, in one pass."""
     return torch.ops.smartmixed.select_backward(grad, x, out, choice, codes)
+
+
+def groups_forward(x: Tensor, sizes: Sequence[int], codes: Sequence[int]) -> Tensor:
+    """A mixed layer's activations: the ``g``-th contiguous block of ``sizes[g]`` rows of ``x``
+    (``[units, batch]``) through activation ``codes[g]``, into a new tensor.  Differentiable:
+    its backward pass (:func:`groups_backward` on the saved output) is registered in C++."""
+    return torch.ops.smartmixed.groups_forward(x, sizes, codes)
+
+
+def groups_forward_(x: Tensor, sizes: Sequence[int], codes: Sequence[int]) -> Tensor:
+    """:func:`groups_forward` in place."""
+    return torch.ops.smartmixed.groups_forward_(x, sizes, codes)
+
+
+def groups_backward(grad: Tensor, out: Tensor, sizes: Sequence[int],
+                    codes: Sequence[int]) -> Tensor:
+    """The input gradient of :func:`groups_forward` from its output ``out``."""
+    return torch.ops.smartmixed.groups_backward(grad, out, sizes, codes)

@@ -174,10 +174,15 @@ def straight_through(x: Tensor, y: Tensor, choice: Tensor, forms: SelectionForms
 
 
 def activate_groups(x: Tensor, sizes: Sequence[int], inplace: Sequence, grads: Sequence,
-                    dim: int) -> Tensor:
+                    dim: int, codes: Sequence[int] | None = None) -> Tensor:
     """``inplace[j]`` on the ``j``-th contiguous block of ``sizes[j]`` units of a copy of
     ``x`` (along ``dim``; empty blocks skipped), as one autograd node whose backward uses
-    ``grads`` (output-gradient forms, :class:`_GroupedInPlace`)."""
+    ``grads`` (output-gradient forms, :class:`_GroupedInPlace`).  With ``codes``, the
+    groups' kernel codes, a units-first CPU buffer goes through the compiled kernels instead:
+    one vectorised pass over all groups each way, the backward pass in C++
+    (:func:`kernels.groups_forward`)."""
+    if codes is not None and kernels.usable(x, dim, differentiable=True):
+        return kernels.groups_forward(x, sizes, codes)
     return _GroupedInPlace.apply(x, list(sizes), tuple(inplace), tuple(grads), dim)
 
 
@@ -325,12 +330,18 @@ class SelectiveActivation(nn.Module):
 @dataclass
 class InferencePlan:
     """A mixed layer's output buffer ``[units, batch]`` and its (in-place fn, rows) groups:
-    write the pre-activations into ``out``, then :meth:`activate`."""
+    write the pre-activations into ``out``, then :meth:`activate`.  With ``codes`` (the
+    groups' kernel codes, where the compiled kernels can take ``out``) one vectorised pass
+    activates every group (:func:`kernels.groups_forward_`)."""
 
     out: Tensor
     groups: list[tuple[Callable[[Tensor], Tensor], Tensor]]
+    codes: tuple[int, ...] | None = None
 
     def activate(self) -> Tensor:
+        if self.codes is not None and kernels.active():
+            return kernels.groups_forward_(self.out, [len(rows) for _, rows in self.groups],
+                                           self.codes)
         for fn, rows in self.groups:
             fn(rows)
         return self.out
@@ -358,6 +369,7 @@ class MixedActivation(nn.Module):
         used = [(n, c) for n, c in zip(self.pool, self.counts) if c]
         self._sizes = [c for _, c in used]
         self._inplace, self._grads = fused_forms([n for n, _ in used])
+        self._codes = kernels.codes(tuple(n for n, _ in used))
 
     @property
     def units(self) -> int:
@@ -380,11 +392,12 @@ class MixedActivation(nn.Module):
         if self._inplace is None:
             return None
         out = like.new_empty(self.units, batch)
-        return InferencePlan(out, list(zip(self._inplace, out.split(self._sizes))))
+        codes = self._codes if kernels.usable(out, 0) else None
+        return InferencePlan(out, list(zip(self._inplace, out.split(self._sizes))), codes)
 
     def _grouped(self, x: Tensor, dim: int) -> Tensor:
         if self._inplace is not None and (self._grads is not None or not torch.is_grad_enabled()):
-            return activate_groups(x, self._sizes, self._inplace, self._grads, dim)
+            return activate_groups(x, self._sizes, self._inplace, self._grads, dim, self._codes)
         return _grouped_apply(x, self.counts, self.candidates, dim)
 
     def extra_repr(self) -> str:

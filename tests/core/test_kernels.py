@@ -12,6 +12,7 @@ import torch
 from smartmixed_core import kernels
 from smartmixed_core.activations import ACTIVATIONS, POOLS
 from smartmixed_core.cli import main
+from smartmixed_core.freeze import freeze
 from smartmixed_core.layers import SelectiveActivation
 from smartmixed_core.models import MLP
 
@@ -77,8 +78,71 @@ def test_fused_selection_equals_the_registry_row_by_row(two_threads, dtype, batc
 
 
 @needs_kernels
-def test_selection_does_not_depend_on_the_number_of_threads():
-    """Random pools, choices, batches and thread counts: bitwise the values of one thread."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [128, 77])
+@pytest.mark.parametrize("pool", [PAPER, ("tanh", "selu"), ("elu", "relu", "sigmoid")])
+def test_groups_equal_the_registry_row_by_row(two_threads, dtype, batch, pool):
+    """A mixed layer's contiguous groups (one of them empty) in one pass: out of place, in
+    place, and the input gradient from the output."""
+    sizes = [70, 0, 130, 1, 60, 39][: len(pool)]
+    sizes[-1] += 300 - sum(sizes)
+    x = selection_input(300, batch, dtype)
+    before = x.clone()
+    g = torch.randn_like(x)
+    codes = kernels.codes(tuple(pool))
+    choice = torch.repeat_interleave(torch.arange(len(pool)), torch.tensor(sizes))
+    out = kernels.groups_forward(x, sizes, codes)
+    assert torch.equal(x, before)
+    ref_out, ref_gx, _ = selection_reference(x, g, choice, pool)
+    torch.testing.assert_close(out, ref_out)
+    assert torch.equal(out, kernels.select_forward(x, choice, codes))  # the same row loop
+    grad_x = kernels.groups_backward(g, out, sizes, codes)
+    torch.testing.assert_close(grad_x, ref_gx)
+    inplace = x.clone()
+    assert kernels.groups_forward_(inplace, sizes, codes) is inplace
+    assert torch.equal(inplace, out)
+    leaf = x.clone().requires_grad_(True)  # the C++ autograd node: same values, gradient
+    traced = kernels.groups_forward(leaf, sizes, codes)
+    assert "Groups" in traced.grad_fn.name() and torch.equal(traced.detach(), out)
+    traced.backward(g)
+    assert torch.equal(leaf.grad, grad_x)
+    if dtype == torch.float64:
+        gen = torch.Generator().manual_seed(0)  # away from the kinks at 0
+        small = torch.randn(300, 3, generator=gen, dtype=dtype).requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda t: kernels.groups_forward(t, sizes, codes), small)
+
+
+def float32_grid():
+    """Dense over the activations' range, tiny magnitudes of both signs, and edge values
+    (underflow of exp below -87, saturation, signed zeros, infinities)."""
+    tiny = torch.logspace(-40, 1.5, 200_000)
+    edges = torch.tensor([0.0, -0.0, -87.5, -87.0, -86.9, -103.0, -1e4, 1e4,
+                          float("inf"), float("-inf")])
+    return torch.cat([torch.linspace(-100, 100, 1_000_001), tiny, -tiny, edges])
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_float32_forms_are_accurate_to_a_few_units_in_the_last_place(name):
+    """The kernels' own float32 exp/expm1/sigmoid/tanh forms against float64 references:
+    relative error at most 4 units of 2^-24 (ATen's own float32 forms measure 1 - 2.5), or
+    below the smallest normal float where the true value is subnormal."""
+    x = float32_grid()
+    got = kernels.groups_forward(x.view(1, -1), [1], [ACTIVATIONS[name].kernel]).view(-1)
+    ref = ACTIVATIONS[name].fn(x.double())
+    assert torch.equal(torch.isnan(got), torch.isnan(ref))
+    finite = torch.isfinite(ref)
+    assert torch.equal(got[~finite].double(), ref[~finite])
+    err = (got[finite].double() - ref[finite]).abs()
+    assert (err <= 4 * 2.0**-24 * ref[finite].abs() + torch.finfo(torch.float32).tiny).all()
+    nan = torch.full((1, 3), float("nan"))
+    assert torch.isnan(kernels.groups_forward(nan, [1], [ACTIVATIONS[name].kernel])).all()
+
+
+@needs_kernels
+def test_kernels_do_not_depend_on_the_number_of_threads():
+    """Random pools, choices, groups, batches and thread counts: bitwise the values of one
+    thread."""
     gen = torch.Generator().manual_seed(5)
     before = torch.get_num_threads()
     try:
@@ -93,9 +157,13 @@ def test_selection_does_not_depend_on_the_number_of_threads():
             choice = torch.randint(0, k, (units,), generator=gen)
             codes = [ACTIVATIONS[n].kernel for n in names]
 
-            def selection(x=x, g=g, choice=choice, codes=codes):
+            sizes = torch.bincount(choice, minlength=k).tolist()  # groups, some empty
+
+            def selection(x=x, g=g, choice=choice, codes=codes, sizes=sizes):
                 out = kernels.select_forward(x, choice, codes)
-                return [out, *kernels.select_backward(g, x, out, choice, codes)]
+                grouped = kernels.groups_forward(x, sizes, codes)
+                return [out, *kernels.select_backward(g, x, out, choice, codes), grouped,
+                        kernels.groups_backward(g, grouped, sizes, codes)]
 
             torch.set_num_threads(int(torch.randint(2, 5, (), generator=gen)))
             many = selection()
@@ -119,6 +187,14 @@ def test_bad_input_is_refused():
         kernels.select_forward(x, torch.zeros(10, dtype=torch.long), list(range(7)))
     with pytest.raises(RuntimeError, match="contiguous"):
         kernels.select_forward(x.t(), torch.zeros(4, dtype=torch.long), [0])
+    with pytest.raises(RuntimeError, match="group sizes add up to 9, not 10 units"):
+        kernels.groups_forward(x, [4, 5], [0, 1])
+    with pytest.raises(RuntimeError, match="one code per group size"):
+        kernels.groups_forward(x, [4, 6], [0])
+    with pytest.raises(RuntimeError, match="no kernel for activation code 7"):
+        kernels.groups_forward_(x, [10], [7])
+    with pytest.raises(RuntimeError, match="grad and out of one shape"):
+        kernels.groups_backward(x[:9], x, [10], [0])
 
 
 def paper_mlp_outputs(dtype=torch.float32):
@@ -133,18 +209,26 @@ def paper_mlp_outputs(dtype=torch.float32):
     out.backward(torch.randn_like(out))
     with torch.no_grad():
         inference = net.eval()(x)
-    return [out.detach(), inference, x.grad, *(p.grad for p in net.parameters())]
+    results = [out.detach(), inference, x.grad, *(p.grad for p in net.parameters())]
+    mixed = freeze(net)  # phase 2: a train step and inference through the groups
+    x.grad = None
+    out = mixed.train()(x)
+    out.backward(torch.randn_like(out))
+    with torch.no_grad():
+        inference = mixed.eval()(x)
+    return [*results, out.detach(), inference, x.grad, *(p.grad for p in mixed.parameters())]
 
 
 @needs_kernels
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 def test_networks_agree_with_and_without_kernels(two_threads, dtype, tol):
-    """The fused selection uses ATen's vector formulas in its own loops, exp-based terms in
-    the logits' gradient and sums in another order: equal up to rounding."""
+    """Phase 1 and phase 2.  The kernels compute float32 activations with their own forms,
+    exp-based terms in the logits' gradient and sums in another order: equal up to
+    rounding."""
     with_kernels = paper_mlp_outputs(dtype)
     with kernels.off():
         without = paper_mlp_outputs(dtype)
-    assert len(with_kernels) == len(without) == 3 + 6 + 2  # ..., 2 layers of logits
+    assert len(with_kernels) == len(without) == (3 + 6 + 2) + (3 + 6)  # phase 1 has logits
     for a, b in zip(with_kernels, without):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
@@ -236,3 +320,17 @@ def test_copies_and_pickles_keep_the_kernels(monkeypatch):
         torch.manual_seed(1)
         assert torch.equal(other(x), expected)
         assert len(calls) == before + 1
+    mixed = freeze(net)
+    grouped = []
+    for name in ("groups_forward", "groups_forward_"):
+        real_op = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, f=real_op: grouped.append(1) or f(*a))
+    expected = mixed(x)
+    with torch.no_grad():
+        expected_inference = mixed.eval()(x)
+    assert len(grouped) == 2
+    for other in (copy.deepcopy(mixed), pickle.loads(pickle.dumps(mixed))):
+        assert torch.equal(other.train()(x), expected)
+        with torch.no_grad():
+            assert torch.equal(other.eval()(x), expected_inference)
+    assert len(grouped) == 6
