@@ -7,6 +7,9 @@
 "uniform mix" = plain MLPs of the same widths, one per pool activation, timed and averaged with
 the weights of the mixed net's activation mix: what the activations cost anyway.  Every
 train step uses the training loop's optimizer (:func:`make_optimizer`: fused Adam).
+"one-group mix" = the same uniform nets built from mixed layers with a single group (the mixed
+layer's layout and activation code: the compiled kernels' own float32 forms where they
+apply), so ``phase2_*_vs_one_group_mix`` is what grouping itself costs.
 ``kernels_*`` = the selective net with the compiled CPU kernels (:mod:`smartmixed_core.kernels`)
 over the same net on the layer's Python path, both timed in this run.
 """
@@ -27,7 +30,7 @@ from smartmixed_core import kernels
 from smartmixed_core.activations import ACTIVATIONS, POOLS
 from smartmixed_core.batched import BatchedMLP
 from smartmixed_core.freeze import freeze
-from smartmixed_core.layers import SelectiveActivation
+from smartmixed_core.layers import MixedActivation, SelectiveActivation
 from smartmixed_core.models import MLP, PAPER_ARCHITECTURES, REPRESENTATIVE
 from smartmixed_core.training import FitConfig, make_optimizer
 
@@ -106,6 +109,13 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
         a: MLP(in_f, hidden, classes, lambda i, n, a=a: ACTIVATIONS[a].module()).to(dev)
         for a in POOL
     }
+    # The same uniform nets as mixed nets with a single group: the mixed layer's own layout
+    # and activation code, so the mixed net over these measures what grouping costs.
+    one_group = {
+        a: MLP(in_f, hidden, classes, lambda i, n, a=a: MixedActivation(
+            POOL, [n if p == a else 0 for p in POOL])).to(dev)
+        for a in POOL
+    }
 
     def step(model: nn.Module) -> Callable[[], None]:
         opt = optimizer(model)
@@ -130,6 +140,8 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
 
     cases = {f"infer/uniform/{a}": timer(infer(m), sync) for a, m in uniform.items()}
     cases |= {f"train/uniform/{a}": timer(step(m), sync) for a, m in uniform.items()}
+    cases |= {f"infer/one_group/{a}": timer(infer(m), sync) for a, m in one_group.items()}
+    cases |= {f"train/one_group/{a}": timer(step(m), sync) for a, m in one_group.items()}
     cases |= {
         "infer/mixed": timer(infer(mixed), sync),
         "train/selective_python": timer(python_path(step(sel)), sync),
@@ -155,18 +167,21 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
     cases[f"train/selective_x{SEEDS}_batched"] = timer(step_batched, sync)
     t = measure(cases, repeats)
     mix = {
-        kind: sum(MIX[a] * t[f"{kind}/uniform/{a}"] for a in POOL) for kind in ("infer", "train")
+        (kind, nets): sum(MIX[a] * t[f"{kind}/{nets}/{a}"] for a in POOL)
+        for kind in ("infer", "train") for nets in ("uniform", "one_group")
     }
     return {
-        "phase2_infer_vs_uniform_mix": t["infer/mixed"] / mix["infer"],
-        "phase2_train_vs_uniform_mix": t["train/mixed"] / mix["train"],
-        "phase1_train_vs_uniform_mix": t["train/selective"] / mix["train"],
+        "phase2_infer_vs_uniform_mix": t["infer/mixed"] / mix["infer", "uniform"],
+        "phase2_train_vs_uniform_mix": t["train/mixed"] / mix["train", "uniform"],
+        "phase2_infer_vs_one_group_mix": t["infer/mixed"] / mix["infer", "one_group"],
+        "phase2_train_vs_one_group_mix": t["train/mixed"] / mix["train", "one_group"],
+        "phase1_train_vs_uniform_mix": t["train/selective"] / mix["train", "uniform"],
         "phase1_train_vs_stack_all_k": t["train/selective"] / t["train/stack_all_k"],
         f"seeds{SEEDS}_batched_train_vs_1_seed": t[f"train/selective_x{SEEDS}_batched"]
         / t["train/selective"],
         "kernels_phase1_train_vs_python_path": t["train/selective"] / t["train/selective_python"],
-        "gather_scatter_infer_vs_uniform_mix": t["infer/gather_scatter"] / mix["infer"],
-        "gather_scatter_train_vs_uniform_mix": t["train/gather_scatter"] / mix["train"],
+        "gather_scatter_infer_vs_uniform_mix": t["infer/gather_scatter"] / mix["infer", "uniform"],
+        "gather_scatter_train_vs_uniform_mix": t["train/gather_scatter"] / mix["train", "uniform"],
         "relu_infer_ms": 1e3 * t["infer/uniform/relu"],
         "relu_train_ms": 1e3 * t["train/uniform/relu"],
     }
