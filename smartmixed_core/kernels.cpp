@@ -8,8 +8,8 @@
 // the same pass over a row, the input gradient and the row's sum of grad * act_k(x) for every
 // pool member k (the gradient of the straight-through sample).  No sorting, no
 // [K, units, batch] stack.  groups_forward / groups_backward do the same for a mixed layer's
-// contiguous groups of rows, all groups in one pass each way, with the backward pass
-// registered for autograd here.  A row's values do not depend on the number of threads.
+// contiguous groups of rows (the layer's bias added on the way in), all groups in one pass
+// each way, with the backward pass registered for autograd here.  A row's values do not depend on the number of threads.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <array>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -205,6 +206,16 @@ T member_sum(int64_t code, const std::array<T, kBasis>& s) {
   return T(0);
 }
 
+// The sum of a vector's lanes in a fixed order: reproducible whatever the thread.
+template <typename T>
+T lane_sum(const Vectorized<T>& v) {
+  std::array<T, Vectorized<T>::size()> lanes;
+  v.store(lanes.data());
+  T sum = 0;
+  for (T lane : lanes) sum += lane;
+  return sum;
+}
+
 // Rows per task: about 8192 elements, so small layers stay on one thread.
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)); }
 
@@ -233,22 +244,37 @@ std::vector<int64_t> row_codes(const at::Tensor& choice, const at::Tensor& x,
   return codes;
 }
 
-// Row r of src ([rows, cols], contiguous) through activation code[r] into dst, which may be
-// src itself.
-void rows_forward(const at::Tensor& src, const at::Tensor& dst, const std::vector<int64_t>& code) {
+// Row r of src ([rows, cols], contiguous), plus bias[r] when a bias is given, through
+// activation code[r] into dst, which may be src itself.
+void rows_forward(const at::Tensor& src, const at::Tensor& dst, const std::vector<int64_t>& code,
+                  const std::optional<at::Tensor>& bias = std::nullopt) {
   const int64_t cols = src.size(1);
+  at::Tensor b;
+  if (bias.has_value()) {
+    b = bias->contiguous();
+    TORCH_CHECK(b.dim() == 1 && b.size(0) == src.size(0) && b.scalar_type() == src.scalar_type(),
+                "smartmixed: one bias per unit (row), of the input's dtype");
+  }
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "smartmixed_rows_forward", [&] {
     using V = Vectorized<scalar_t>;
     const scalar_t* xp = src.data_ptr<scalar_t>();
+    const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
     scalar_t* op = dst.data_ptr<scalar_t>();
     at::parallel_for(0, src.size(0), row_grain(cols), [&](int64_t first, int64_t last) {
       for (int64_t r = first; r < last; ++r) {
         const scalar_t* in = xp + r * cols;
         scalar_t* out = op + r * cols;
         with_activation<scalar_t>(code[r], [&](const auto& f) {
-          each_vector<scalar_t>(cols, [&](int64_t i, int64_t n) {
-            f(V::loadu(in + i, n)).store(out + i, n);
-          });
+          if (bp == nullptr) {
+            each_vector<scalar_t>(cols, [&](int64_t i, int64_t n) {
+              f(V::loadu(in + i, n)).store(out + i, n);
+            });
+          } else {
+            const V shift(bp[r]);
+            each_vector<scalar_t>(cols, [&](int64_t i, int64_t n) {
+              f(V::loadu(in + i, n) + shift).store(out + i, n);
+            });
+          }
         });
       }
     });
@@ -281,42 +307,53 @@ std::vector<int64_t> group_codes(const at::Tensor& x, at::IntArrayRef sizes,
   return code;
 }
 
-at::Tensor groups_forward(const at::Tensor& x, at::IntArrayRef sizes, at::IntArrayRef codes) {
+at::Tensor groups_forward(const at::Tensor& x, const std::optional<at::Tensor>& bias,
+                          at::IntArrayRef sizes, at::IntArrayRef codes) {
   at::Tensor out = at::empty_like(x);
-  rows_forward(x, out, group_codes(x, sizes, codes));
+  rows_forward(x, out, group_codes(x, sizes, codes), bias);
   return out;
 }
 
-at::Tensor& groups_forward_(at::Tensor& x, at::IntArrayRef sizes, at::IntArrayRef codes) {
-  rows_forward(x, x, group_codes(x, sizes, codes));
+at::Tensor& groups_forward_(at::Tensor& x, const std::optional<at::Tensor>& bias,
+                            at::IntArrayRef sizes, at::IntArrayRef codes) {
+  rows_forward(x, x, group_codes(x, sizes, codes), bias);
   return x;
 }
 
-// The input gradient of groups_forward from its output.
-at::Tensor groups_backward(const at::Tensor& grad_in, const at::Tensor& out,
-                           at::IntArrayRef sizes, at::IntArrayRef codes) {
+// (grad_x, grad_bias): the input gradient of groups_forward from its output, and its sum
+// over each row (the bias's gradient), in one pass.
+std::tuple<at::Tensor, at::Tensor> groups_backward(const at::Tensor& grad_in,
+                                                   const at::Tensor& out, at::IntArrayRef sizes,
+                                                   at::IntArrayRef codes) {
   const std::vector<int64_t> code = group_codes(out, sizes, codes);
   TORCH_CHECK(grad_in.sizes() == out.sizes(), "smartmixed: grad and out of one shape");
   const at::Tensor grad = grad_in.contiguous();
   at::Tensor grad_x = at::empty_like(out);
+  at::Tensor grad_bias = at::empty({out.size(0)}, out.options());
   const int64_t cols = out.size(1);
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "smartmixed_groups_backward", [&] {
     using V = Vectorized<scalar_t>;
     const scalar_t* yp = out.data_ptr<scalar_t>();
     const scalar_t* gp = grad.data_ptr<scalar_t>();
     scalar_t* gxp = grad_x.data_ptr<scalar_t>();
+    scalar_t* gbp = grad_bias.data_ptr<scalar_t>();
     at::parallel_for(0, out.size(0), row_grain(cols), [&](int64_t first, int64_t last) {
       for (int64_t r = first; r < last; ++r) {
         const int64_t off = r * cols;
+        V acc(scalar_t(0));
         with_gradient<scalar_t>(code[r], [&](const auto& df) {
           each_vector<scalar_t>(cols, [&](int64_t i, int64_t n) {
-            df(V::loadu(gp + off + i, n), V::loadu(yp + off + i, n)).store(gxp + off + i, n);
+            // A short last vector is zero-filled: zero gradients add nothing to the sum.
+            const V gx = df(V::loadu(gp + off + i, n), V::loadu(yp + off + i, n));
+            gx.store(gxp + off + i, n);
+            acc = acc + gx;
           });
         });
+        gbp[r] = lane_sum(acc);
       }
     });
   });
-  return grad_x;
+  return {grad_x, grad_bias};
 }
 
 // (grad_x, sums): the input gradient through each unit's chosen activation (from the saved
@@ -354,12 +391,7 @@ std::tuple<at::Tensor, at::Tensor> select_backward(const at::Tensor& grad_in, co
           });
         });
         std::array<scalar_t, kBasis> s;
-        for (int j = 0; j < kBasis; ++j) {  // lanes summed in a fixed order: reproducible
-          std::array<scalar_t, V::size()> lanes;
-          acc[j].store(lanes.data());
-          s[j] = 0;
-          for (scalar_t lane : lanes) s[j] += lane;
-        }
+        for (int j = 0; j < kBasis; ++j) s[j] = lane_sum(acc[j]);
         for (int64_t j = 0; j < k; ++j) sp[r * k + j] = member_sum<scalar_t>(pool[j], s);
       }
     });
@@ -373,27 +405,31 @@ std::tuple<at::Tensor, at::Tensor> select_backward(const at::Tensor& grad_in, co
 class Groups : public torch::autograd::Function<Groups> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            std::vector<int64_t> sizes, std::vector<int64_t> codes) {
+                            const std::optional<at::Tensor>& bias, std::vector<int64_t> sizes,
+                            std::vector<int64_t> codes) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    at::Tensor out = groups_forward(x, sizes, codes);
+    at::Tensor out = groups_forward(x, bias, sizes, codes);
     ctx->save_for_backward({out});
     ctx->saved_data["sizes"] = std::move(sizes);
     ctx->saved_data["codes"] = std::move(codes);
+    ctx->saved_data["bias"] = bias.has_value();
     return out;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const at::Tensor out = ctx->get_saved_variables()[0];
-    return {groups_backward(grads[0], out, ctx->saved_data["sizes"].toIntVector(),
-                            ctx->saved_data["codes"].toIntVector()),
-            at::Tensor(), at::Tensor()};
+    auto [grad_x, grad_bias] = groups_backward(grads[0], out,
+                                               ctx->saved_data["sizes"].toIntVector(),
+                                               ctx->saved_data["codes"].toIntVector());
+    if (!ctx->saved_data["bias"].toBool()) grad_bias = at::Tensor();
+    return {grad_x, grad_bias, at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor groups_forward_autograd(const at::Tensor& x, at::IntArrayRef sizes,
-                                   at::IntArrayRef codes) {
-  return Groups::apply(x, sizes.vec(), codes.vec());
+at::Tensor groups_forward_autograd(const at::Tensor& x, const std::optional<at::Tensor>& bias,
+                                   at::IntArrayRef sizes, at::IntArrayRef codes) {
+  return Groups::apply(x, bias, sizes.vec(), codes.vec());
 }
 
 }  // namespace
@@ -402,9 +438,10 @@ TORCH_LIBRARY(smartmixed, m) {
   m.def("select_forward(Tensor x, Tensor choice, int[] codes) -> Tensor");
   m.def("select_backward(Tensor grad, Tensor x, Tensor out, Tensor choice, int[] codes)"
         " -> (Tensor, Tensor)");
-  m.def("groups_forward(Tensor x, int[] sizes, int[] codes) -> Tensor");
-  m.def("groups_forward_(Tensor(a!) x, int[] sizes, int[] codes) -> Tensor(a!)");
-  m.def("groups_backward(Tensor grad, Tensor out, int[] sizes, int[] codes) -> Tensor");
+  m.def("groups_forward(Tensor x, Tensor? bias, int[] sizes, int[] codes) -> Tensor");
+  m.def("groups_forward_(Tensor(a!) x, Tensor? bias, int[] sizes, int[] codes) -> Tensor(a!)");
+  m.def("groups_backward(Tensor grad, Tensor out, int[] sizes, int[] codes)"
+        " -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(smartmixed, CPU, m) {

@@ -8,11 +8,11 @@ contiguous ``[units, batch]`` buffer, one row per unit (``kernels.cpp``).
   :func:`select_backward` computes, in one pass over a row, the input gradient (from the
   saved output) and the row's sum of ``grad * act_k(x)`` for every pool member ``k``, the
   gradient of the straight-through sample.
-* Phase 2: :func:`groups_forward` activates all of a mixed layer's contiguous groups in one
-  such pass (one call per layer instead of one per group, each group spread over the
-  threads even when it is below ATen's parallel grain), with its backward pass
-  (:func:`groups_backward`) registered for autograd in C++; :func:`groups_forward_` is the
-  in-place form of the inference plans.
+* Phase 2: :func:`groups_forward` adds the layer's bias and activates all of a mixed
+  layer's contiguous groups in one such pass (one call per layer instead of one per group,
+  each group spread over the threads even when it is below ATen's parallel grain), with its
+  backward pass (:func:`groups_backward`: the input gradient and the bias's) registered for
+  autograd in C++; :func:`groups_forward_` is the in-place form of the inference plans.
 
 Activations use float32 forms of their own for exp, expm1, sigmoid and tanh: a range
 reduction and a Taylor polynomial, within 4 units of 2^-24 relative of the float64 values
@@ -194,7 +194,7 @@ def _registered() -> bool:
 
 
 _switched_off = False
-_DTYPES = (torch.float32, torch.float64)
+DTYPES = (torch.float32, torch.float64)
 
 
 @contextlib.contextmanager
@@ -218,7 +218,7 @@ def usable(x: Tensor, dim: int, differentiable: bool = False) -> bool:
     float64 CPU matrix, unless switched :func:`off`.  Only :func:`groups_forward` has an
     autograd formula (``differentiable``); the selection ops need ``x`` outside autograd (the
     layer's own backward calls :func:`select_backward`)."""
-    return (dim == 0 and x.dim() == 2 and x.device.type == "cpu" and x.dtype in _DTYPES
+    return (dim == 0 and x.dim() == 2 and x.device.type == "cpu" and x.dtype in DTYPES
             and x.is_contiguous()
             and (differentiable or not (x.requires_grad and torch.is_grad_enabled()))
             and active())
@@ -244,19 +244,23 @@ def select_backward(grad: Tensor, x: Tensor, out: Tensor, choice: Tensor,
     return torch.ops.smartmixed.select_backward(grad, x, out, choice, codes)
 
 
-def groups_forward(x: Tensor, sizes: Sequence[int], codes: Sequence[int]) -> Tensor:
+def groups_forward(x: Tensor, sizes: Sequence[int], codes: Sequence[int],
+                   bias: Tensor | None = None) -> Tensor:
     """A mixed layer's activations: the ``g``-th contiguous block of ``sizes[g]`` rows of ``x``
-    (``[units, batch]``) through activation ``codes[g]``, into a new tensor.  Differentiable:
-    its backward pass (:func:`groups_backward` on the saved output) is registered in C++."""
-    return torch.ops.smartmixed.groups_forward(x, sizes, codes)
+    (``[units, batch]``), plus ``bias`` (one per row) if given, through activation
+    ``codes[g]``, into a new tensor.  Differentiable in ``x`` and ``bias``: its backward pass
+    (:func:`groups_backward` on the saved output) is registered in C++."""
+    return torch.ops.smartmixed.groups_forward(x, bias, sizes, codes)
 
 
-def groups_forward_(x: Tensor, sizes: Sequence[int], codes: Sequence[int]) -> Tensor:
+def groups_forward_(x: Tensor, sizes: Sequence[int], codes: Sequence[int],
+                    bias: Tensor | None = None) -> Tensor:
     """:func:`groups_forward` in place."""
-    return torch.ops.smartmixed.groups_forward_(x, sizes, codes)
+    return torch.ops.smartmixed.groups_forward_(x, bias, sizes, codes)
 
 
 def groups_backward(grad: Tensor, out: Tensor, sizes: Sequence[int],
-                    codes: Sequence[int]) -> Tensor:
-    """The input gradient of :func:`groups_forward` from its output ``out``."""
+                    codes: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """``(grad_x, grad_bias)`` of :func:`groups_forward` from its output ``out``: the input
+    gradient and its sum over each row, in one pass."""
     return torch.ops.smartmixed.groups_backward(grad, out, sizes, codes)

@@ -122,7 +122,7 @@ class _MLPInference:
     """A mixed MLP's inference buffers and views for one (batch, device, dtype, thread)."""
 
     sources: list[tuple[dict, str, Tensor, int]]  # (module params, name, param, data_ptr)
-    layers: list[tuple[Tensor, Tensor, InferencePlan]]  # (weight, bias column, slot buffer)
+    layers: list[tuple[Tensor, Tensor, InferencePlan]]  # (weight, bias, slot buffer)
     head: tuple[Tensor, Tensor]  # (weight transposed, bias)
 
     def current(self) -> bool:
@@ -165,12 +165,11 @@ class MLP(Backbone):
             h.shape[1], h)
         if plan is not None:
             for weight, bias, slot in plan.layers:
-                torch.addmm(bias, weight, h, out=slot.out)
-                h = slot.activate()
+                h = slot.linear(weight, bias, h)
             head_w, head_b = plan.head
             return torch.addmm(head_b, h.t(), head_w)
         for linear, act in zip(self.linears, self.acts):
-            h = act.forward_units_first(torch.addmm(linear.bias.unsqueeze(1), linear.weight, h))
+            h = act.linear_units_first(linear.weight, linear.bias, h)
         return torch.addmm(self.head.bias, h.t(), self.head.weight.t())
 
     def _inference_plan(self, batch: int, like: Tensor) -> _MLPInference | None:
@@ -189,7 +188,7 @@ class MLP(Backbone):
         params = [m._parameters for m in (*self.linears, self.head)]
         plan = _MLPInference(
             [(p, name, p[name], p[name].data_ptr()) for p in params for name in ("weight", "bias")],
-            [(lin.weight, lin.bias.unsqueeze(1), slot) for lin, slot in zip(self.linears, slots)],
+            [(lin.weight, lin.bias, slot) for lin, slot in zip(self.linears, slots)],
             (self.head.weight.t(), self.head.bias),
         )
         while len(self._plans) >= _MAX_PLANS:

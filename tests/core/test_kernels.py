@@ -96,8 +96,9 @@ def test_groups_equal_the_registry_row_by_row(two_threads, dtype, batch, pool):
     ref_out, ref_gx, _ = selection_reference(x, g, choice, pool)
     torch.testing.assert_close(out, ref_out)
     assert torch.equal(out, kernels.select_forward(x, choice, codes))  # the same row loop
-    grad_x = kernels.groups_backward(g, out, sizes, codes)
+    grad_x, grad_bias = kernels.groups_backward(g, out, sizes, codes)
     torch.testing.assert_close(grad_x, ref_gx)
+    torch.testing.assert_close(grad_bias, ref_gx.sum(1))
     inplace = x.clone()
     assert kernels.groups_forward_(inplace, sizes, codes) is inplace
     assert torch.equal(inplace, out)
@@ -106,10 +107,21 @@ def test_groups_equal_the_registry_row_by_row(two_threads, dtype, batch, pool):
     assert "Groups" in traced.grad_fn.name() and torch.equal(traced.detach(), out)
     traced.backward(g)
     assert torch.equal(leaf.grad, grad_x)
+    bias = torch.randn(300, dtype=dtype)  # the layer's bias, added in the same pass
+    biased = kernels.groups_forward(x, sizes, codes, bias)
+    ref_biased, ref_biased_gx, _ = selection_reference(x + bias[:, None], g, choice, pool)
+    torch.testing.assert_close(biased, ref_biased)
+    assert torch.equal(kernels.groups_forward_(x.clone(), sizes, codes, bias), biased)
+    leaf, leaf_bias = x.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    kernels.groups_forward(leaf, sizes, codes, leaf_bias).backward(g)
+    torch.testing.assert_close(leaf.grad, ref_biased_gx)
+    torch.testing.assert_close(leaf_bias.grad, ref_biased_gx.sum(1))
     if dtype == torch.float64:
         gen = torch.Generator().manual_seed(0)  # away from the kinks at 0
         small = torch.randn(300, 3, generator=gen, dtype=dtype).requires_grad_(True)
-        assert torch.autograd.gradcheck(lambda t: kernels.groups_forward(t, sizes, codes), small)
+        shift = torch.randn(300, generator=gen, dtype=dtype).mul(0.1).requires_grad_(True)
+        assert torch.autograd.gradcheck(
+            lambda t, b: kernels.groups_forward(t, sizes, codes, b), (small, shift))
 
 
 def float32_grid():
@@ -158,12 +170,13 @@ def test_kernels_do_not_depend_on_the_number_of_threads():
             codes = [ACTIVATIONS[n].kernel for n in names]
 
             sizes = torch.bincount(choice, minlength=k).tolist()  # groups, some empty
+            bias = torch.randn(units, generator=gen, dtype=dtype)
 
-            def selection(x=x, g=g, choice=choice, codes=codes, sizes=sizes):
+            def selection(x=x, g=g, choice=choice, codes=codes, sizes=sizes, bias=bias):
                 out = kernels.select_forward(x, choice, codes)
-                grouped = kernels.groups_forward(x, sizes, codes)
+                grouped = kernels.groups_forward(x, sizes, codes, bias)
                 return [out, *kernels.select_backward(g, x, out, choice, codes), grouped,
-                        kernels.groups_backward(g, grouped, sizes, codes)]
+                        *kernels.groups_backward(g, grouped, sizes, codes)]
 
             torch.set_num_threads(int(torch.randint(2, 5, (), generator=gen)))
             many = selection()
@@ -195,6 +208,8 @@ def test_bad_input_is_refused():
         kernels.groups_forward_(x, [10], [7])
     with pytest.raises(RuntimeError, match="grad and out of one shape"):
         kernels.groups_backward(x[:9], x, [10], [0])
+    with pytest.raises(RuntimeError, match="one bias per unit"):
+        kernels.groups_forward(x, [10], [0], torch.zeros(4))
 
 
 def paper_mlp_outputs(dtype=torch.float32):
