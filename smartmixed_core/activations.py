@@ -36,8 +36,8 @@ class ActivationSpec:
     ``basis`` writes the activation as a linear combination of other registry activations
     and :data:`IDENTITY` (``(name, coefficient)`` pairs), exact up to rounding; see
     :func:`candidate_basis`.  ``kernel`` is the activation's code in the compiled CPU
-    kernels of the selective layer (``kernels.cpp``, :mod:`smartmixed_core.kernels`), None
-    when they lack it.
+    kernels of the selective and mixed layers (``kernels.cpp``,
+    :mod:`smartmixed_core.kernels`), None when they lack it.
     """
 
     name: str

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -341,6 +341,10 @@ class InferencePlan:
     out: Tensor
     groups: list[tuple[Callable[[Tensor], Tensor], Tensor]]
     codes: tuple[int, ...] | None = None
+    sizes: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sizes = [len(rows) for _, rows in self.groups]
 
     def _kernels(self) -> bool:
         return self.codes is not None and kernels.active()
@@ -349,20 +353,17 @@ class InferencePlan:
         """``out = act(weight @ h + bias[:, None])``."""
         if self._kernels():
             torch.mm(weight, h, out=self.out)
-            return kernels.groups_forward_(self.out, self.sizes(), self.codes, bias)
+            return kernels.groups_forward_(self.out, self.sizes, self.codes, bias)
         torch.addmm(bias.unsqueeze(1), weight, h, out=self.out)
         return self.activate()
 
     def activate(self) -> Tensor:
         """Activate ``out`` in place."""
         if self._kernels():
-            return kernels.groups_forward_(self.out, self.sizes(), self.codes)
+            return kernels.groups_forward_(self.out, self.sizes, self.codes)
         for fn, rows in self.groups:
             fn(rows)
         return self.out
-
-    def sizes(self) -> list[int]:
-        return [len(rows) for _, rows in self.groups]
 
 
 class MixedActivation(nn.Module):
