@@ -25,7 +25,8 @@ RUN pip install --no-cache-dir "mlflow==${MLFLOW_VERSION}" "psycopg2-binary==${P
     && mkdir -p /mlartifacts \
     && chown mlflow:mlflow /mlartifacts
 
-USER mlflow
+# Numeric uid:gid (hadolint DL3066): see docker/Dockerfile.
+USER 1000:1000
 WORKDIR /home/mlflow
 EXPOSE 5000
 
