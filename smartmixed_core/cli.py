@@ -21,7 +21,7 @@ import typer
 
 from smartmixed_core.activations import POOLS
 from smartmixed_core.config import METHODS_HELP, RunConfig
-from smartmixed_core.data import DATASETS
+from smartmixed_core.data import DATASETS, check_data
 from smartmixed_core.errors import ConfigError
 
 app = typer.Typer(
@@ -133,8 +133,7 @@ def train(
         entropy_weight=entropy_weight,
         device=device,
     )
-    if data_dir is not None and not data_dir.is_dir():
-        raise ConfigError("data_dir", f"{data_dir} is not a readable directory")
+    check_data(cfg.dataset, cfg.data_dir, cfg.download)  # before anything is trained
     if out.exists() and not out.is_dir():
         raise ConfigError("out", f"{out} exists and is not a directory")
     if batch_seeds == "on" and (reason := batchable(cfg)) is not None:

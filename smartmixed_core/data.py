@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import pickle
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -84,31 +85,94 @@ def _sklearn(loader: str, as_image: bool) -> Callable[[Path | None, bool], RawDa
     return load
 
 
-def _missing(name: str, folder: Path, files: list[str]) -> DataError:
-    return DataError(
-        "data_dir",
-        f"{name} not found: expected {', '.join(files)} under "
-        f"{folder} (pass --download to fetch them)",
-    )
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte")
+DISK_FILES: dict[str, tuple[str, ...]] = {
+    "mnist": tuple(f"MNIST/raw/{f}" for f in _MNIST_FILES),
+    "fashion_mnist": tuple(f"FashionMNIST/raw/{f}" for f in _MNIST_FILES),
+    "cifar10": tuple(f"cifar-10-batches-py/{n}"
+                     for n in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]),
+    "svhn": ("train_32x32.mat", "test_32x32.mat"),
+}
+"""The files each on-disk dataset reads, relative to ``data_dir`` (torchvision's layout)."""
+
+
+def check_data(name: str, data_dir: str | Path | None, download: bool = False) -> None:
+    """Raise :class:`DataError` unless ``name`` can be loaded, without reading it: an embedded
+    dataset always can; an on-disk one needs every file of :data:`DISK_FILES` under
+    ``data_dir``, or ``download`` and a folder that exists or can be created."""
+    files = DISK_FILES.get(name)
+    if files is None:
+        return
+    if data_dir is None:
+        raise DataError("data_dir", f"{name} is read from disk: pass --data-dir")
+    root = Path(data_dir)
+    if download:
+        _creatable(root)
+        return
+    if not root.is_dir():
+        raise DataError("data_dir", f"{root} is not a readable directory "
+                        f"(or pass --download to create it and fetch {name})")
+    missing = [f for f in files if not (root / f).is_file()]
+    if missing:
+        raise DataError("data_dir", f"{name} not found: missing {', '.join(missing)} under "
+                        f"{root} (pass --download to fetch them)")
+
+
+def _creatable(root: Path) -> None:
+    """``root`` is a folder, or the nearest existing folder above it is writable."""
+    import os
+
+    if root.exists():
+        if not root.is_dir():
+            raise DataError("data_dir", f"{root} exists and is not a directory")
+        return
+    parent = root.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        raise DataError("data_dir", f"cannot create {root}: {parent} is not a writable directory")
+
+
+def _fetched(name: str, data_dir: Path | None, download: bool,
+             fetch: Callable[[Path], object]) -> Path:
+    """``data_dir`` with every file of ``name`` present: with ``download``, the folder is
+    created and ``fetch(root)`` downloads what is missing.  A failed download says why and
+    leaves the disk as it was (what it created is removed)."""
+    check_data(name, data_dir, download)
+    assert data_dir is not None
+    if download and not all((data_dir / f).is_file() for f in DISK_FILES[name]):
+        top = data_dir.absolute()  # the highest folder this call creates, if any
+        while not top.parent.exists():
+            top = top.parent
+        before = set(data_dir.iterdir()) if data_dir.exists() else None
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            fetch(data_dir)
+        except Exception as exc:  # network errors come in many types
+            if before is None:
+                shutil.rmtree(top, ignore_errors=True)
+            else:
+                for entry in set(data_dir.iterdir()) - before:
+                    if entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink()
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise DataError("download", f"could not download {name} into {data_dir}: "
+                            f"{reason[:300]}") from None
+        check_data(name, data_dir)  # the download must have left every file
+    return data_dir
 
 
 def _torchvision_mnist(cls_name: str, name: str) -> Callable[[Path | None, bool], RawData]:
-    files = [
-        "train-images-idx3-ubyte",
-        "train-labels-idx1-ubyte",
-        "t10k-images-idx3-ubyte",
-        "t10k-labels-idx1-ubyte",
-    ]
-
     def load(data_dir: Path | None, download: bool) -> RawData:
         import torchvision
 
-        root = _root(data_dir, name)
         cls = getattr(torchvision.datasets, cls_name)
-        try:
-            tr, te = (cls(str(root), train=t, download=download) for t in (True, False))
-        except RuntimeError:
-            raise _missing(name, root / cls_name / "raw", files) from None
+        root = str(_fetched(name, data_dir, download,
+                            lambda r: [cls(str(r), train=t, download=True) for t in (True, False)]))
+        tr, te = (cls(root, train=t, download=False) for t in (True, False))
         return RawData(
             tr.data[:, None].numpy(),
             tr.targets.numpy(),
@@ -122,15 +186,12 @@ def _torchvision_mnist(cls_name: str, name: str) -> Callable[[Path | None, bool]
 
 
 def _cifar10(data_dir: Path | None, download: bool) -> RawData:
-    root = _root(data_dir, "cifar10")
-    folder = root / "cifar-10-batches-py"
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    if download and not all((folder / n).exists() for n in names):
+    def fetch(root: Path) -> None:
         import torchvision
 
-        _download(lambda: torchvision.datasets.CIFAR10(str(root), download=True), "cifar10")
-    if not all((folder / n).exists() for n in names):
-        raise _missing("cifar10", folder, names)
+        torchvision.datasets.CIFAR10(str(root), download=True)
+
+    folder = _fetched("cifar10", data_dir, download, fetch) / "cifar-10-batches-py"
 
     def read(n: str) -> tuple[np.ndarray, np.ndarray]:
         with open(folder / n, "rb") as f:
@@ -140,7 +201,7 @@ def _cifar10(data_dir: Path | None, download: bool) -> RawData:
             np.asarray(d[b"labels"]),
         )
 
-    train = [read(n) for n in names[:-1]]
+    train = [read(f"data_batch_{i}") for i in range(1, 6)]
     xte, yte = read("test_batch")
     return RawData(
         np.concatenate([x for x, _ in train]),
@@ -155,38 +216,19 @@ def _cifar10(data_dir: Path | None, download: bool) -> RawData:
 def _svhn(data_dir: Path | None, download: bool) -> RawData:
     from scipy.io import loadmat
 
-    root = _root(data_dir, "svhn")
-    names = ["train_32x32.mat", "test_32x32.mat"]
-    if download and not all((root / n).exists() for n in names):
+    def fetch(root: Path) -> None:
         import torchvision
 
         for split in ("train", "test"):
-            _download(
-                lambda s=split: torchvision.datasets.SVHN(str(root), split=s, download=True), "svhn"
-            )
-    if not all((root / n).exists() for n in names):
-        raise _missing("svhn", root, names)
+            torchvision.datasets.SVHN(str(root), split=split, download=True)
+
+    root = _fetched("svhn", data_dir, download, fetch)
     arrays = []
-    for n in names:
+    for n in DISK_FILES["svhn"]:
         m = loadmat(root / n)
         # Stored as [32, 32, 3, N]; label 10 means digit 0.
         arrays += [np.transpose(m["X"], (3, 2, 0, 1)), m["y"].reshape(-1) % 10]
     return RawData(*arrays, scale=255.0, standardize=False)
-
-
-def _root(data_dir: Path | None, name: str) -> Path:
-    if data_dir is None:
-        raise DataError("data_dir", f"{name} is read from disk: pass --data-dir")
-    if not data_dir.is_dir():
-        raise DataError("data_dir", f"{data_dir} is not a readable directory")
-    return data_dir
-
-
-def _download(fetch: Callable[[], object], name: str) -> None:
-    try:
-        fetch()
-    except Exception as exc:  # network errors come in many types
-        raise DataError("download", f"could not download {name}: {exc}".splitlines()[0]) from None
 
 
 DATASETS: dict[str, Callable[[Path | None, bool], RawData]] = {

@@ -40,7 +40,7 @@ from sweeps.redact import (
     use_credentials,
     without_password,
 )
-from sweeps.spec import SweepSpec, parse_spec, spec_doc
+from sweeps.spec import SweepSpec, absolute_data_dir, check_datasets, parse_spec, spec_doc
 from sweeps.trial import SweepContext
 
 SPEC_FILE = "sweep.yaml"
@@ -344,6 +344,7 @@ def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | Non
     check_address(address)
     if tracking_uri:
         spec = parse_spec({**spec_doc(spec), "tracking_uri": tracking_uri})
+    spec = absolute_data_dir(spec)
     given = tracking.normalize_uri(spec.tracking_uri)
     uri = use_credentials(given)  # http(s): user/password -> MLFLOW_TRACKING_* variables
     spec = spec.model_copy(update={"tracking_uri": without_password(given)})
@@ -357,6 +358,8 @@ def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | Non
         from sweeps.space import grid
 
         grid(spec)  # a range in a grid space is a spec error, reported now
+    if address is None:  # a cluster's workers read their own disks
+        check_datasets(spec)
     _check_server(uri, given)
     logged = {**saved, "tracking_uri": redact_uri(given)}
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from smartmixed_core.activations import resolve_pool
 from smartmixed_core.config import METHOD_KINDS, RunConfig
-from smartmixed_core.data import DATASETS
+from smartmixed_core.data import DATASETS, DataError, check_data
 from smartmixed_core.errors import ConfigError, choice_error
 from smartmixed_core.models import PAPER_ARCHITECTURES
 from sweeps import schema, tracking
@@ -349,6 +349,33 @@ def _check_configs(spec: SweepSpec) -> None:
                 raise ConfigError(where, f"bad value {value!r} ({exc})") from None
     if spec.resources.gpu == 0 and spec.base().get("device", "auto").startswith("cuda"):
         raise ConfigError("fixed.device", "device is cuda but resources.gpu is 0")
+
+
+def absolute_data_dir(spec: SweepSpec) -> SweepSpec:
+    """``spec`` with a relative ``fixed.data_dir`` made absolute against the current folder:
+    Ray runs every trial in a folder of its own, where a relative path means nothing."""
+    data_dir = spec.fixed.get("data_dir")
+    if not isinstance(data_dir, str) or not data_dir or Path(data_dir).expanduser().is_absolute():
+        return spec
+    absolute = str(Path(data_dir).expanduser().absolute())
+    return spec.model_copy(update={"fixed": {**spec.fixed, "data_dir": absolute}})
+
+
+def check_datasets(spec: SweepSpec) -> None:
+    """Every dataset the sweep's trials read is there (folder and files), or will be
+    downloaded into a folder that can be created: checked on the driver before anything
+    starts, so a missing folder is one error line, not every trial crashing."""
+    base = spec.base()
+    names = {base["dataset"]}
+    if "dataset" in spec.search.space:
+        names |= set(spec.search.space["dataset"].values)
+    for name in sorted(names):
+        try:
+            check_data(name, base.get("data_dir"), bool(base.get("download", False)))
+        except DataError as exc:
+            hint = exc.message.replace("pass --download", "set fixed.download: true")
+            raise ConfigError(f"fixed.{exc.field}",
+                              hint.replace("pass --data-dir", "set fixed.data_dir")) from None
 
 
 def _first_field(spec: SweepSpec, field: str) -> str:

@@ -3,12 +3,13 @@ datasets' own on-disk formats (written here; no download)."""
 
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from smartmixed_core.data import DATASETS, DataError, _load_raw, load_dataset
+from smartmixed_core.data import DATASETS, DataError, _load_raw, check_data, load_dataset
 from smartmixed_core.errors import ConfigError
 
 
@@ -144,3 +145,69 @@ def test_bad_arguments():
         load_dataset("mnist")
     with pytest.raises(ConfigError, match="val_fraction"):
         load_dataset("digits", val_fraction=1.5)
+
+
+def _fake_mnist_class(monkeypatch, fail: str | None = None):
+    """torchvision's MNIST whose download writes tiny files (or fails with ``fail``)."""
+    import torchvision
+
+    real = torchvision.datasets.MNIST
+    calls = []
+
+    def fake(root, train=True, download=False):
+        if download:
+            calls.append(root)
+            if fail:  # as torchvision does: a partial file, then the error
+                (Path(root) / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
+                (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"x")
+                raise RuntimeError(fail)
+            if not (Path(root) / "MNIST").exists():
+                fake_mnist(Path(root))
+        return real(root, train=train, download=False)
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", fake)
+    return calls
+
+
+def test_download_creates_a_missing_folder(tmp_path, monkeypatch):
+    calls = _fake_mnist_class(monkeypatch)
+    target = tmp_path / "new" / "data"
+    _load_raw.cache_clear()
+    d = load_dataset("mnist", target, download=True)
+    assert target.is_dir() and calls and len(d.y_test) == 30
+    _load_raw.cache_clear()
+    load_dataset("mnist", target, download=True)  # files present: nothing is fetched again
+    assert len(calls) == 2
+
+
+def test_failed_download_says_what_failed(tmp_path, monkeypatch):
+    _fake_mnist_class(monkeypatch, fail="Error downloading train-images-idx3-ubyte.gz")
+    _load_raw.cache_clear()
+    with pytest.raises(DataError) as err:
+        load_dataset("mnist", tmp_path / "data", download=True)
+    msg = str(err.value)
+    assert err.value.field == "download" and "Error downloading" in msg
+    assert "pass --download" not in msg
+    assert list(tmp_path.iterdir()) == []  # the folder it created is gone again
+    (tmp_path / "kept").mkdir()
+    _load_raw.cache_clear()
+    with pytest.raises(DataError, match="could not download"):
+        load_dataset("mnist", tmp_path / "kept", download=True)
+    assert list((tmp_path / "kept").iterdir()) == []  # an existing folder stays, without
+    # what the failed download wrote
+
+
+def test_check_data_names_the_problem_without_reading(tmp_path):
+    check_data("digits", None)  # embedded: nothing to check
+    with pytest.raises(DataError, match="not a readable directory"):
+        check_data("mnist", tmp_path / "absent")
+    fake_mnist(tmp_path)
+    check_data("mnist", tmp_path)
+    (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match="missing MNIST/raw/t10k-labels-idx1-ubyte"):
+        check_data("mnist", tmp_path)
+    check_data("mnist", tmp_path / "absent", download=True)  # would be created
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(DataError, match="cannot create"):
+        check_data("mnist", blocker / "sub", download=True)

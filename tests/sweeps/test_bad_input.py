@@ -145,6 +145,14 @@ CASES: list[Case] = [
     ("spec-path-missing", lambda t: [*RUN, str(t / "nope.yaml")], "spec"),
     ("unknown-preset", lambda t: [*RUN, "quik"], "spec"),
     ("spec-argument-missing", lambda t: [*RUN], "spec"),
+    # -- data: folder and files, per dataset, before Ray or MLflow start ---------------------
+    ("data-dir-missing", lambda t: [*RUN, spec(t, dataset="mnist", fixed={
+        **FIXED, "data_dir": "data"})], "fixed.data_dir"),
+    ("data-dir-not-given", lambda t: [*RUN, spec(t, dataset="mnist")], "fixed.data_dir"),
+    ("data-files-missing", lambda t: ((t / "data" / "MNIST").mkdir(parents=True), [
+        *RUN, spec(t, dataset="cifar10", fixed={**FIXED, "data_dir": str(t / "data")})])[1],
+     "fixed.data_dir"),
+    ("data-preset-without-data", lambda t: [*RUN, "paper", "--smoke-test"], "fixed.data_dir"),
     # -- --set overrides -----------------------------------------------------------------
     ("set-without-equals", lambda t: [*RUN, spec(t), "--set", "seeds"], "--set"),
     ("set-unknown-key", lambda t: [*RUN, spec(t), "--set", "colour=red"], "colour"),

@@ -110,3 +110,18 @@ def test_batch_seeds_off_reads_from_bare_yaml_and_set(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_spec(path, ["batch_seeds=on"])  # `on` is YAML true, and not a choice
     assert err.value.field == "batch_seeds"
+
+
+def test_relative_data_dir_is_made_absolute_for_the_trials(tmp_path, monkeypatch):
+    from sweeps.spec import absolute_data_dir, check_datasets
+
+    monkeypatch.chdir(tmp_path)
+    spec = _spec(dataset="mnist", fixed={"epochs": 10, "transition_epoch": 3,
+                                         "data_dir": "./data"})
+    resolved = absolute_data_dir(spec)
+    assert resolved.fixed["data_dir"] == str(tmp_path / "data")
+    assert absolute_data_dir(resolved) == resolved and absolute_data_dir(_spec()) == _spec()
+    with pytest.raises(ConfigError) as err:
+        check_datasets(resolved)
+    assert err.value.field == "fixed.data_dir" and "fixed.download: true" in err.value.message
+    check_datasets(_spec(dataset="mnist", fixed={**resolved.fixed, "download": True}))
