@@ -22,6 +22,24 @@ TABULAR_DATASETS = ("breast_cancer",)
 DEFAULT_CONV_CHANNELS = "32-64-128-256"
 
 
+USED_BY: dict[str, tuple[str, ...]] = {
+    "temperature": ("smartmixed", "selective"),
+    "temperature_end": ("smartmixed", "selective"),
+    "temperature_schedule": ("smartmixed", "selective"),
+    "transition_epoch": ("smartmixed",),
+    "phase2_init": ("smartmixed",),
+    "gate": ("adact", "gated"),
+    "gate_temperature": ("gated",),
+    "entropy_weight": ("gated",),
+}
+"""RunConfig settings that only some method kinds use; every other kind ignores them."""
+
+
+def uses(kind: str, setting: str) -> bool:
+    """Whether a method of ``kind`` (``smartmixed``, ``fixed``, ...) uses ``setting``."""
+    return kind in USED_BY.get(setting, (kind,))
+
+
 @dataclass(frozen=True)
 class Method:
     """A parsed ``--method``: its kind and, for ``fixed``, one activation or one per layer."""

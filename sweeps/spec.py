@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from smartmixed_core.activations import resolve_pool
-from smartmixed_core.config import METHOD_KINDS, RunConfig
+from smartmixed_core.config import METHOD_KINDS, USED_BY, RunConfig
 from smartmixed_core.data import DATASETS, DataError, check_data
 from smartmixed_core.errors import ConfigError, choice_error
 from smartmixed_core.models import PAPER_ARCHITECTURES
@@ -32,18 +32,12 @@ ALIASES = {"architecture": "arch"}
 """Spec key -> RunConfig field."""
 ARCH_KEYS = ("depth", "width")
 """Space-only keys that build ``arch`` as a funnel: width, width/2, ... (depth layers)."""
-SPACE_KEYS = (*RUN_FIELDS, *ALIASES, *ARCH_KEYS)
+TRANSITION_FRACTION = "transition_fraction"
+"""Space-only key: the transition epoch as a fraction of ``epochs`` (rounded, kept in
+[1, epochs - 1]), so a range still fits when ``fixed.epochs`` is overridden."""
+SPACE_KEYS = (*RUN_FIELDS, *ALIASES, *ARCH_KEYS, TRANSITION_FRACTION)
 
-CONDITIONAL: dict[str, tuple[str, ...]] = {
-    "temperature": ("smartmixed", "selective"),
-    "temperature_end": ("smartmixed", "selective"),
-    "temperature_schedule": ("smartmixed", "selective"),
-    "transition_epoch": ("smartmixed",),
-    "phase2_init": ("smartmixed",),
-    "gate": ("adact", "gated"),
-    "gate_temperature": ("gated",),
-    "entropy_weight": ("gated",),
-}
+CONDITIONAL: dict[str, tuple[str, ...]] = {**USED_BY, TRANSITION_FRACTION: ("smartmixed",)}
 """Parameters that only matter for some method kinds (define-by-run samples them only then)."""
 assert all(k in METHOD_KINDS for kinds in CONDITIONAL.values() for k in kinds)
 
@@ -127,6 +121,8 @@ class Search(_Strict):
             raise ValueError("depth and width go together (they build the architecture)")
         if "depth" in space and ({"arch", "architecture"} & set(space)):
             raise ValueError("give either architecture or depth+width, not both")
+        if {TRANSITION_FRACTION, "transition_epoch"} <= set(space):
+            raise ValueError("give either transition_epoch or transition_fraction, not both")
         return space
 
 
@@ -244,9 +240,14 @@ class SweepSpec(_Strict):
         if "depth" in params:
             depth, width = int(params.pop("depth")), int(params.pop("width"))
             params["arch"] = "-".join(str(max(width >> i, 4)) for i in range(depth))
+        fraction = params.pop(TRANSITION_FRACTION, None)
         for key, value in params.items():
             if value is not None:
                 values[ALIASES.get(key, key)] = value
+        if fraction is not None:
+            epochs = values.get("epochs", RunConfig.epochs)
+            if isinstance(epochs, int) and epochs >= 2:  # else RunConfig names the problem
+                values["transition_epoch"] = min(max(round(fraction * epochs), 1), epochs - 1)
         return RunConfig.from_dict(values)
 
     def base_method(self) -> str:
@@ -327,6 +328,11 @@ def _check_configs(spec: SweepSpec) -> None:
                                     or not lo <= v <= hi for v in dist.values):
             raise ConfigError(f"search.space.{key}.{dist.kind}",
                               f"needs integers in [{lo}, {hi}], got {dist.values}")
+    dist = spec.search.space.get(TRANSITION_FRACTION)
+    if dist is not None and any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                or not 0 < v < 1 for v in dist.values):
+        raise ConfigError(f"search.space.{TRANSITION_FRACTION}.{dist.kind}",
+                          f"needs numbers in (0, 1), got {dist.values}")
     first = {k: d.values[0] for k, d in spec.search.space.items()}
     try:
         spec.run_config(first)

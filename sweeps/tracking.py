@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, unquote
 
+from smartmixed_core.config import uses
 from smartmixed_core.errors import ConfigError
 from sweeps import schema
 
@@ -61,14 +62,28 @@ def use_wal(uri: str) -> bool:
     costs one append instead of rewriting a journal, and readers never block the trials'
     writers.  Best effort (False when the file is busy or not SQLite); readers need no change
     (``mlflow ui`` included).  While a sweep runs, its latest writes sit in ``mlflow.db-wal``
-    beside the store; :func:`fold_wal` moves them into ``mlflow.db`` when it ends."""
+    (with the index ``mlflow.db-shm``) beside the store; :func:`fold_wal` ends that."""
     return _pragma(uri, "journal_mode=WAL") == "wal"
 
 
 def fold_wal(uri: str) -> bool:
-    """Move everything in a SQLite store's write-ahead log into the database file (after a
-    sweep), so that ``mlflow.db`` alone holds every run; False where nothing was folded."""
-    return _pragma(uri, "wal_checkpoint(TRUNCATE)") == "0"
+    """After a sweep: close this process's pooled connections to a SQLite store and switch it
+    back to a rollback journal, which moves the write-ahead log into ``mlflow.db`` and removes
+    ``mlflow.db-wal`` and ``mlflow.db-shm``, so the database file alone holds every run.
+    False where that did not happen (not SQLite, or another process, such as ``mlflow ui``,
+    still has the store open: its last connection to close removes the files)."""
+    path = sqlite_path(uri)
+    if path is None:
+        return False
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    # MLflow keeps one engine per store URI for the life of the process; its pooled
+    # connections would keep the log open (and the console exits without closing them).
+    for engine in list(getattr(SqlAlchemyStore, "_engine_map", {}).values()):
+        database = engine.url.database
+        if database and Path(database).resolve() == path.resolve():
+            engine.dispose()
+    return _pragma(uri, "journal_mode=DELETE") == "delete"
 
 
 def _pragma(uri: str, pragma: str) -> str | None:
@@ -258,10 +273,13 @@ def find_runs(c: MlflowClient, experiment_id: str, kind: str, sweep: str,
 
 
 def config_params(cfg: RunConfig) -> dict[str, str]:
-    """The schema params of ``cfg`` as strings (architecture canonical, None as 'None')."""
+    """The schema params of ``cfg`` as strings (architecture canonical, None as 'None'),
+    without the settings its method does not use (a fixed activation has no temperature)."""
     d = cfg.to_dict()
     d["architecture"] = d.pop("arch")
-    return {k: str(d[k]) for k in (*schema.SEED_PARAMS, *schema.EXTRA_PARAMS) if k in d}
+    kind = cfg.parsed_method.kind
+    return {k: str(d[k]) for k in (*schema.SEED_PARAMS, *schema.EXTRA_PARAMS)
+            if k in d and uses(kind, k)}
 
 
 MAX_PARAMS_PER_BATCH, MAX_METRICS_PER_BATCH = 100, 1000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import POOL, SELECTION, weight_value
 from scipy.stats import chi2 as chi2_dist
@@ -104,6 +105,10 @@ def test_switching_dynamics(store, runs):
     assert d.loc[1, "std"].tolist() == pytest.approx([0.1, 0.1, 0.0])
     assert d.loc[2, "mean"].tolist() == pytest.approx([0.2, 0.0, 0.0])
     assert (d["n_seeds"] == 3).all() and set(d["architecture"]) == {"64-32"}
+    mixed = metric_histories(client_for(store.uri), list(runs["run_id"]),
+                             [*keys, "test_accuracy"])
+    assert "test_accuracy" in set(mixed["key"])  # other keys are left out, not an error
+    pd.testing.assert_frame_equal(switching_dynamics(mixed, runs), switching_dynamics(hist, runs))
 
 
 def test_group_weight_sums_by_hand():

@@ -63,12 +63,16 @@ def test_open_trial_run_tells_a_first_attempt_from_a_retry(store):
     assert c.get_run(first.run_id).info.status == "RUNNING"
 
 
-def test_wal_is_folded_back_into_the_database_file(store, tmp_path):
+def test_wal_is_folded_back_and_its_files_removed(store, tmp_path):
     uri, c, exp = store
     assert tracking.use_wal(uri)
     runs = [c.create_run(exp).info.run_id for _ in range(3)]
-    assert tracking.fold_wal(uri)
-    assert (tmp_path / "mlflow.db-wal").stat().st_size == 0
+    assert (tmp_path / "mlflow.db-wal").exists()
+    assert tracking.fold_wal(uri)  # the client's own pooled connections are closed too
+    assert not (tmp_path / "mlflow.db-wal").exists()
+    assert not (tmp_path / "mlflow.db-shm").exists()
+    assert c.get_run(runs[0]).info.run_id == runs[0]  # the client reconnects as needed
+    assert not (tmp_path / "mlflow.db-wal").exists()
     copy = tmp_path / "copy" / "mlflow.db"  # the database file alone holds every run
     copy.parent.mkdir()
     shutil.copy(tmp_path / "mlflow.db", copy)
@@ -123,3 +127,17 @@ def test_sqlite_paths_are_read_as_sqlalchemy_reads_them(tmp_path, monkeypatch):
     tracking.ensure_experiment(tracking.client(uri), "e", uri)  # MLflow opens that very file
     assert (tmp_path / "my runs" / "m.db").is_file()
     assert tracking.sqlite_path(uri) == tmp_path / "my runs" / "m.db"
+
+
+def test_runs_log_only_the_settings_their_method_uses():
+    from smartmixed_core.config import RunConfig
+
+    fixed = tracking.config_params(RunConfig(method="fixed:relu"))
+    assert not {"temperature", "temperature_end", "transition_epoch", "phase2_init",
+                "gate", "entropy_weight"} & set(fixed)
+    assert fixed["lr"] == "0.001" and fixed["architecture"] == "64-32"
+    smart = tracking.config_params(RunConfig(method="smartmixed"))
+    assert smart["temperature"] == "0.3" and smart["transition_epoch"] == "15"
+    assert "gate" not in smart
+    gated = tracking.config_params(RunConfig(method="gated"))
+    assert gated["gate_temperature"] == "1.0" and "temperature" not in gated
