@@ -203,8 +203,9 @@ def switching_dynamics(histories: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFr
     that changed choice since the previous epoch (phase 1).  ``histories`` comes from
     :func:`analysis.load.metric_histories` with :func:`switch_metric_keys`."""
     cols = [*KEYS, "layer", "epoch", "n_seeds", "mean", "std"]
-    histories = histories[histories["key"].map(lambda k: bool(_SWITCH.match(str(k))))]
-    if histories.empty:  # other keys (val_loss, tau, ...) are not switching fractions
+    if not histories.empty:  # other keys (val_loss, tau, ...) are not switching fractions
+        histories = histories[histories["key"].map(lambda k: bool(_SWITCH.match(str(k))))]
+    if histories.empty:
         return pd.DataFrame(columns=cols)
     h = histories.merge(runs[["run_id", *KEYS]], on="run_id")
     h["layer"] = h["key"].map(lambda k: int(_SWITCH.match(k).group(1)))

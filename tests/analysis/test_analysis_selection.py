@@ -109,6 +109,8 @@ def test_switching_dynamics(store, runs):
                              [*keys, "test_accuracy"])
     assert "test_accuracy" in set(mixed["key"])  # other keys are left out, not an error
     pd.testing.assert_frame_equal(switching_dynamics(mixed, runs), switching_dynamics(hist, runs))
+    empty = metric_histories(client_for(store.uri), list(runs["run_id"]), [])
+    assert switching_dynamics(empty, runs).empty  # no histories at all (a fixed-only sweep)
 
 
 def test_group_weight_sums_by_hand():

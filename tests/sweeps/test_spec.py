@@ -125,3 +125,18 @@ def test_relative_data_dir_is_made_absolute_for_the_trials(tmp_path, monkeypatch
         check_datasets(resolved)
     assert err.value.field == "fixed.data_dir" and "fixed.download: true" in err.value.message
     check_datasets(_spec(dataset="mnist", fixed={**resolved.fixed, "download": True}))
+
+
+def test_search_preset_fits_any_length_via_transition_fraction():
+    for epochs in (2, 10, 50, 400):
+        spec = load_spec("search", ["search.num_samples=20", f"fixed.epochs={epochs}"])
+        for fraction in (0.05, 0.6):
+            cfg = spec.run_config({"transition_fraction": fraction, "depth": 1, "width": 8})
+            assert 1 <= cfg.transition_epoch <= epochs - 1
+            if epochs == 50:
+                assert cfg.transition_epoch == round(fraction * 50)
+    with pytest.raises(ConfigError, match="transition_fraction"):
+        _spec(search={"space": {"transition_fraction": {"uniform": [0.5, 1.5]}}})
+    with pytest.raises(ConfigError, match="not both"):
+        _spec(search={"space": {"transition_fraction": {"uniform": [0.1, 0.5]},
+                                "transition_epoch": {"int": [1, 5]}}})
