@@ -84,6 +84,15 @@ def flat_params(doc: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def study_names(spec: SweepSpec) -> list[str]:
+    """The Optuna studies of a sweep: its name, or ``NAME/CELL`` for each ``search.per`` cell."""
+    from sweeps.space import cell_label
+
+    if not spec.search.per:
+        return [spec.name]
+    return [f"{spec.name}/{cell_label(cell)}" for cell in spec.search.cells()]
+
+
 def _searcher(spec: SweepSpec, path: Path) -> Any:
     from sweeps.space import define_by_run
 
@@ -92,15 +101,23 @@ def _searcher(spec: SweepSpec, path: Path) -> Any:
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
-    from sweeps.searcher import ResumableOptunaSearch, journal_storage
+    from sweeps.searcher import PerCellSearch, ResumableOptunaSearch, journal_storage
 
-    sampler = (optuna.samplers.RandomSampler(seed=spec.search.seed)
-               if spec.search.algorithm == "random"
-               else optuna.samplers.TPESampler(seed=spec.search.seed))
-    storage = journal_storage(path / JOURNAL_FILE)
-    search = ResumableOptunaSearch(space=define_by_run(spec), metric=spec.search.metric,
-                                   mode=spec.search.mode, sampler=sampler,
-                                   study_name=spec.name, storage=storage)
+    def one(cell: dict[str, Any], study: str) -> ResumableOptunaSearch:
+        sampler = (optuna.samplers.RandomSampler(seed=spec.search.seed)
+                   if spec.search.algorithm == "random"
+                   else optuna.samplers.TPESampler(seed=spec.search.seed))
+        return ResumableOptunaSearch(space=define_by_run(spec, cell), metric=spec.search.metric,
+                                     mode=spec.search.mode, sampler=sampler, study_name=study,
+                                     storage=journal_storage(path / JOURNAL_FILE))
+
+    cells = spec.search.cells()
+    if spec.search.per:
+        search: Any = PerCellSearch([one(c, n) for c, n in zip(cells, study_names(spec))],
+                                    spec.search.num_samples, spec.search.metric,
+                                    spec.search.mode)
+    else:
+        search = one({}, spec.name)
     if spec.max_concurrent:
         return ConcurrencyLimiter(search, max_concurrent=spec.max_concurrent)
     return search
@@ -141,7 +158,7 @@ def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path, restore: bool) -> Any
         param_space: dict[str, Any] = {"trial": tune.grid_search(grid(spec))}
         num_samples = 1
     else:
-        param_space, num_samples = {}, spec.search.num_samples
+        param_space, num_samples = {}, spec.search.num_samples * len(spec.search.cells())
     tune_config = tune.TuneConfig(
         search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
         reuse_actors=True,  # one worker process per slot: imports and DB setup paid once
@@ -472,8 +489,10 @@ def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | No
         if spec.search.algorithm != "grid":
             from sweeps.searcher import settle_lost_trials
 
-            settle_lost_trials(path / JOURNAL_FILE, spec.name, tracking.finished_trial_results(
-                c, ctx.experiment_id, spec.name, spec.search.metric))
+            finished = tracking.finished_trial_results(c, ctx.experiment_id, spec.name,
+                                                       spec.search.metric)
+            for study in study_names(spec):
+                settle_lost_trials(path / JOURNAL_FILE, study, finished)
     reason = ("sweep interrupted; smartmixed sweep resume continues it" if interrupted
               else "stopped early by the scheduler" if spec.scheduler
               else "ended before finishing")

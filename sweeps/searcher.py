@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,56 @@ class ResumableOptunaSearch(OptunaSearch):
                      "its repeated result is not reported again", trial_id)
 
 
+class PerCellSearch(Searcher):
+    """One search per cell of ``search.per`` (e.g. per method), each with its own Optuna
+    study and ``num_samples`` trials: equal tuning budgets by construction, in one sweep.
+
+    Trials go to the cell with the fewest so far (cells advance together, so an interrupted
+    sweep has spent about the same on each); results go back to the cell that suggested the
+    trial.  Pickled whole with the experiment snapshot, like ``OptunaSearch``."""
+
+    def __init__(self, cells: list[Searcher], num_samples: int, metric: str, mode: str):
+        super().__init__(metric=metric, mode=mode)
+        self.cells = cells
+        self.num_samples = num_samples
+        self.counts = [0] * len(cells)
+        self.owner: dict[str, int] = {}
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if trial_id in self.owner:
+            return self.cells[self.owner[trial_id]].suggest(trial_id)
+        left = [i for i, n in enumerate(self.counts) if n < self.num_samples]
+        if not left:
+            return Searcher.FINISHED
+        i = min(left, key=lambda j: (self.counts[j], j))
+        config = self.cells[i].suggest(trial_id)
+        if isinstance(config, dict):
+            self.counts[i] += 1
+            self.owner[trial_id] = i
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id in self.owner:
+            self.cells[self.owner[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self.owner:
+            self.cells[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
 def journal_storage(path: Path) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(path)))
 
@@ -67,7 +118,10 @@ def settle_lost_trials(journal: Path, study_name: str,
     COMPLETE with that value, any other FAIL.  Returns {trial number: state name}."""
     if not journal.is_file():
         return {}
-    study = optuna.load_study(study_name=study_name, storage=journal_storage(journal))
+    try:
+        study = optuna.load_study(study_name=study_name, storage=journal_storage(journal))
+    except KeyError:  # a study no trial was suggested from (a search.per cell)
+        return {}
     settled = {}
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         ray_id = trial.user_attrs.get(RAY_TRIAL_ATTR)  # absent in journals of older sweeps

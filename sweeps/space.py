@@ -34,17 +34,19 @@ def _encode(value: Any) -> Any:
 
 class DefineByRun:
     """The Optuna define-by-run function of a spec's space (picklable: Ray checkpoints the
-    searcher with it).  Returns no constants."""
+    searcher with it).  ``cell``: values of some space keys that are not sampled but returned
+    as constants (one cell of ``search.per``); without it, returns no constants."""
 
-    def __init__(self, spec: SweepSpec):
+    def __init__(self, spec: SweepSpec, cell: dict[str, Any] | None = None):
         self.spec = spec
+        self.cell = dict(cell or {})
 
-    def __call__(self, trial: optuna.Trial) -> None:
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any] | None:
         spec = self.spec
-        method = spec.base_method()
+        method = str(self.cell.get("method", spec.base_method()))
         for key in _order(spec):
             dist = spec.search.space[key]
-            if not applies(key, method):
+            if key in self.cell or not applies(key, method):
                 continue
             kind, vals = dist.kind, dist.values
             if kind == "choice":
@@ -55,12 +57,18 @@ class DefineByRun:
                 value = trial.suggest_float(key, vals[0], vals[1], log=kind == "loguniform")
             if key == "method":
                 method = str(value)
-        return None
+        return {k: _encode(v) for k, v in self.cell.items()} or None
 
 
-def define_by_run(spec: SweepSpec) -> Callable[[optuna.Trial], None]:
-    """The Optuna define-by-run function for ``spec``'s space."""
-    return DefineByRun(spec)
+def define_by_run(spec: SweepSpec, cell: dict[str, Any] | None = None
+                  ) -> Callable[[optuna.Trial], dict[str, Any] | None]:
+    """The Optuna define-by-run function for ``spec``'s space (one ``search.per`` cell)."""
+    return DefineByRun(spec, cell)
+
+
+def cell_label(cell: dict[str, Any]) -> str:
+    """A cell as text, for study names and logs: ``method=smartmixed,architecture=64-32``."""
+    return ",".join(f"{k}={v}" for k, v in cell.items())
 
 
 def decode(params: dict[str, Any]) -> dict[str, Any]:

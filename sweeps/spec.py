@@ -110,6 +110,32 @@ class Search(_Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     """Sampler seed."""
     space: dict[str, Distribution] = Field(default_factory=dict)
+    per: list[str] = Field(default_factory=list, max_length=8)
+    """Space keys (``choice`` lists) whose every combination, a *cell*, gets a search of its
+    own with ``num_samples`` trials and the same sampler settings: equal tuning budgets by
+    construction (e.g. ``[method]``; ``[method, architecture]`` per block)."""
+
+    @model_validator(mode="after")
+    def _per(self) -> Search:
+        for key in self.per:
+            dist = self.space.get(key)
+            if dist is None or dist.kind != "choice":
+                raise ValueError(f"per: {key!r} must be a choice parameter of search.space")
+            if key in CONDITIONAL:
+                raise ValueError(f"per: {key!r} applies to some methods only; allowed: "
+                                 "parameters every trial uses (method, architecture, dataset...)")
+        if len(set(self.per)) != len(self.per):
+            raise ValueError(f"per: repeated keys in {self.per}")
+        if self.per and self.algorithm == "grid":
+            raise ValueError("per: grid already runs every combination; use optuna or random")
+        return self
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Every combination of the ``per`` keys' choices ([{}] without ``per``)."""
+        import itertools
+
+        values = [self.space[k].values for k in self.per]
+        return [dict(zip(self.per, combo)) for combo in itertools.product(*values)]
 
     @field_validator("space")
     @classmethod
@@ -439,6 +465,12 @@ def smoke(doc: dict[str, Any]) -> dict[str, Any]:
     space = search.get("space") or {}
     if space.pop("transition_epoch", None) is not None and not space:
         space["transition_epoch"] = {"choice": [1]}
+    per = [k for k in search.get("per") or [] if isinstance(space.get(k), dict)]
+    if per and search.get("algorithm") != "grid":  # two cells of one trial each
+        search["num_samples"] = 1
+        for i, key in enumerate(per):
+            if isinstance(space[key].get("choice"), list):
+                space[key]["choice"] = space[key]["choice"][: 2 if i == 0 else 1]
     if search.get("algorithm") == "grid":  # keep the first two combinations
         for key in list(space):
             space[key] = {"choice": list(space[key].get("choice", []))[:2]}

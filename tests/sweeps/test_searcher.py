@@ -50,3 +50,49 @@ def test_a_trial_of_a_journal_without_ray_ids_is_failed(tmp_path):
     study = optuna.create_study(study_name="s", storage=journal_storage(journal))
     study.ask()
     assert settle_lost_trials(journal, "s", {"": 1.0, "t-a": 1.0}) == {0: "FAIL"}
+
+
+def test_per_method_search_gives_every_method_the_same_budget(tmp_path):
+    from ray.tune.search import Searcher
+
+    from sweeps.launch import _searcher, study_names
+    from sweeps.spec import parse_spec
+
+    spec = parse_spec({"name": "eq", "search": {
+        "algorithm": "optuna", "num_samples": 4, "per": ["method"], "seed": 3, "space": {
+            "method": {"choice": ["smartmixed", "fixed:relu", "fixed:tanh"]},
+            "temperature": {"loguniform": [0.1, 2.0]}, "lr": {"loguniform": [1e-4, 1e-2]}}}})
+    search = _searcher(spec, tmp_path)
+    configs = [search.suggest(f"t{i}") for i in range(12)]
+    assert search.suggest("t12") == Searcher.FINISHED  # 3 cells x 4 trials, then done
+    methods = [c["method"] for c in configs]
+    assert {m: methods.count(m) for m in set(methods)} == {
+        "smartmixed": 4, "fixed:relu": 4, "fixed:tanh": 4}
+    assert methods[:3] == ["smartmixed", "fixed:relu", "fixed:tanh"]  # cells advance together
+    assert all(("temperature" in c) == (c["method"] == "smartmixed") for c in configs)
+    for i, c in enumerate(configs):
+        search.on_trial_complete(f"t{i}", {"val_accuracy": c["lr"]})
+    for name in study_names(spec):  # one study per cell, each with its 4 trials complete
+        study = optuna.load_study(study_name=name, storage=journal_storage(
+            tmp_path / "optuna-journal.log"))
+        assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert study_names(spec)[0] == "eq/method=smartmixed"
+    # The same seed for every cell: fixed:relu and fixed:tanh (the same space) sample alike.
+    lrs = {m: [c["lr"] for c in configs if c["method"] == m] for m in ("fixed:relu", "fixed:tanh")}
+    assert lrs["fixed:relu"] == lrs["fixed:tanh"]
+
+
+def test_per_cell_search_survives_a_save_and_restore(tmp_path):
+    from sweeps.launch import _searcher
+    from sweeps.spec import parse_spec
+
+    spec = parse_spec({"name": "eq", "search": {"num_samples": 2, "per": ["method"], "space": {
+        "method": {"choice": ["fixed:relu", "fixed:elu"]}, "lr": {"loguniform": [1e-4, 1e-2]}}}})
+    search = _searcher(spec, tmp_path)
+    search.suggest("a")
+    search.save(str(tmp_path / "state.pkl"))
+    again = _searcher(spec, tmp_path)
+    again.restore(str(tmp_path / "state.pkl"))
+    assert again.counts == [1, 0] and again.owner == {"a": 0}
+    assert [again.suggest(t)["method"] for t in ("b", "c", "d")] == [
+        "fixed:elu", "fixed:relu", "fixed:elu"]

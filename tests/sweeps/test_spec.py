@@ -140,3 +140,24 @@ def test_search_preset_fits_any_length_via_transition_fraction():
     with pytest.raises(ConfigError, match="not both"):
         _spec(search={"space": {"transition_fraction": {"uniform": [0.1, 0.5]},
                                 "transition_epoch": {"int": [1, 5]}}})
+
+
+def test_search_per_names_choice_parameters_every_trial_uses():
+    space = {"method": {"choice": ["smartmixed", "fixed:relu"]},
+             "architecture": {"choice": ["16", "32-16"]}, "lr": {"loguniform": [1e-4, 1e-2]},
+             "temperature": {"choice": [0.3, 1.0]}}
+    spec = _spec(search={"per": ["method", "architecture"], "space": space})
+    assert spec.search.cells() == [
+        {"method": m, "architecture": a} for m in ("smartmixed", "fixed:relu")
+        for a in ("16", "32-16")]
+    assert _spec(search={"space": space}).search.cells() == [{}]
+    for per, word in ((["lr"], "choice"), (["depth"], "choice"), (["temperature"], "some methods"),
+                      (["method", "method"], "repeated")):
+        with pytest.raises(ConfigError, match=word) as err:
+            _spec(search={"per": per, "space": space})
+        assert err.value.field == "search"
+    with pytest.raises(ConfigError, match="grid"):
+        _spec(search={"algorithm": "grid", "per": ["method"], "space": {
+            "method": {"choice": ["smartmixed", "fixed:relu"]}}})
+    small = load_spec("quick", ["search.per=[method, architecture]"], smoke_test=True)
+    assert small.search.num_samples == 1 and len(small.search.cells()) == 2
