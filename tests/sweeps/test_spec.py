@@ -88,7 +88,7 @@ def test_define_by_run_samples_conditional_params_only_for_smartmixed():
         space(trial)
         params = decode(trial.params)
         smart = params["method"] == "smartmixed"
-        assert ("temperature" in params) == smart and ("transition_epoch" in params) == smart
+        assert ("temperature" in params) == smart and ("transition_fraction" in params) == smart
         cfg = spec.run_config(params)
         assert cfg.method == params["method"] and cfg.arch == params["architecture"]
         study.tell(trial, 0.5)
