@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from analysis._stats import bootstrap_ci, std
+from analysis._stats import mean_ci, std
 from analysis.load import hidden_widths
 from smartmixed_core.activations import ACTIVATIONS
 from sweeps import schema
@@ -70,18 +70,19 @@ def selection_long(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def selection_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (configuration, layer, activation): n_seeds, mean, std and 95% bootstrap CI of the
-    fraction of units choosing the activation (across seeds)."""
+    """Per (configuration, layer, activation): n_seeds, mean, std and 95% CI (Student-t up
+    to 10 seeds, ``ci_method`` names it) of the fraction of units choosing the activation
+    (across seeds)."""
     long = selection_long(runs)
     rows = []
     for key, g in long.groupby([*KEYS, "layer", "activation"], sort=False):
-        low, high, note = bootstrap_ci(g["fraction"])
+        low, high, note, how = mean_ci(g["fraction"])
         rows.append({**dict(zip([*KEYS, "layer", "activation"], key, strict=True)),
                      "relative_depth": g["relative_depth"].iloc[0], "n_seeds": len(g),
                      "mean": g["fraction"].mean(), "std": std(g["fraction"]),
-                     "ci_low": low, "ci_high": high, "note": note})
+                     "ci_low": low, "ci_high": high, "ci_method": how, "note": note})
     cols = [*KEYS, "layer", "relative_depth", "activation", "n_seeds", "mean", "std",
-            "ci_low", "ci_high", "note"]
+            "ci_low", "ci_high", "ci_method", "note"]
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(["config_id", "layer"], kind="stable").reset_index(drop=True)
 

@@ -111,3 +111,18 @@ def test_package_loads_lazily():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_no_validation_accuracy_is_refused(tmp_path, capsys):
+    """Two configurations compete but no run logged val_accuracy: the analysis must not fall
+    back to the test set."""
+    st = Store(tmp_path)
+    for lr, acc in (("0.1", 0.9), ("0.01", 0.8)):
+        st.run("seed", "s", params={"architecture": "8", "method": "smartmixed", "lr": lr},
+               tags={"smartmixed.seed": "0"}, metrics={"test_accuracy": acc})
+    capsys.readouterr()
+    rc, err = run_cli(["--experiment", EXP, "--tracking-uri", st.uri, "--out",
+                       str(tmp_path / "o"), "--no-log"], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith("smartmixed: error: select_by: 2 configurations of smartmixed on 8")
+    assert "never on the test set" in err and not (tmp_path / "o").exists()

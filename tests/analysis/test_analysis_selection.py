@@ -38,9 +38,11 @@ def test_selection_summary(runs):
     smart = s[s["architecture"] == "64-32"].set_index(["layer", "activation"])
     assert smart.loc[(1, "relu"), "mean"] == pytest.approx((0.5 + 0.5 + 0.75) / 3)
     assert smart.loc[(1, "relu"), "std"] == pytest.approx(np.std([0.5, 0.5, 0.75], ddof=1))
-    # resample means of (.5, .5, .75): P(.5) = 8/27, P(.75) = 1/27, both > 2.5%
+    # 3 seeds: Student-t interval, mean ± t(0.975, 2) · s / √3 (t quantile 4.302653)
+    half = 4.302652729911275 * np.std([0.5, 0.5, 0.75], ddof=1) / np.sqrt(3)
     assert (smart.loc[(1, "relu"), "ci_low"], smart.loc[(1, "relu"), "ci_high"]) == \
-        pytest.approx((0.5, 0.75))
+        pytest.approx((1.75 / 3 - half, 1.75 / 3 + half))
+    assert (smart["ci_method"] == "student-t").all()
     assert smart.loc[(2, "selu"), "mean"] == 0.5 and "constant" in smart.loc[(2, "selu"), "note"]
     assert (smart["n_seeds"] == 3).all() and smart.loc[(2, "relu"), "relative_depth"] == 1.0
     one = s[s["architecture"] == "128-64"]
