@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from analysis.significance import (
         ASSUMPTIONS,
         average_ranks,
+        control_holm,
         friedman_test,
         nemenyi_test,
         wilcoxon_holm,
@@ -90,6 +91,7 @@ _WHERE = {
     "switching_dynamics": "analysis.selection",
     "ASSUMPTIONS": "analysis.significance",
     "average_ranks": "analysis.significance",
+    "control_holm": "analysis.significance",
     "friedman_test": "analysis.significance",
     "nemenyi_test": "analysis.significance",
     "wilcoxon_holm": "analysis.significance",
@@ -107,6 +109,7 @@ __all__ = [
     "aggregate_seeds",
     "average_ranks",
     "build_report",
+    "control_holm",
     "depth_trend",
     "first_rank_counts",
     "friedman_test",
