@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from analysis.report import Report, build_report, headline, log_report, write_report
     from analysis.selection import (
         depth_trend,
+        run_slopes,
         selection_consistency,
         selection_long,
         selection_summary,
@@ -85,6 +86,7 @@ _WHERE = {
     "log_report": "analysis.report",
     "write_report": "analysis.report",
     "depth_trend": "analysis.selection",
+    "run_slopes": "analysis.selection",
     "selection_consistency": "analysis.selection",
     "selection_long": "analysis.selection",
     "selection_summary": "analysis.selection",
@@ -131,6 +133,7 @@ __all__ = [
     "plot_weight_heatmap",
     "rank_distribution",
     "rank_methods",
+    "run_slopes",
     "selection_consistency",
     "selection_long",
     "selection_summary",

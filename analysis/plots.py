@@ -145,20 +145,25 @@ def plot_selection(summary: pd.DataFrame) -> Figure:
 
 
 def plot_depth_trend(summary: pd.DataFrame, trend: pd.DataFrame) -> Figure:
-    """Share of each activation against relative depth, pooled over architectures."""
+    """Share of each activation against relative depth (networks with >= 2 hidden layers),
+    with the mean run-level slope and its Holm-corrected p-value in the legend."""
+    summary = summary[~((summary["layer"] == 1) & (summary["relative_depth"] == 1))]
     if summary.empty:
-        return _empty("Depth trend", "no selection metrics (no selective runs)")
+        return _empty("Depth trend", "no selective runs with >= 2 hidden layers")
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
-    rho = trend.set_index("activation")["rho"] if not trend.empty else pd.Series(dtype=float)
+    t = trend.set_index("activation") if not trend.empty else pd.DataFrame()
     for a in activation_order(summary["activation"]):
         g = summary[summary["activation"] == a].groupby("relative_depth")["mean"].mean()
-        r = rho.get(a, np.nan)
+        slope = t["mean_slope"].get(a, np.nan) if len(t) else np.nan
+        p = t["p_holm"].get(a, np.nan) if len(t) else np.nan
+        label = a if slope != slope else (f"{a} (slope {slope:+.2f}" +
+                                          (f", Holm p {p:.2g})" if p == p else ")"))
         ax.plot(g.index, g.to_numpy(), "o-", color=ACTIVATION_COLORS.get(a, "grey"),
-                label=f"{a} (rho {r:+.2f})" if r == r else a)
+                label=label)
     ax.set_xlabel("relative depth (layer / hidden layers)")
     ax.set_ylabel("fraction of units (mean)")
-    ax.set_title("Depth trend of selected activations")
+    ax.set_title("Depth trend of selected activations (slope: mean over runs)")
     ax.legend(fontsize="small")
     return fig
 
