@@ -111,6 +111,25 @@ def plot_cd_diagram(avg_ranks: pd.Series, nemenyi: pd.DataFrame) -> Figure:
     return fig
 
 
+def plot_performance_profile(profile: pd.DataFrame) -> Figure:
+    """Performance profiles (Agarwal et al. 2021): fraction of runs above each test accuracy
+    threshold, averaged over blocks, with stratified-bootstrap 95% bands."""
+    if profile.empty:
+        return _empty("Performance profile", "no complete blocks")
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    for m, g in profile.groupby("method", sort=True):
+        color = method_color(m)
+        ax.plot(g["tau"], g["fraction"], color=color, label=m)
+        ax.fill_between(g["tau"], g["ci_low"], g["ci_high"], color=color, alpha=0.2)
+    ax.set_xlabel("test accuracy threshold tau")
+    ax.set_ylabel("fraction of runs with score > tau")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Performance profiles (stratified bootstrap 95% bands)")
+    ax.legend(fontsize="small")
+    return fig
+
+
 def plot_selection(summary: pd.DataFrame) -> Figure:
     """Per configuration, stacked bars of the per-layer selection fractions (seed mean) with
     95% CI whiskers on each segment."""
