@@ -103,6 +103,12 @@ def _list(items: list[str]) -> str:
     return ", ".join(items) if items else "none"
 
 
+def _ci_methods(rankings: pd.DataFrame) -> str:
+    used = sorted(set(rankings.get("ci_method", pd.Series(dtype=str)).dropna()) - {""})
+    return ("seed-mean CIs: " + " and ".join(used) +
+            (" (up to 10 seeds)" if used == ["student-t"] else "")) if used else "no seed CIs"
+
+
 def summary(tables: dict[str, pd.DataFrame], alpha: float = ALPHA) -> list[str]:
     """The report's opening paragraph, one sentence (or two) per item: protocol, budgets,
     what is significant at ``alpha`` and what is not, and the caveats that apply."""
@@ -115,7 +121,7 @@ def summary(tables: dict[str, pd.DataFrame], alpha: float = ALPHA) -> list[str]:
     out = [f"Protocol: for each architecture and method one configuration is chosen on "
            f"validation data ({SELECTION_RULE}); methods are then compared on its seed-mean "
            f"test accuracy over {n} complete blocks (architectures) and {k} methods, with "
-           f"{seeds} seeds per configuration. Significance level "
+           f"{seeds} seeds per configuration ({_ci_methods(rankings)}). Significance level "
            f"{alpha}; every family of tests is Holm-corrected."]
     if resolution is not None and len(resolution) and resolution["n_val"].notna().any():
         parts = [f"{r.dataset or 'data'}: 1/{int(r.n_val)} = {100 * r.resolution:.2f} points "

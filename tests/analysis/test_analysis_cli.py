@@ -53,7 +53,8 @@ def test_protocol_and_budgets(cli_report):
     body = html[html.index("<h1>"):]
     assert body.index("id='summary'") < body.index("Tracking URI")  # the report opens with it
     for text in ("Protocol: for each architecture and method one configuration is chosen on "
-                 "validation data", "Budgets differ (trials per method: fixed:elu 2, "
+                 "validation data", "2–3 seeds per configuration (seed-mean CIs: student-t "
+                 "(up to 10 seeds))", "Budgets differ (trials per method: fixed:elu 2, "
                  "fixed:relu 3, smartmixed 3)", "1/200 = 0.50 points",
                  "no significant difference among the methods",
                  "Against smartmixed (Holm): no significant difference",
