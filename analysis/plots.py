@@ -95,9 +95,13 @@ def plot_accuracy(rankings: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_cd_diagram(avg_ranks: pd.Series, nemenyi: pd.DataFrame) -> Figure:
-    """Critical-difference diagram (scikit-posthocs) of average ranks and Nemenyi p-values."""
+def plot_cd_diagram(avg_ranks: pd.Series, nemenyi: pd.DataFrame,
+                    n_blocks: int | None = None) -> Figure:
+    """Critical-difference diagram (scikit-posthocs) of average ranks and Nemenyi p-values;
+    with ``n_blocks`` it also draws the CD bar (``significance.critical_difference``)."""
     import scikit_posthocs as sp
+
+    from analysis.significance import critical_difference
 
     if len(avg_ranks) < 2 or nemenyi.isna().all().all():
         return _empty("Critical difference diagram",
@@ -105,7 +109,8 @@ def plot_cd_diagram(avg_ranks: pd.Series, nemenyi: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(7, 0.4 * len(avg_ranks) + 1.5), layout="constrained")
     ax = fig.subplots()
     sig = nemenyi.loc[avg_ranks.index, avg_ranks.index].fillna(1.0)
-    sp.critical_difference_diagram(avg_ranks, sig, ax=ax,
+    cd = critical_difference(len(avg_ranks), n_blocks) if n_blocks else float("nan")
+    sp.critical_difference_diagram(avg_ranks, sig, ax=ax, cd=cd if cd == cd else None,
                                    color_palette={m: method_color(m) for m in avg_ranks.index})
     ax.set_title("Average rank (Nemenyi, alpha 0.05)")
     return fig

@@ -184,7 +184,8 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     rep.figures = {
         "mrr": plots.plot_mrr(t["mrr"]), "rank_distribution": plots.plot_rank_distribution(dist),
         "accuracy": plots.plot_accuracy(rankings),
-        "cd_diagram": plots.plot_cd_diagram(average_ranks(rankings), nemenyi),
+        "cd_diagram": plots.plot_cd_diagram(average_ranks(rankings), nemenyi,
+                                            int(t["friedman"]["n_blocks"].iloc[0])),
         "performance_profile": plots.plot_performance_profile(t["performance_profile"]),
         "selection": plots.plot_selection(sel),
         "depth_trend": plots.plot_depth_trend(sel, t["depth_trend"]),

@@ -107,6 +107,16 @@ def nemenyi_test(rankings: pd.DataFrame) -> pd.DataFrame:
     return p
 
 
+def critical_difference(n_methods: int, n_blocks: int, alpha: float = 0.05) -> float:
+    """Nemenyi's critical difference of average ranks (Demšar 2006, eq. 5):
+    ``q_alpha / sqrt(2) * sqrt(k(k+1) / (6N))``, q from the studentized range (infinite df).
+    NaN for fewer than 2 methods or blocks."""
+    if n_methods < 2 or n_blocks < 2:
+        return float("nan")
+    q = stats.studentized_range.ppf(1 - alpha, n_methods, np.inf) / np.sqrt(2)
+    return float(q * np.sqrt(n_methods * (n_methods + 1) / (6.0 * n_blocks)))
+
+
 def average_ranks(rankings: pd.DataFrame) -> pd.Series:
     """Mean rank (1 = best) of each method over the complete blocks."""
     m, _ = block_matrix(rankings)

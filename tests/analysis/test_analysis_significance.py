@@ -14,7 +14,15 @@ import scikit_posthocs as sp
 from scipy import stats
 from statsmodels.stats.anova import AnovaRM
 
-from analysis import control_holm, friedman_test, wilcoxon_holm
+from analysis import (
+    average_ranks,
+    control_holm,
+    critical_difference,
+    friedman_test,
+    nemenyi_test,
+    plot_cd_diagram,
+    wilcoxon_holm,
+)
 
 
 def rankings_from(wide: dict[str, dict[str, float]]) -> pd.DataFrame:
@@ -171,3 +179,21 @@ def test_control_holm_missing_control_and_all_equal():
     got = control_holm(equal)  # default control: smartmixed
     assert got["z"].tolist() == [0] and got["p_value"].tolist() == [1.0]
     assert not got["reject"].any()
+
+
+def test_critical_difference_against_demsar_table():
+    # Demšar (2006), Table 5(a): q_0.05 = 1.960, 2.343, 2.569, 2.728, 2.850, 2.949 for k = 2..7
+    for k, q in zip(range(2, 8), (1.960, 2.343, 2.569, 2.728, 2.850, 2.949), strict=True):
+        assert critical_difference(k, 18) == pytest.approx(q * math.sqrt(k * (k + 1) / 108),
+                                                           abs=1e-3)
+    assert math.isnan(critical_difference(3, 1))
+
+
+def test_cd_diagram_draws_the_cd_bar():
+    r = grid_rankings()
+    fig = plot_cd_diagram(average_ranks(r), nemenyi_test(r), n_blocks=6)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    cd = critical_difference(4, 6)
+    assert f"CD = {cd:.2g}" in texts
+    without = plot_cd_diagram(average_ranks(r), nemenyi_test(r))
+    assert not any(t.get_text().startswith("CD =") for t in without.axes[0].texts)
