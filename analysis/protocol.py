@@ -103,6 +103,11 @@ def _list(items: list[str]) -> str:
     return ", ".join(items) if items else "none"
 
 
+def _block_kind(rankings: pd.DataFrame) -> str:
+    several = rankings["architecture"].astype(str).str.contains("/").any()
+    return "dataset × architecture pairs" if several else "architectures"
+
+
 def _ci_methods(rankings: pd.DataFrame) -> str:
     used = sorted(set(rankings.get("ci_method", pd.Series(dtype=str)).dropna()) - {""})
     return ("seed-mean CIs: " + " and ".join(used) +
@@ -120,7 +125,8 @@ def summary(tables: dict[str, pd.DataFrame], alpha: float = ALPHA) -> list[str]:
     seeds = f"{lo}" if lo == hi else f"{lo}–{hi}"
     out = [f"Protocol: for each architecture and method one configuration is chosen on "
            f"validation data ({SELECTION_RULE}); methods are then compared on its seed-mean "
-           f"test accuracy over {n} complete blocks (architectures) and {k} methods, with "
+           f"test accuracy over {n} complete blocks ({_block_kind(rankings)}) and {k} "
+           "methods, with "
            f"{seeds} seeds per configuration ({_ci_methods(rankings)}). Significance level "
            f"{alpha}; every family of tests is Holm-corrected."]
     if resolution is not None and len(resolution) and resolution["n_val"].notna().any():

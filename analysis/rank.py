@@ -23,11 +23,26 @@ from smartmixed_core.errors import ConfigError
 
 
 def architecture_order(architectures) -> list[str]:
-    """Architectures sorted by depth, then widths (as the paper lists them)."""
+    """Architectures sorted by depth, then widths (as the paper lists them); blocks
+    ``dataset/architecture`` by dataset first."""
     def key(a: str):
-        w = hidden_widths(a)
-        return (len(w), tuple(-x for x in w), a)
+        dataset, _, arch = a.rpartition("/")
+        w = hidden_widths(arch)
+        return (dataset, len(w), tuple(-x for x in w), a)
     return sorted(set(architectures), key=key)
+
+
+def label_blocks(df: pd.DataFrame, several_datasets: bool | None = None) -> pd.DataFrame:
+    """``df`` with its ``architecture`` column turned into the comparison's *block*: the
+    architecture itself, or ``dataset/architecture`` when the runs span several datasets
+    (``several_datasets``; by default: when ``df`` holds more than one dataset)."""
+    if "dataset" not in df.columns:
+        return df
+    if several_datasets is None:
+        several_datasets = df["dataset"].nunique() > 1
+    if not several_datasets:
+        return df
+    return df.assign(architecture=df["dataset"].astype(str) + "/" + df["architecture"])
 
 
 SELECTION_RULE = ("highest seed-mean validation accuracy; ties (equal to 10 decimals) broken by "
@@ -59,6 +74,8 @@ def method_scores(configs: pd.DataFrame, metric: str = "test_accuracy",
                   select_by: str = "val_accuracy") -> pd.DataFrame:
     """One row per (architecture, method): the score of its chosen configuration.
 
+    With several datasets the blocks are (dataset, architecture) pairs, labelled
+    ``dataset/architecture`` in the ``architecture`` column (:func:`label_blocks`).
     When other params were swept (several configurations per architecture and method), one
     configuration represents the pair by :data:`SELECTION_RULE` (validation accuracy, then
     validation loss ``val_loss_mean`` when the configs carry it, then config_id).  Columns
@@ -73,6 +90,7 @@ def method_scores(configs: pd.DataFrame, metric: str = "test_accuracy",
         raise ConfigError("select_by", f"{select_by!r} is a test metric; configurations are "
                           "chosen on validation metrics only (allowed: val_accuracy)")
     sel = f"{select_by}_mean"
+    configs = label_blocks(configs)
     rows = []
     for (arch, method), g in configs.groupby(["architecture", "method"], sort=True):
         if len(g) > 1 and (sel not in g.columns or g[sel].isna().any()):

@@ -34,6 +34,7 @@ from analysis.protocol import (
 )
 from analysis.rank import (
     first_rank_counts,
+    label_blocks,
     mean_reciprocal_rank,
     rank_distribution,
     rank_methods,
@@ -149,8 +150,9 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     configs = attach_val_loss(aggregate_seeds(runs), runs, trials)
     rankings = rank_methods(configs)
     if len(trials):
-        rankings = rankings.merge(cell_budgets(trials), on=["architecture", "method"],
-                                  how="left")
+        several = "dataset" in runs.columns and runs["dataset"].nunique() > 1
+        rankings = rankings.merge(cell_budgets(label_blocks(trials, several)),
+                                  on=["architecture", "method"], how="left")
     t = rep.tables
     t["budgets"], t["validation"] = trial_budgets(trials), validation_resolution(runs)
     t["headline"] = headline(rankings, t["budgets"])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import control_holm, friedman_test, wilcoxon_holm
+from analysis import control_holm, friedman_test, rank_methods, wilcoxon_holm
 from analysis.protocol import (
     attach_val_loss,
     summary,
@@ -76,3 +78,27 @@ def test_summary_says_no_significant_difference():
     assert "Against smartmixed (Holm): no significant difference." in text
     assert "Pairwise Wilcoxon (Holm): no significant difference." in text
     assert "3 blocks are few" in text
+
+
+def test_blocks_are_dataset_architecture_pairs():
+    """With two datasets a block is a (dataset, architecture) pair: a configuration of one
+    dataset never represents the other, however good its validation accuracy."""
+    rows = []
+    for i, (ds, arch, method) in enumerate(itertools.product(("digits", "wine"), ("8", "16-8"),
+                                                             ("a", "b", "smartmixed"))):
+        val = 0.99 if ds == "wine" else 0.5 + i / 100
+        rows.append({"config_id": i, "dataset": ds, "architecture": arch, "method": method,
+                     "val_accuracy_mean": val, "test_accuracy_mean": val - 0.01,
+                     "test_accuracy_std": 0.0, "test_accuracy_ci_low": 0.0,
+                     "test_accuracy_ci_high": 0.0, "n_seeds": 3})
+    r = rank_methods(pd.DataFrame(rows))
+    assert list(r["architecture"].unique()) == ["digits/8", "digits/16-8", "wine/8",
+                                                "wine/16-8"]
+    assert (r.groupby("architecture")["n_configs"].max() == 1).all()
+    assert r.loc[r["architecture"] == "digits/8", "mean"].max() < 0.9
+    assert friedman_test(r)["n_blocks"].iloc[0] == 4
+    tables = {"rankings": r.assign(n_tied=1), "friedman": friedman_test(r),
+              "control": control_holm(r), "wilcoxon": wilcoxon_holm(r)}
+    assert "4 complete blocks (dataset × architecture pairs)" in summary(tables)[0]
+    one = rank_methods(pd.DataFrame(rows[:6]))
+    assert set(one["architecture"]) == {"8", "16-8"}  # one dataset: plain architectures
