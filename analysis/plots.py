@@ -125,8 +125,9 @@ def plot_performance_profile(profile: pd.DataFrame) -> Figure:
     ax = fig.subplots()
     for m, g in profile.groupby("method", sort=True):
         color = method_color(m)
-        ax.plot(g["tau"], g["fraction"], color=color, label=m)
-        ax.fill_between(g["tau"], g["ci_low"], g["ci_high"], color=color, alpha=0.2)
+        ax.step(g["tau"], g["fraction"], where="post", color=color, label=m)
+        ax.fill_between(g["tau"], g["ci_low"], g["ci_high"], step="post", color=color,
+                        alpha=0.2)
     ax.set_xlabel("test accuracy threshold tau")
     ax.set_ylabel("fraction of runs with score > tau")
     ax.set_ylim(-0.02, 1.02)

@@ -95,6 +95,10 @@ def _friedman_floor(n: int, k: int) -> float:
     return float(stats.chi2.sf(n * (k - 1), k - 1))
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _fmt(p: float) -> str:
     return f"{p:.2g}" if p >= 0.001 else "< 0.001"
 
@@ -122,12 +126,12 @@ def summary(tables: dict[str, pd.DataFrame], alpha: float = ALPHA) -> list[str]:
     fr, idav = friedman.loc["friedman"], friedman.loc["iman-davenport"]
     n, k = int(fr["n_blocks"]), int(fr["n_methods"])
     lo, hi = rankings["n_seeds"].min(), rankings["n_seeds"].max()
-    seeds = f"{lo}" if lo == hi else f"{lo}–{hi}"
+    seeds = _n(lo, "seed") if lo == hi else f"{lo}–{hi} seeds"
     out = [f"Protocol: for each architecture and method one configuration is chosen on "
            f"validation data ({SELECTION_RULE}); methods are then compared on its seed-mean "
-           f"test accuracy over {n} complete blocks ({_block_kind(rankings)}) and {k} "
-           "methods, with "
-           f"{seeds} seeds per configuration ({_ci_methods(rankings)}). Significance level "
+           f"test accuracy over {_n(n, 'complete block')} ({_block_kind(rankings)}) and "
+           f"{_n(k, 'method')}, with "
+           f"{seeds} per configuration ({_ci_methods(rankings)}). Significance level "
            f"{alpha}; every family of tests is Holm-corrected."]
     if resolution is not None and len(resolution) and resolution["n_val"].notna().any():
         parts = [f"{r.dataset or 'data'}: 1/{int(r.n_val)} = {100 * r.resolution:.2f} points "
@@ -144,7 +148,8 @@ def summary(tables: dict[str, pd.DataFrame], alpha: float = ALPHA) -> list[str]:
             out.append(f"Budgets differ (trials per method: {text}): the ranking compares "
                        "best-of-unequal searches and favours the methods searched more.")
         else:
-            out.append(f"Budgets: equal, {budgets['n_trials'].iloc[0]} trials per method.")
+            out.append(f"Budgets: equal, {_n(int(budgets['n_trials'].iloc[0]), 'trial')} per "
+                       "method.")
     if np.isfinite(idav["p_value"]):
         sig = idav["p_value"] < alpha
         out.append(f"Omnibus: Friedman chi2 = {fr['statistic']:.3g} (p = {_fmt(fr['p_value'])}),"
@@ -164,6 +169,9 @@ def summary(tables: dict[str, pd.DataFrame], alpha: float = ALPHA) -> list[str]:
                        "for the others.")
         else:
             out.append(f"Against {c} (Holm): no significant difference.")
+    elif control is not None:
+        out.append("Against a control: not computed (the control method did not run on every "
+                   "complete block, or there are fewer than 2 blocks).")
     w = tables.get("wilcoxon")
     if w is not None and len(w):
         sig = w[w["reject"]]
@@ -178,7 +186,8 @@ def summary(tables: dict[str, pd.DataFrame], alpha: float = ALPHA) -> list[str]:
     if w is not None and len(w) and (w["n_nonzero"].max() if len(w) else 0) < 6:
         caveats.append("fewer than 6 paired differences: no Wilcoxon test can reach p < 0.05")
     if n <= 10:
-        caveats.append(f"{n} blocks are few: p-values are approximate and power is low, so "
+        caveats.append(f"{_n(n, 'block')} {'is' if n == 1 else 'are'} few: p-values are "
+                       "approximate and power is low, so "
                        "'no significant difference' is not evidence of equality")
     if caveats:
         out.append("Caveat: " + "; ".join(caveats) + ". MRR and rank tables are descriptive.")

@@ -69,7 +69,8 @@ from sweeps import schema
 # file stem -> (section title, what it holds); the order is the report's order.
 TABLES = {
     "headline": ("Headline", "per method: MRR, mean rank, first places, mean test accuracy, "
-                 "tuning budget (trials)"),
+                 "tuning budget (trials); descriptive only, the Summary says what is "
+                 "significant"),
     "budgets": ("Budgets", "trials per method (each trial = one configuration searched)"),
     "validation": ("Validation resolution", "one validation sample, in accuracy"),
     "rankings": ("Rankings", "per architecture, methods ranked by the seed-mean test accuracy "
