@@ -11,28 +11,37 @@ CONFIDENCE = 0.95
 N_RESAMPLES = 9999
 RANDOM_STATE = 0
 ROUND = 10  # means equal to 10 decimals are ties (float noise must not break a tie)
+T_MAX_N = 10  # up to this many values the CI is Student-t, above it a percentile bootstrap
+CI_T, CI_BOOTSTRAP = "student-t", "percentile bootstrap"
 
 
-def bootstrap_ci(values, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
-                 random_state: int = RANDOM_STATE) -> tuple[float, float, str]:
-    """Percentile bootstrap CI of the mean: ``(low, high, note)``.
+def mean_ci(values, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
+            random_state: int = RANDOM_STATE) -> tuple[float, float, str, str]:
+    """CI of the mean: ``(low, high, note, method)``.
 
-    Fewer than two values -> NaN with a note; constant values -> the value itself (zero-width
-    interval) with a note.  The percentile method is used because BCa is undefined for
-    constant data and unstable for the 3-5 seeds typical here.
+    Up to :data:`T_MAX_N` values a Student-t interval (``mean ± t_{n-1} · s/√n``): the
+    percentile bootstrap covers only about 87% instead of 95% with 5 values.  Above that a
+    percentile bootstrap (``scipy.stats.bootstrap``), which does not assume normality.
+    Fewer than two values -> NaN with a note; constant values -> the value itself
+    (zero-width interval) with a note.
     """
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
+    method = CI_T if len(x) <= T_MAX_N else CI_BOOTSTRAP
     if len(x) < 2:
-        return float("nan"), float("nan"), f"CI needs >= 2 values (have {len(x)})"
+        return float("nan"), float("nan"), f"CI needs >= 2 values (have {len(x)})", ""
     if np.ptp(x) == 0:
-        return float(x[0]), float(x[0]), "constant values: zero-width CI"
+        return float(x[0]), float(x[0]), "constant values: zero-width CI", method
+    if method == CI_T:
+        low, high = stats.t.interval(confidence, len(x) - 1, loc=np.mean(x),
+                                     scale=stats.sem(x))
+        return float(low), float(high), "", method
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = stats.bootstrap((x,), np.mean, confidence_level=confidence,
                               n_resamples=n_resamples, method="percentile",
                               random_state=np.random.default_rng(random_state))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high), ""
+    return float(res.confidence_interval.low), float(res.confidence_interval.high), "", method
 
 
 def std(values) -> float:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis._stats import CONFIDENCE, bootstrap_ci, join_notes, std
+from analysis._stats import CONFIDENCE, join_notes, mean_ci, std
 from analysis.load import config_columns
 
 SCORE_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc", "val_accuracy")
@@ -23,11 +23,13 @@ MEAN_METRICS = ("train_seconds", "n_params", "phase1_test_accuracy",
 def aggregate_seeds(runs: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS,
                     confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Per configuration: ``n_seeds``, ``seeds``, and for each metric present
-    ``{m}_mean, {m}_std, {m}_ci_low, {m}_ci_high``; means of :data:`MEAN_METRICS`;
-    ``note`` explains NaNs (one seed, constant values, metric missing for some seeds).
+    ``{m}_mean, {m}_std, {m}_ci_low, {m}_ci_high, {m}_ci_method``; means of
+    :data:`MEAN_METRICS`; ``note`` explains NaNs (one seed, constant values, metric missing for
+    some seeds).
 
-    ``std`` is the sample standard deviation (ddof=1); the CI is a 95% percentile bootstrap
-    of the seed mean.
+    ``std`` is the sample standard deviation (ddof=1); the 95% CI of the seed mean is a
+    Student-t interval up to 10 seeds and a percentile bootstrap above
+    (:func:`analysis._stats.mean_ci`; ``{m}_ci_method`` names it).
     """
     cols = config_columns(runs)
     present = [m for m in metrics if m in runs.columns and runs[m].notna().any()]
@@ -41,9 +43,10 @@ def aggregate_seeds(runs: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS,
         for m in present:
             x = g[m].to_numpy(dtype=float)
             finite = x[np.isfinite(x)]
-            low, high, note = bootstrap_ci(finite, confidence)
+            low, high, note, how = mean_ci(finite, confidence)
             row.update({f"{m}_mean": float(np.mean(finite)) if len(finite) else np.nan,
-                        f"{m}_std": std(finite), f"{m}_ci_low": low, f"{m}_ci_high": high})
+                        f"{m}_std": std(finite), f"{m}_ci_low": low, f"{m}_ci_high": high,
+                        f"{m}_ci_method": how})
             if len(finite) < len(x):
                 notes.append(f"{m}: {len(x) - len(finite)} seed(s) without a value")
             if note and m == present[0]:

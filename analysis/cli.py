@@ -40,7 +40,7 @@ def analyze(
     real, rep.tracking_uri = rep.tracking_uri, redact_uri(rep.tracking_uri)
     write_report(rep, out)
     rep.tracking_uri = real
-    _print_headline(rep.tables["headline"], rep.notes)
+    _print_headline(rep.tables["headline"], rep.summary + rep.notes)
     logged = log_report(rep, out) if log else []
     where = (f"; logged to sweep run(s) {', '.join(r[:8] for r in logged)}" if logged
              else "; no sweep parent run to log to" if log else "")
@@ -59,7 +59,7 @@ def _print_headline(table, notes: list[str]) -> None:
     console = Console()
     console.print(t)
     for n in notes:
-        console.print(f"[dim]{n}[/dim]")
+        console.print(n, markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -136,6 +136,35 @@ def load_runs(experiment: str, sweep: str | None = None,
     return out
 
 
+TRIAL_COLUMNS = ("trial", "run_id", "status", "sweep", "dataset", "architecture", "method",
+                 "val_loss_mean")
+
+
+def load_trials(experiment: str, sweep: str | None = None,
+                tracking_uri: str | None = None) -> pd.DataFrame:
+    """The trial runs of ``experiment`` (optionally one sweep): one row per trial id (the
+    newest run of a trial that was retried), any status: a trial stopped early still used
+    budget.  Columns :data:`TRIAL_COLUMNS`; ``val_loss_mean`` is the seed-mean validation
+    loss of the restored best weights (NaN when not logged).  Empty when there are none."""
+    client = client_for(tracking_uri)
+    exp = get_experiment(client, experiment)
+    raw = _search(client, exp.experiment_id, _tag_filter(schema.KIND_TRIAL, sweep))
+    if raw.empty:
+        return pd.DataFrame(columns=list(TRIAL_COLUMNS))
+    out = pd.DataFrame({
+        "trial": raw.get(f"tags.{schema.TAG_TRIAL}", raw["run_id"]).fillna(raw["run_id"]),
+        "run_id": raw["run_id"], "status": raw["status"],
+        "sweep": raw.get(f"tags.{schema.TAG_SWEEP}", pd.Series("", index=raw.index)),
+        "start_time": raw["start_time"]})
+    for p in ("dataset", "architecture", "method"):
+        out[p] = raw.get(f"params.{p}", pd.Series("", index=raw.index)).fillna("").astype(str)
+    col = "metrics.val_loss_mean"
+    out["val_loss_mean"] = (pd.to_numeric(raw[col], errors="coerce") if col in raw.columns
+                            else float("nan"))
+    out = out.sort_values("start_time").drop_duplicates(["sweep", "trial"], keep="last")
+    return out[list(TRIAL_COLUMNS)].reset_index(drop=True)
+
+
 def _flatten(raw: pd.DataFrame) -> pd.DataFrame:
     """Strip MLflow prefixes, type the columns, keep params as strings."""
     out = pd.DataFrame({

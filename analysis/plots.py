@@ -95,9 +95,13 @@ def plot_accuracy(rankings: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_cd_diagram(avg_ranks: pd.Series, nemenyi: pd.DataFrame) -> Figure:
-    """Critical-difference diagram (scikit-posthocs) of average ranks and Nemenyi p-values."""
+def plot_cd_diagram(avg_ranks: pd.Series, nemenyi: pd.DataFrame,
+                    n_blocks: int | None = None) -> Figure:
+    """Critical-difference diagram (scikit-posthocs) of average ranks and Nemenyi p-values;
+    with ``n_blocks`` it also draws the CD bar (``significance.critical_difference``)."""
     import scikit_posthocs as sp
+
+    from analysis.significance import critical_difference
 
     if len(avg_ranks) < 2 or nemenyi.isna().all().all():
         return _empty("Critical difference diagram",
@@ -105,9 +109,30 @@ def plot_cd_diagram(avg_ranks: pd.Series, nemenyi: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(7, 0.4 * len(avg_ranks) + 1.5), layout="constrained")
     ax = fig.subplots()
     sig = nemenyi.loc[avg_ranks.index, avg_ranks.index].fillna(1.0)
-    sp.critical_difference_diagram(avg_ranks, sig, ax=ax,
+    cd = critical_difference(len(avg_ranks), n_blocks) if n_blocks else float("nan")
+    sp.critical_difference_diagram(avg_ranks, sig, ax=ax, cd=cd if cd == cd else None,
                                    color_palette={m: method_color(m) for m in avg_ranks.index})
     ax.set_title("Average rank (Nemenyi, alpha 0.05)")
+    return fig
+
+
+def plot_performance_profile(profile: pd.DataFrame) -> Figure:
+    """Performance profiles (Agarwal et al. 2021): fraction of runs above each test accuracy
+    threshold, averaged over blocks, with stratified-bootstrap 95% bands."""
+    if profile.empty:
+        return _empty("Performance profile", "no complete blocks")
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    for m, g in profile.groupby("method", sort=True):
+        color = method_color(m)
+        ax.step(g["tau"], g["fraction"], where="post", color=color, label=m)
+        ax.fill_between(g["tau"], g["ci_low"], g["ci_high"], step="post", color=color,
+                        alpha=0.2)
+    ax.set_xlabel("test accuracy threshold tau")
+    ax.set_ylabel("fraction of runs with score > tau")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Performance profiles (stratified bootstrap 95% bands)")
+    ax.legend(fontsize="small")
     return fig
 
 
@@ -145,20 +170,25 @@ def plot_selection(summary: pd.DataFrame) -> Figure:
 
 
 def plot_depth_trend(summary: pd.DataFrame, trend: pd.DataFrame) -> Figure:
-    """Share of each activation against relative depth, pooled over architectures."""
+    """Share of each activation against relative depth (networks with >= 2 hidden layers),
+    with the mean run-level slope and its Holm-corrected p-value in the legend."""
+    summary = summary[~((summary["layer"] == 1) & (summary["relative_depth"] == 1))]
     if summary.empty:
-        return _empty("Depth trend", "no selection metrics (no selective runs)")
+        return _empty("Depth trend", "no selective runs with >= 2 hidden layers")
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
-    rho = trend.set_index("activation")["rho"] if not trend.empty else pd.Series(dtype=float)
+    t = trend.set_index("activation") if not trend.empty else pd.DataFrame()
     for a in activation_order(summary["activation"]):
         g = summary[summary["activation"] == a].groupby("relative_depth")["mean"].mean()
-        r = rho.get(a, np.nan)
+        slope = t["mean_slope"].get(a, np.nan) if len(t) else np.nan
+        p = t["p_holm"].get(a, np.nan) if len(t) else np.nan
+        label = a if slope != slope else (f"{a} (slope {slope:+.2f}" +
+                                          (f", Holm p {p:.2g})" if p == p else ")"))
         ax.plot(g.index, g.to_numpy(), "o-", color=ACTIVATION_COLORS.get(a, "grey"),
-                label=f"{a} (rho {r:+.2f})" if r == r else a)
+                label=label)
     ax.set_xlabel("relative depth (layer / hidden layers)")
     ax.set_ylabel("fraction of units (mean)")
-    ax.set_title("Depth trend of selected activations")
+    ax.set_title("Depth trend of selected activations (slope: mean over runs)")
     ax.legend(fontsize="small")
     return fig
 

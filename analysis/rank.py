@@ -19,34 +19,95 @@ from scipy import stats
 
 from analysis._stats import ROUND
 from analysis.load import hidden_widths
+from smartmixed_core.errors import ConfigError
 
 
 def architecture_order(architectures) -> list[str]:
-    """Architectures sorted by depth, then widths (as the paper lists them)."""
+    """Architectures sorted by depth, then widths (as the paper lists them); blocks
+    ``dataset/architecture`` by dataset first."""
     def key(a: str):
-        w = hidden_widths(a)
-        return (len(w), tuple(-x for x in w), a)
+        dataset, _, arch = a.rpartition("/")
+        w = hidden_widths(arch)
+        return (dataset, len(w), tuple(-x for x in w), a)
     return sorted(set(architectures), key=key)
+
+
+def label_blocks(df: pd.DataFrame, several_datasets: bool | None = None) -> pd.DataFrame:
+    """``df`` with its ``architecture`` column turned into the comparison's *block*: the
+    architecture itself, or ``dataset/architecture`` when the runs span several datasets
+    (``several_datasets``; by default: when ``df`` holds more than one dataset)."""
+    if "dataset" not in df.columns:
+        return df
+    if several_datasets is None:
+        several_datasets = df["dataset"].nunique() > 1
+    if not several_datasets:
+        return df
+    return df.assign(architecture=df["dataset"].astype(str) + "/" + df["architecture"])
+
+
+SELECTION_RULE = ("highest seed-mean validation accuracy; ties (equal to 10 decimals) broken by "
+                  "the lowest seed-mean validation loss of the restored weights, then by the "
+                  "lowest config_id (configurations numbered in sorted order of their params)")
+"""How one configuration is chosen per (architecture, method); never on the test set."""
+
+
+def _selection_order(g: pd.DataFrame, select_by: str) -> tuple[pd.DataFrame, int, str]:
+    """``g`` sorted best first by the tie rule, the number of configurations tied on the
+    first key, and the key that decided (``""`` when there was nothing to choose)."""
+    acc = g[f"{select_by}_mean"].round(ROUND)
+    loss = (g["val_loss_mean"].round(ROUND) if "val_loss_mean" in g.columns
+            else pd.Series(np.nan, index=g.index))
+    order = g.assign(_acc=-acc, _loss=loss.fillna(np.inf)).sort_values(
+        ["_acc", "_loss", "config_id"], kind="stable")
+    tied = order[order["_acc"] == order["_acc"].iloc[0]]
+    if len(g) == 1:
+        return order, 1, ""
+    if len(tied) == 1:
+        return order, 1, select_by
+    same_loss = tied[tied["_loss"] == tied["_loss"].iloc[0]]
+    decided = "val_loss" if len(same_loss) == 1 and np.isfinite(same_loss["_loss"].iloc[0]) \
+        else "config_id"
+    return order, len(tied), decided
 
 
 def method_scores(configs: pd.DataFrame, metric: str = "test_accuracy",
                   select_by: str = "val_accuracy") -> pd.DataFrame:
-    """One row per (architecture, method): the score of its configuration.
+    """One row per (architecture, method): the score of its chosen configuration.
 
-    When other params were swept (several configurations per architecture and method), the
-    configuration with the best seed-mean ``select_by`` (validation accuracy: never the test
-    set) represents the pair; ``n_configs`` says how many competed.
+    With several datasets the blocks are (dataset, architecture) pairs, labelled
+    ``dataset/architecture`` in the ``architecture`` column (:func:`label_blocks`).
+    When other params were swept (several configurations per architecture and method), one
+    configuration represents the pair by :data:`SELECTION_RULE` (validation accuracy, then
+    validation loss ``val_loss_mean`` when the configs carry it, then config_id).  Columns
+    besides the score: ``val_accuracy`` (the chosen configuration's seed mean), ``n_configs``
+    (how many competed), ``n_tied`` (how many shared the best validation accuracy) and
+    ``decided_by`` (the key that decided; ``""`` for a single configuration).
+
+    Raises :class:`ConfigError` (field ``select_by``) when several configurations compete and
+    one lacks ``select_by``, or when ``select_by`` is a test metric: the test set never chooses.
     """
+    if select_by.startswith("test"):
+        raise ConfigError("select_by", f"{select_by!r} is a test metric; configurations are "
+                          "chosen on validation metrics only (allowed: val_accuracy)")
     sel = f"{select_by}_mean"
-    if sel not in configs.columns or configs[sel].isna().all():
-        sel = f"{metric}_mean"
+    configs = label_blocks(configs)
     rows = []
     for (arch, method), g in configs.groupby(["architecture", "method"], sort=True):
-        best = g.loc[g[sel].fillna(-np.inf).idxmax()] if len(g) > 1 else g.iloc[0]
+        if len(g) > 1 and (sel not in g.columns or g[sel].isna().any()):
+            missing = len(g) if sel not in g.columns else int(g[sel].isna().sum())
+            raise ConfigError("select_by", f"{len(g)} configurations of {method} on {arch} "
+                              f"compete but {missing} have no {select_by}; a configuration "
+                              f"is chosen on {select_by} only, never on the test set: log "
+                              f"{select_by} (a validation split) for every seed run")
+        order, n_tied, decided = _selection_order(g, select_by) if len(g) > 1 else (g, 1, "")
+        best = order.iloc[0]
         rows.append({"architecture": arch, "method": method, "config_id": best["config_id"],
                      "mean": best[f"{metric}_mean"], "std": best[f"{metric}_std"],
                      "ci_low": best[f"{metric}_ci_low"], "ci_high": best[f"{metric}_ci_high"],
-                     "n_seeds": int(best["n_seeds"]), "n_configs": len(g)})
+                     "ci_method": best.get(f"{metric}_ci_method", ""),
+                     "n_seeds": int(best["n_seeds"]), "n_configs": len(g),
+                     "val_accuracy": best.get(sel, np.nan), "n_tied": n_tied,
+                     "decided_by": decided})
     return pd.DataFrame(rows)
 
 
@@ -54,8 +115,9 @@ def rank_methods(configs: pd.DataFrame, metric: str = "test_accuracy",
                  select_by: str = "val_accuracy") -> pd.DataFrame:
     """Per architecture, methods ranked by mean ``metric`` (1 = best, ties averaged).
 
-    Columns: architecture, method, mean, std, n_seeds, rank, ci_low, ci_high, config_id,
-    n_configs, n_methods (methods run on that architecture), reciprocal_rank (tie-aware).
+    Columns: architecture, method, mean, std, n_seeds, rank, ci_low, ci_high, ci_method,
+    config_id, n_configs, n_tied, decided_by, val_accuracy (see :func:`method_scores`),
+    n_methods (methods run on that architecture), reciprocal_rank (tie-aware).
     """
     scores = method_scores(configs, metric, select_by)
     parts = []
@@ -70,7 +132,8 @@ def rank_methods(configs: pd.DataFrame, metric: str = "test_accuracy",
                                 for r, t in zip(g["rank"], _tie_sizes(g["rank"]), strict=True)]
         parts.append(g.sort_values(["rank", "method"]))
     cols = ["architecture", "method", "mean", "std", "n_seeds", "rank", "ci_low", "ci_high",
-            "config_id", "n_configs", "n_methods", "reciprocal_rank"]
+            "ci_method", "config_id", "n_configs", "n_tied", "decided_by", "val_accuracy",
+            "n_methods", "reciprocal_rank"]
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 

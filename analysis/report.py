@@ -17,13 +17,34 @@ from matplotlib.figure import Figure
 
 from analysis import plots
 from analysis.aggregate import aggregate_seeds
-from analysis.load import client_for, get_experiment, load_runs, metric_histories, sweep_runs
+from analysis.load import (
+    client_for,
+    get_experiment,
+    load_runs,
+    load_trials,
+    metric_histories,
+    sweep_runs,
+)
+from analysis.protocol import (
+    attach_val_loss,
+    cell_budgets,
+    summary,
+    trial_budgets,
+    validation_resolution,
+)
 from analysis.rank import (
     first_rank_counts,
+    label_blocks,
     mean_reciprocal_rank,
     rank_distribution,
     rank_methods,
     top_k_table,
+)
+from analysis.robust import (
+    interval_estimates,
+    performance_profile,
+    probability_of_improvement,
+    seed_scores,
 )
 from analysis.selection import (
     depth_trend,
@@ -35,7 +56,9 @@ from analysis.selection import (
 )
 from analysis.significance import (
     ASSUMPTIONS,
+    DEFAULT_CONTROL,
     average_ranks,
+    control_holm,
     friedman_test,
     nemenyi_test,
     wilcoxon_holm,
@@ -45,21 +68,35 @@ from sweeps import schema
 
 # file stem -> (section title, what it holds); the order is the report's order.
 TABLES = {
-    "headline": ("Headline", "per method: MRR, mean rank, first places, mean test accuracy"),
-    "rankings": ("Rankings", "per architecture, methods ranked by seed-mean test accuracy"),
+    "headline": ("Headline", "per method: MRR, mean rank, first places, mean test accuracy, "
+                 "tuning budget (trials); descriptive only, the Summary says what is "
+                 "significant"),
+    "budgets": ("Budgets", "trials per method (each trial = one configuration searched)"),
+    "validation": ("Validation resolution", "one validation sample, in accuracy"),
+    "rankings": ("Rankings", "per architecture, methods ranked by the seed-mean test accuracy "
+                 "of the configuration chosen on validation accuracy (tie rule: n_tied, "
+                 "decided_by); CI method in ci_method"),
     "mrr": ("Mean reciprocal rank", "tie-aware MRR over architectures"),
     "rank_distribution": ("Rank distribution", "times each method finished at each position"),
     "first_ranks": ("First-rank counts", "expected (ties split), outright and shared"),
     "top3": ("Top 3 per architecture", "the paper's Table II"),
-    "friedman": ("Friedman test", "methods × architectures (complete blocks)"),
+    "friedman": ("Friedman and Iman–Davenport tests",
+                 "methods × architectures (complete blocks)"),
+    "control": ("Holm against the control method", "z from average ranks (Demšar 2006)"),
     "nemenyi": ("Nemenyi post-hoc p-values", "pairwise, after Friedman"),
-    "wilcoxon": ("Pairwise Wilcoxon signed-rank, Holm-corrected", ""),
+    "wilcoxon": ("Pairwise Wilcoxon signed-rank, Holm-corrected",
+                 "on differences rounded to 10 decimals; test_method names the p-value"),
+    "iqm": ("Interquartile mean", "over all runs of the complete blocks, stratified-bootstrap "
+            "95% CI (Agarwal et al. 2021)"),
+    "improvement": ("Probability of improvement", "P(a > b): a run of a beats a run of b on "
+                    "the same block, stratified-bootstrap 95% CI"),
     "assumptions": ("Test assumptions and minimum sample sizes", ""),
     "configs": ("Configurations", "seed aggregates per configuration"),
     "selection": ("Selection per layer", "fraction of units per activation, across seeds"),
     "selection_consistency": ("Selection consistency across seeds",
                               "Jensen–Shannon distance and chi-square homogeneity"),
-    "depth_trend": ("Depth trend", "Spearman rho of share vs relative depth, pooled"),
+    "depth_trend": ("Depth trend", "one slope of share vs relative depth per run, t-test over "
+                    "runs, Holm over activations; pooled rho descriptive"),
     "switching": ("Selection dynamics", "fraction of units switching per phase-1 epoch"),
     "weights": ("Weights by activation", "mean weight between neuron groups"),
     "runs": ("Seed runs", "the deduplicated seed runs analysed"),
@@ -67,6 +104,7 @@ TABLES = {
 FIGURES = {
     "mrr": "Mean reciprocal rank", "rank_distribution": "Rank distribution",
     "accuracy": "Accuracy per architecture", "cd_diagram": "Critical difference diagram",
+    "performance_profile": "Performance profiles",
     "selection": "Selection per layer", "depth_trend": "Depth trend",
     "switching": "Selection dynamics", "weight_heatmap": "Weights by activation",
 }
@@ -82,20 +120,25 @@ class Report:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: dict[str, Figure] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)
 
 
-def headline(rankings: pd.DataFrame) -> pd.DataFrame:
+def headline(rankings: pd.DataFrame, budgets: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per method: mrr, mean_rank, first (ties split), n_architectures, mean test accuracy
-    over architectures; the table the CLI prints."""
+    over architectures and, with ``budgets`` (:func:`analysis.protocol.trial_budgets`),
+    n_trials; the table the CLI prints."""
     mrr = mean_reciprocal_rank(rankings)
     first = first_rank_counts(rankings)[["method", "first"]]
     acc = rankings.groupby("method")["mean"].mean().rename("mean_test_accuracy")
-    return mrr.merge(first, on="method").merge(acc, on="method")[
+    out = mrr.merge(first, on="method").merge(acc, on="method")[
         ["method", "mrr", "mean_rank", "first", "n_architectures", "mean_test_accuracy"]]
+    if budgets is not None and len(budgets):
+        out = out.merge(budgets[["method", "n_trials"]], on="method", how="left")
+    return out
 
 
 def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | None = None,
-                 *, weights: bool = True) -> Report:
+                 *, weights: bool = True, control: str = DEFAULT_CONTROL) -> Report:
     """Run every stage on the experiment's seed runs (see the module docstrings)."""
     runs = load_runs(experiment, sweep, tracking_uri)
     client = client_for(runs.attrs["tracking_uri"])
@@ -104,14 +147,24 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     rep.notes.append(f"{len(runs)} FINISHED seed runs analysed ({a['n_seed_runs']} seed runs "
                      f"found, {a['n_not_finished']} not FINISHED, {a['n_duplicates']} "
                      "duplicate(s) dropped: newest FINISHED run per configuration and seed)")
-    configs = aggregate_seeds(runs)
+    trials = load_trials(experiment, sweep, runs.attrs["tracking_uri"])
+    configs = attach_val_loss(aggregate_seeds(runs), runs, trials)
     rankings = rank_methods(configs)
+    if len(trials):
+        several = "dataset" in runs.columns and runs["dataset"].nunique() > 1
+        rankings = rankings.merge(cell_budgets(label_blocks(trials, several)),
+                                  on=["architecture", "method"], how="left")
     t = rep.tables
-    t["headline"] = headline(rankings)
+    t["budgets"], t["validation"] = trial_budgets(trials), validation_resolution(runs)
+    t["headline"] = headline(rankings, t["budgets"])
     t["rankings"], t["mrr"] = rankings, mean_reciprocal_rank(rankings)
     t["rank_distribution"] = rank_distribution(rankings).reset_index()
     t["first_ranks"], t["top3"] = first_rank_counts(rankings), top_k_table(rankings)
     t["friedman"], t["wilcoxon"] = friedman_test(rankings), wilcoxon_holm(rankings)
+    t["control"] = control_holm(rankings, control)
+    scores = seed_scores(runs, rankings)
+    t["iqm"], t["improvement"] = interval_estimates(scores), probability_of_improvement(scores)
+    t["performance_profile"] = performance_profile(scores)
     nemenyi = nemenyi_test(rankings)
     t["nemenyi"] = nemenyi.rename_axis("method").reset_index()
     t["assumptions"], t["configs"] = ASSUMPTIONS, configs
@@ -129,11 +182,14 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     else:
         t["weights"] = weight_groups(client, [])[0]
     t["runs"] = runs
+    rep.summary = summary(t)
     dist = rank_distribution(rankings)
     rep.figures = {
         "mrr": plots.plot_mrr(t["mrr"]), "rank_distribution": plots.plot_rank_distribution(dist),
         "accuracy": plots.plot_accuracy(rankings),
-        "cd_diagram": plots.plot_cd_diagram(average_ranks(rankings), nemenyi),
+        "cd_diagram": plots.plot_cd_diagram(average_ranks(rankings), nemenyi,
+                                            int(t["friedman"]["n_blocks"].iloc[0])),
+        "performance_profile": plots.plot_performance_profile(t["performance_profile"]),
         "selection": plots.plot_selection(sel),
         "depth_trend": plots.plot_depth_trend(sel, t["depth_trend"]),
         "switching": plots.plot_switching(t["switching"]),
@@ -160,11 +216,14 @@ def render_html(rep: Report, pngs: dict[str, bytes]) -> str:
         "th{background:#f3f3f3}img{max-width:100%;display:block;margin:0.5em 0}"
         ".scroll{max-height:420px;overflow:auto}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        "<h2 id='summary'>Summary</h2>",
+        *(f"<p>{html.escape(line)}</p>" for line in rep.summary),
         f"<p>Tracking URI: <code>{html.escape(rep.tracking_uri)}</code></p>",
         "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in rep.notes) + "</ul>",
     ]
     figs_after = {"headline": ["mrr", "rank_distribution"], "rankings": ["accuracy"],
-                  "nemenyi": ["cd_diagram"], "selection": ["selection"],
+                  "nemenyi": ["cd_diagram"], "improvement": ["performance_profile"],
+                  "selection": ["selection"],
                   "depth_trend": ["depth_trend"], "switching": ["switching"],
                   "weights": ["weight_heatmap"]}
     for stem, (heading, desc) in TABLES.items():

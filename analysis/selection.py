@@ -3,7 +3,7 @@
 Neurons are not aligned across independently initialised seeds, so everything here compares
 *per-layer distributions* of choices across seeds, never neuron-by-neuron picks.
 
->>> selection_summary(runs); selection_consistency(runs); depth_trend(runs)
+>>> selection_summary(runs); selection_consistency(runs); depth_trend(runs); run_slopes(runs)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from analysis._stats import bootstrap_ci, std
+from analysis._stats import mean_ci, std
 from analysis.load import hidden_widths
 from smartmixed_core.activations import ACTIVATIONS
 from sweeps import schema
@@ -70,23 +70,24 @@ def selection_long(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def selection_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (configuration, layer, activation): n_seeds, mean, std and 95% bootstrap CI of the
-    fraction of units choosing the activation (across seeds)."""
+    """Per (configuration, layer, activation): n_seeds, mean, std and 95% CI (Student-t up
+    to 10 seeds, ``ci_method`` names it) of the fraction of units choosing the activation
+    (across seeds)."""
     long = selection_long(runs)
     rows = []
     for key, g in long.groupby([*KEYS, "layer", "activation"], sort=False):
-        low, high, note = bootstrap_ci(g["fraction"])
+        low, high, note, how = mean_ci(g["fraction"])
         rows.append({**dict(zip([*KEYS, "layer", "activation"], key, strict=True)),
                      "relative_depth": g["relative_depth"].iloc[0], "n_seeds": len(g),
                      "mean": g["fraction"].mean(), "std": std(g["fraction"]),
-                     "ci_low": low, "ci_high": high, "note": note})
+                     "ci_low": low, "ci_high": high, "ci_method": how, "note": note})
     cols = [*KEYS, "layer", "relative_depth", "activation", "n_seeds", "mean", "std",
-            "ci_low", "ci_high", "note"]
+            "ci_low", "ci_high", "ci_method", "note"]
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(["config_id", "layer"], kind="stable").reset_index(drop=True)
 
 
-def selection_consistency(runs: pd.DataFrame) -> pd.DataFrame:
+def selection_consistency(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """Per (configuration, layer): do the seeds pick the same distribution?
 
     ``jsd_mean``/``jsd_max``: mean/max pairwise Jensen–Shannon *distance* (base 2, in [0, 1])
@@ -94,7 +95,10 @@ def selection_consistency(runs: pd.DataFrame) -> pd.DataFrame:
     of the seeds × activations count table (activations no seed chose are dropped);
     ``min_expected`` flags the usual "expected counts >= 5" condition.  Units of one network
     are trained jointly, so the independence the test assumes holds only approximately.
+    ``p_holm``/``reject``: Holm over every (configuration, layer) test in the table.
     """
+    from statsmodels.stats.multitest import multipletests
+
     long = selection_long(runs)
     rows = []
     for key, g in long.groupby([*KEYS, "layer"], sort=False):
@@ -103,7 +107,7 @@ def selection_consistency(runs: pd.DataFrame) -> pd.DataFrame:
         n = len(wide)
         row = {**dict(zip([*KEYS, "layer"], key, strict=True)), "n_seeds": n, "jsd_mean": np.nan,
                "jsd_max": np.nan, "chi2": np.nan, "dof": np.nan, "p_value": np.nan,
-               "min_expected": np.nan, "note": ""}
+               "p_holm": np.nan, "min_expected": np.nan, "note": ""}
         if n < 2:
             row["note"] = "one seed: nothing to compare"
             rows.append(row)
@@ -123,8 +127,16 @@ def selection_consistency(runs: pd.DataFrame) -> pd.DataFrame:
             if row["min_expected"] < 5:
                 row["note"] = "some expected counts < 5: chi-square approximate"
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*KEYS, "layer", "n_seeds", "jsd_mean", "jsd_max",
-                                       "chi2", "dof", "p_value", "min_expected", "note"])
+    out = pd.DataFrame(rows, columns=[*KEYS, "layer", "n_seeds", "jsd_mean", "jsd_max",
+                                      "chi2", "dof", "p_value", "p_holm", "reject",
+                                      "min_expected", "note"])
+    ok = out["p_value"].notna()
+    out["reject"] = False
+    if ok.any():
+        reject, p_holm, _, _ = multipletests(out.loc[ok, "p_value"], alpha=alpha,
+                                             method="holm")
+        out.loc[ok, "p_holm"], out.loc[ok, "reject"] = p_holm, reject
+    return out
 
 
 def _spearman(x, y) -> float:
@@ -152,44 +164,95 @@ def _cluster_bootstrap(g: pd.DataFrame, n_resamples: int, rng) -> tuple[float, f
     return float(np.percentile(rhos, 2.5)), float(np.percentile(rhos, 97.5))
 
 
-def depth_trend(runs: pd.DataFrame, n_resamples: int = 1999,
-                random_state: int = 0) -> pd.DataFrame:
-    """Per activation, pooled over architectures and seeds: Spearman correlation between
-    relative depth and the fraction choosing it over all (run, layer) points, with a 95%
-    cluster-bootstrap CI that resamples runs (a network's layers are not independent).
-    Positive rho = deeper layers prefer it (the paper's ELU/SELU claim).
+def run_slopes(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (selective run with >= 2 selective layers, activation): the least-squares
+    slope of the fraction choosing the activation against relative depth within that run.
 
-    NaN with a note when depth or the fraction is constant, there are fewer than 3 points,
-    or fewer than 2 runs (or most resamples are degenerate) for the CI.
+    Columns: run_id, config_id, architecture, method, seed, activation, n_layers, slope.
+    A slope of +1 means the share grows by the whole layer from the first to the last layer.
     """
     long = selection_long(runs)
+    cols = ["run_id", "config_id", "architecture", "method", "seed", "activation",
+            "n_layers", "slope"]
+    rows = []
+    for (run_id, act), g in long.groupby(["run_id", "activation"], sort=False):
+        x, y = g["relative_depth"].to_numpy(float), g["fraction"].to_numpy(float)
+        if len(g) < 2 or np.ptp(x) == 0:
+            continue
+        slope = float(np.sum((x - x.mean()) * (y - y.mean())) / np.sum((x - x.mean()) ** 2))
+        first = g.iloc[0]
+        rows.append({"run_id": run_id, "config_id": first["config_id"],
+                     "architecture": first["architecture"], "method": first["method"],
+                     "seed": first["seed"], "activation": act, "n_layers": len(g),
+                     "slope": slope})
+    return pd.DataFrame(rows, columns=cols)
+
+
+DEPTH_COLUMNS = ["activation", "n_runs", "n_one_layer_runs", "n_architectures", "mean_slope",
+                 "slope_ci_low", "slope_ci_high", "t", "p_value", "p_holm", "reject", "rho",
+                 "rho_ci_low", "rho_ci_high", "mean_first_layer", "mean_last_layer", "note"]
+
+
+def depth_trend(runs: pd.DataFrame, n_resamples: int = 1999, random_state: int = 0,
+                alpha: float = 0.05) -> pd.DataFrame:
+    """Per activation: does its share grow with depth?  Tested at the run level.
+
+    The unit of analysis is the run (one trained network): each selective run with >= 2
+    selective layers gives one slope (:func:`run_slopes`), and a one-sample t-test asks
+    whether the mean slope over runs is 0 (``t``, ``p_value``, 95% t interval
+    ``slope_ci_low/high``); ``p_holm``/``reject`` Holm-correct over the activations.
+    Layers of one network are never treated as independent points.  Runs with a single
+    selective layer carry no depth information and are left out (``n_one_layer_runs``), so a
+    one-hidden-layer net never counts as both first and last layer.
+
+    Descriptive: ``rho``, Spearman's correlation of (relative depth, fraction) over the
+    (run, layer) points of those runs, with a 95% bootstrap CI that resamples whole runs;
+    ``mean_first_layer``/``mean_last_layer``, the mean share in the first and the last hidden
+    layer.  Positive slope = deeper layers prefer the activation (the paper's ELU/SELU claim).
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    long = selection_long(runs)
+    layers = long.groupby("run_id")["layer"].nunique()
+    multi = long[long["run_id"].isin(layers[layers >= 2].index)]
+    n_one = int((layers < 2).sum())
+    slopes = run_slopes(runs)
     rng = np.random.default_rng(random_state)
     rows = []
-    for act, g in long.groupby("activation", sort=False):
-        x, y = g["relative_depth"].to_numpy(float), g["fraction"].to_numpy(float)
-        row = {"activation": act, "n_points": len(g), "n_runs": g["run_id"].nunique(),
-               "n_architectures": g["architecture"].nunique(), "rho": np.nan,
-               "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan,
-               "mean_first_layer": g.loc[g["layer"] == 1, "fraction"].mean(),
-               "mean_last_layer": g.loc[g["relative_depth"] == 1, "fraction"].mean(),
-               "note": ""}
-        if len(g) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-            row["note"] = ("fewer than 3 points" if len(g) < 3 else
-                           "relative depth is constant" if np.ptp(x) == 0 else
-                           "fraction is constant")
+    for act in activation_order(long["activation"]):
+        g = multi[multi["activation"] == act]
+        s = slopes.loc[slopes["activation"] == act, "slope"].to_numpy(float)
+        row = dict.fromkeys(DEPTH_COLUMNS, np.nan)
+        row.update(activation=act, n_runs=len(s), n_one_layer_runs=n_one,
+                   n_architectures=g["architecture"].nunique(), reject=False, note="",
+                   mean_first_layer=g.loc[g["layer"] == 1, "fraction"].mean(),
+                   mean_last_layer=g.loc[g["relative_depth"] == 1, "fraction"].mean())
+        if len(s) == 0:
+            row["note"] = "no run with >= 2 selective layers"
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                res = stats.spearmanr(x, y)
-            low, high = _cluster_bootstrap(g, n_resamples, rng)
-            row.update(rho=float(res.statistic), p_value=float(res.pvalue), ci_low=low,
-                       ci_high=high)
-            if not np.isfinite(low):
-                row["note"] = "too few runs for a bootstrap CI"
+            row["mean_slope"] = float(s.mean())
+            if len(s) < 2:
+                row["note"] = "one run: no test"
+            elif np.ptp(s) == 0:
+                row["note"] = "every run has the same slope: t-test undefined"
+            else:
+                res = stats.ttest_1samp(s, 0.0)
+                ci = res.confidence_interval(0.95)
+                row.update(t=float(res.statistic), p_value=float(res.pvalue),
+                           slope_ci_low=float(ci.low), slope_ci_high=float(ci.high))
+            x, y = g["relative_depth"].to_numpy(float), g["fraction"].to_numpy(float)
+            row["rho"] = _spearman(x, y)
+            if np.isfinite(row["rho"]) and len(s) >= 2:
+                row["rho_ci_low"], row["rho_ci_high"] = _cluster_bootstrap(g, n_resamples, rng)
         rows.append(row)
-    return pd.DataFrame(rows, columns=["activation", "n_points", "n_runs", "n_architectures",
-                                       "rho", "ci_low", "ci_high", "p_value",
-                                       "mean_first_layer", "mean_last_layer", "note"])
+    out = pd.DataFrame(rows, columns=DEPTH_COLUMNS)
+    ok = out["p_value"].notna()
+    if ok.any():
+        reject, p_holm, _, _ = multipletests(out.loc[ok, "p_value"], alpha=alpha,
+                                             method="holm")
+        out.loc[ok, "p_holm"], out.loc[ok, "reject"] = p_holm, reject
+    out["reject"] = out["reject"].astype(bool)
+    return out
 
 
 def switch_metric_keys(runs: pd.DataFrame) -> list[str]:

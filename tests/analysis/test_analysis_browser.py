@@ -44,11 +44,12 @@ def test_index_renders(browser, cli_report):
     tables = browser.find_elements(By.TAG_NAME, "table")
     assert len(tables) >= 15
     ids = {h.get_attribute("id") for h in browser.find_elements(By.TAG_NAME, "h2")}
-    assert {"headline", "rankings", "mrr", "friedman", "selection", "weights"} <= ids
+    assert {"summary", "headline", "budgets", "rankings", "mrr", "friedman", "control", "iqm",
+            "improvement", "selection", "weights"} <= ids
     ranking_rows = browser.find_elements(By.CSS_SELECTOR, "#rankings ~ div table tbody tr")
     assert len(ranking_rows) >= 8
     images = browser.find_elements(By.TAG_NAME, "img")
-    assert len(images) == 8
+    assert len(images) == 9
     for img in images:
         width = browser.execute_script(
             "return arguments[0].complete && arguments[0].naturalWidth", img)

@@ -8,8 +8,8 @@ from conftest import EXP, Store
 
 from smartmixed_core.cli import main
 
-PLOTS = ("mrr", "rank_distribution", "accuracy", "cd_diagram", "selection", "depth_trend",
-         "switching", "weight_heatmap")
+PLOTS = ("mrr", "rank_distribution", "accuracy", "cd_diagram", "performance_profile",
+         "selection", "depth_trend", "switching", "weight_heatmap")
 
 
 def test_report_files(cli_report):
@@ -29,12 +29,41 @@ def test_report_files(cli_report):
     assert len(pd.read_csv(out / "configs.csv")) == 8
     sel = pd.read_csv(out / "selection.csv")
     assert {"layer", "activation", "mean", "ci_low", "ci_high"} <= set(sel.columns)
-    for extra in ("friedman", "wilcoxon", "nemenyi", "assumptions", "top3",
+    for extra in ("friedman", "control", "iqm", "improvement", "performance_profile",
+                  "budgets", "validation", "wilcoxon", "nemenyi", "assumptions", "top3",
                   "selection_consistency", "depth_trend", "switching", "weights", "runs"):
         assert (out / f"{extra}.csv").is_file()
     html = (out / "index.html").read_text()
     assert html.count("data:image/png;base64,") == len(PLOTS)
     assert "<script" not in html and "http://" not in html and "https://" not in html
+
+
+def test_protocol_and_budgets(cli_report):
+    """Budgets come from the trial runs of sweep s1 (one per architecture and method), the
+    validation resolution from the logged values (val = test - 0.01: multiples of 1/200)."""
+    _, out, _, stdout = cli_report
+    budgets = pd.read_csv(out / "budgets.csv").set_index("method")
+    assert budgets["n_trials"].to_dict() == {"fixed:elu": 2, "fixed:relu": 3, "smartmixed": 3}
+    assert budgets.loc["fixed:elu", "max_per_architecture"] == 1
+    head = pd.read_csv(out / "headline.csv").set_index("method")
+    assert head.loc["fixed:elu", "n_trials"] == 2
+    val = pd.read_csv(out / "validation.csv").iloc[0]
+    assert (val["dataset"], val["n_val"]) == ("digits", 200)
+    html = (out / "index.html").read_text()
+    body = html[html.index("<h1>"):]
+    assert body.index("id='summary'") < body.index("Tracking URI")  # the report opens with it
+    for text in ("Protocol: for each architecture and method one configuration is chosen on "
+                 "validation data", "2–3 seeds per configuration (seed-mean CIs: student-t "
+                 "(up to 10 seeds))", "Budgets differ (trials per method: fixed:elu 2, "
+                 "fixed:relu 3, smartmixed 3)", "1/200 = 0.50 points",
+                 "no significant difference among the methods",
+                 "Against smartmixed (Holm): no significant difference",
+                 "with 2 blocks Friedman&#x27;s chi-square cannot go below p = 0.14"):
+        assert text in html, text
+    assert "Budgets differ" in stdout and "Caveat:" in stdout
+    ranks = pd.read_csv(out / "rankings.csv")
+    assert {"n_trials", "n_tied", "decided_by", "ci_method"} <= set(ranks.columns)
+    assert (ranks["ci_method"].dropna() == "student-t").all()
 
 
 def test_headline_printed(cli_report):
@@ -111,3 +140,18 @@ def test_package_loads_lazily():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_no_validation_accuracy_is_refused(tmp_path, capsys):
+    """Two configurations compete but no run logged val_accuracy: the analysis must not fall
+    back to the test set."""
+    st = Store(tmp_path)
+    for lr, acc in (("0.1", 0.9), ("0.01", 0.8)):
+        st.run("seed", "s", params={"architecture": "8", "method": "smartmixed", "lr": lr},
+               tags={"smartmixed.seed": "0"}, metrics={"test_accuracy": acc})
+    capsys.readouterr()
+    rc, err = run_cli(["--experiment", EXP, "--tracking-uri", st.uri, "--out",
+                       str(tmp_path / "o"), "--no-log"], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith("smartmixed: error: select_by: 2 configurations of smartmixed on 8")
+    assert "never on the test set" in err and not (tmp_path / "o").exists()

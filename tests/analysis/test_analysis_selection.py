@@ -14,6 +14,7 @@ from analysis import (
     depth_trend,
     group_weight_sums,
     metric_histories,
+    run_slopes,
     selection_consistency,
     selection_summary,
     switching_dynamics,
@@ -39,9 +40,11 @@ def test_selection_summary(runs):
     smart = s[s["architecture"] == "64-32"].set_index(["layer", "activation"])
     assert smart.loc[(1, "relu"), "mean"] == pytest.approx((0.5 + 0.5 + 0.75) / 3)
     assert smart.loc[(1, "relu"), "std"] == pytest.approx(np.std([0.5, 0.5, 0.75], ddof=1))
-    # resample means of (.5, .5, .75): P(.5) = 8/27, P(.75) = 1/27, both > 2.5%
+    # 3 seeds: Student-t interval, mean ± t(0.975, 2) · s / √3 (t quantile 4.302653)
+    half = 4.302652729911275 * np.std([0.5, 0.5, 0.75], ddof=1) / np.sqrt(3)
     assert (smart.loc[(1, "relu"), "ci_low"], smart.loc[(1, "relu"), "ci_high"]) == \
-        pytest.approx((0.5, 0.75))
+        pytest.approx((1.75 / 3 - half, 1.75 / 3 + half))
+    assert (smart["ci_method"] == "student-t").all()
     assert smart.loc[(2, "selu"), "mean"] == 0.5 and "constant" in smart.loc[(2, "selu"), "note"]
     assert (smart["n_seeds"] == 3).all() and smart.loc[(2, "relu"), "relative_depth"] == 1.0
     one = s[s["architecture"] == "128-64"]
@@ -64,6 +67,11 @@ def test_selection_consistency(runs):
     l2 = c.loc[("64-32", 2)]  # counts (8,8,16) (8,8,16) (0,16,16)
     assert l2["chi2"] == pytest.approx(12.0) and l2["dof"] == 4
     assert l2["note"] == ""
+    # Holm over the two tested layers (by hand: sorted p times 2, then 1, running max)
+    p = sorted([l1["p_value"], l2["p_value"]])
+    holm = [min(2 * p[0], 1), min(max(2 * p[0], p[1]), 1)]
+    assert sorted([l1["p_holm"], l2["p_holm"]]) == pytest.approx(holm)
+    assert np.isnan(c.loc[("128-64", 1), "p_holm"]) and not c.loc[("128-64", 1), "reject"]
     assert c.loc[("128-64", 1), "note"] == "one seed: nothing to compare"
     assert np.isnan(c.loc[("128-64", 1), "jsd_mean"])
 
@@ -77,24 +85,70 @@ def test_single_activation_layer_is_not_tested(runs):
     assert "single activation" in c.loc[1, "note"]
 
 
-def test_depth_trend(runs):
+# run-level slopes by hand, (last - first) / (1 - 1/2) for two-layer nets, runs in the order
+# 64-32 seeds 0, 1, 2 and 128-64 seed 0 (see SELECTION)
+SLOPES = {"relu": [-0.5, -0.5, -1.5, -1.0], "elu": [0.0, -0.5, 0.5, 0.0],
+          "selu": [0.5, 1.0, 1.0, 1.0]}
+
+
+def test_run_slopes(runs):
+    s = run_slopes(runs)
+    assert len(s) == 4 * 3 and set(s["n_layers"]) == {2}
+    for act, expected in SLOPES.items():
+        got = s[s["activation"] == act].sort_values(["architecture", "seed"],
+                                                    ascending=[False, True])
+        assert got["slope"].tolist() == pytest.approx(expected)
+
+
+def test_depth_trend_at_run_level(runs):
+    import statsmodels.api as sm
+
     t = depth_trend(runs, n_resamples=500).set_index("activation")
-    # selu: depth .5 -> (.25, 0, 0, 0), depth 1 -> (.5, .5, .5, .5); ranks by hand:
-    # dx = (-2)*4 + (2)*4, dy = (-.5, -2.5, -2.5, -2.5, 2, 2, 2, 2) -> 32 / sqrt(32 * 35)
+    # reference: the intercept-only OLS of the run slopes (statsmodels) is the t-test
+    p = {}
+    for act, slopes in SLOPES.items():
+        fit = sm.OLS(np.asarray(slopes), np.ones(4)).fit()
+        assert t.loc[act, "mean_slope"] == pytest.approx(np.mean(slopes))
+        assert t.loc[act, "t"] == pytest.approx(fit.tvalues[0])
+        assert t.loc[act, "p_value"] == pytest.approx(fit.pvalues[0])
+        low, high = fit.conf_int(0.05)[0]
+        assert (t.loc[act, "slope_ci_low"], t.loc[act, "slope_ci_high"]) == pytest.approx(
+            (low, high))
+        p[act] = fit.pvalues[0]
+    # Holm by hand over the three activations
+    order = sorted(p, key=p.get)
+    adj = np.minimum(np.maximum.accumulate([p[a] * (3 - i) for i, a in enumerate(order)]), 1)
+    assert [t.loc[a, "p_holm"] for a in order] == pytest.approx(list(adj))
+    assert t.loc["selu", "t"] == pytest.approx(7.0)  # mean 0.875, sd 0.25, n 4
+    assert (t["n_runs"] == 4).all() and (t["n_one_layer_runs"] == 0).all()
+    # descriptive pooled rho, as before: ranks by hand give 32 / sqrt(32 * 35)
     assert t.loc["selu", "rho"] == pytest.approx(32 / np.sqrt(32 * 35))
-    assert t.loc["selu", "n_points"] == 8 and t.loc["selu", "n_architectures"] == 2
-    assert t.loc["selu", "n_runs"] == 4
-    assert t.loc["selu", "ci_low"] <= t.loc["selu", "rho"] <= t.loc["selu", "ci_high"] <= 1
-    assert t.loc["relu", "rho"] < 0
+    assert t.loc["selu", "rho_ci_low"] <= t.loc["selu", "rho"] <= t.loc["selu", "rho_ci_high"]
     assert t.loc["selu", "mean_first_layer"] == pytest.approx(0.0625)
     assert t.loc["selu", "mean_last_layer"] == pytest.approx(0.5)
+
+
+def test_one_layer_net_is_not_first_and_last(runs):
+    """A one-hidden-layer net has no depth: it is left out of slopes and layer means."""
+    one = runs[(runs["architecture"] == "128-64")].copy()
+    one["architecture"], one["run_id"] = "16", "one-layer-run"
+    one = one.drop(columns=[c for c in one.columns if c.startswith("selection/layer_2")])
+    one["selection/layer_1/selu"] = 1.0
+    both = pd.concat([runs, one], ignore_index=True)
+    t = depth_trend(both, n_resamples=200).set_index("activation")
+    base = depth_trend(runs, n_resamples=200).set_index("activation")
+    assert (t["n_one_layer_runs"] == 1).all() and (t["n_runs"] == 4).all()
+    for col in ("mean_slope", "p_value", "mean_first_layer", "mean_last_layer", "rho"):
+        assert t[col].tolist() == pytest.approx(base[col].tolist())
 
 
 def test_depth_trend_degenerate(runs):
     one_layer = runs[runs["architecture"] == "64-32"].drop(
         columns=[c for c in runs.columns if c.startswith("selection/layer_2")])
     t = depth_trend(one_layer)
-    assert t["rho"].isna().all() and (t["note"] == "relative depth is constant").all()
+    assert t["mean_slope"].isna().all() and t["p_value"].isna().all()
+    assert (t["note"] == "no run with >= 2 selective layers").all()
+    assert (t["n_one_layer_runs"] == 3).all()
 
 
 def test_switching_dynamics(store, runs):
