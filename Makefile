@@ -18,6 +18,7 @@ demo: install
 	smartmixed analyze --experiment smartmixed-quick --sweep quick-digits \
 		--tracking-uri sqlite:///$(DEMO)/mlflow.db --out $(DEMO)/report
 	@echo "Report: $(DEMO)/report/index.html   MLflow UI: mlflow ui --backend-store-uri sqlite:///$(DEMO)/mlflow.db"
+	@echo "Status: smartmixed sweep status quick-digits --tracking-uri sqlite:///$(DEMO)/mlflow.db"
 
 test: install
 	bash tools/ensure-chromium.sh

@@ -71,7 +71,7 @@ def resume(
     )
 
     check_address(address)
-    path = locate(name_or_path)
+    path = locate(name_or_path, tracking_uri)
     spec, ctx = load_state(path, tracking_uri)
     check_state(ctx, tracking_uri)
     try:
@@ -91,7 +91,7 @@ def status(
     """Show a sweep's trials (from MLflow) without starting Ray."""
     from sweeps.launch import check_state, load_state, locate
 
-    path = locate(name_or_path)
+    path = locate(name_or_path, tracking_uri)
     spec, ctx = load_state(path, tracking_uri)
     check_state(ctx, tracking_uri)
     _print_summary(spec, ctx, path, limit=None)

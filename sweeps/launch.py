@@ -40,7 +40,14 @@ from sweeps.redact import (
     use_credentials,
     without_password,
 )
-from sweeps.spec import SweepSpec, absolute_data_dir, check_datasets, parse_spec, spec_doc
+from sweeps.spec import (
+    SweepSpec,
+    absolute_data_dir,
+    check_datasets,
+    check_tracking_uri,
+    parse_spec,
+    spec_doc,
+)
 from sweeps.trial import SweepContext
 
 SPEC_FILE = "sweep.yaml"
@@ -394,7 +401,7 @@ def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | Non
             tracking.use_wal(uri)
             exp_id = tracking.ensure_experiment(c, spec.experiment, uri)
             run_id = tracking.create_sweep_run(c, exp_id, spec.name, flat_params(logged),
-                                               yaml.safe_dump(logged, sort_keys=False))
+                                               yaml.safe_dump(logged, sort_keys=False), path)
         except ConfigError:
             raise
         except Exception as exc:
@@ -411,14 +418,43 @@ def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | Non
     return spec, path, ctx
 
 
-def locate(name_or_path: str, storage_path: str = "./ray_results") -> Path:
-    """The experiment folder of a sweep given its folder or its name."""
+def locate(name_or_path: str, tracking_uri: str | None = None,
+           storage_path: str = "./ray_results") -> Path:
+    """The experiment folder of a sweep given its folder, or its name: under
+    ``./ray_results``, else where the tracking store's sweep run of that name says
+    (``--tracking-uri``, default ``sqlite:///mlflow.db``)."""
     for cand in (Path(name_or_path), Path(storage_path) / name_or_path):
-        if (cand / SPEC_FILE).is_file() and (cand / STATE_FILE).is_file():
+        if _is_sweep(cand):
             return cand.resolve()
-    raise ConfigError("sweep", f"no sweep at {name_or_path!r} (looked for {SPEC_FILE} and "
-                      f"{STATE_FILE} there and in {Path(storage_path) / name_or_path}); pass "
-                      "the sweep's folder (<storage_path>/<name>)")
+    given = tracking_uri or schema.DEFAULT_TRACKING_URI
+    try:
+        uri = tracking.normalize_uri(check_tracking_uri(given))
+    except ValueError as exc:
+        raise ConfigError("tracking_uri", str(exc)) from None
+    looked = f"looked for {SPEC_FILE} and {STATE_FILE} in {name_or_path} and " \
+             f"{Path(storage_path) / name_or_path}"
+    if _sqlite_missing(uri):
+        raise ConfigError("sweep", f"no sweep at {name_or_path!r} ({looked}; no tracking store "
+                          f"at {given}: pass --tracking-uri)")
+    _check_server(use_credentials(uri), given)
+    try:
+        folders = tracking.sweep_folders(tracking.client(use_credentials(uri)))
+    except Exception as exc:
+        raise _mlflow_error(exc, given, "cannot list the sweeps") from None
+    folder = folders.get(name_or_path)
+    if folder and _is_sweep(Path(folder)):
+        return Path(folder)
+    if folder is not None:
+        raise ConfigError("sweep", f"the sweep {name_or_path!r} of {given} was in "
+                          f"{folder or 'a folder it did not record'}, which holds no sweep now; "
+                          "pass the sweep's folder (<storage_path>/<name>)")
+    known = ", ".join(sorted(folders)) or "none"
+    raise ConfigError("sweep", f"no sweep named {name_or_path!r} ({looked}; sweeps in "
+                      f"{given}: {known})")
+
+
+def _is_sweep(folder: Path) -> bool:
+    return (folder / SPEC_FILE).is_file() and (folder / STATE_FILE).is_file()
 
 
 def load_state(path: Path, tracking_uri: str | None = None) -> tuple[SweepSpec, SweepContext]:

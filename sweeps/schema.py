@@ -26,6 +26,9 @@ TAG_WORKER = "smartmixed.worker"  # "host:pid" of the process running the trial 
 # On trial and seed runs whose latest attempt continued from a mid-run checkpoint: the last
 # epoch (0-based) the checkpoint had completed, as a decimal string.
 TAG_RESUMED = "smartmixed.resumed_after_epoch"
+# On sweep runs: the sweep's folder (<storage_path>/<name>, absolute), so that `sweep status`
+# and `sweep resume` find it by name from the tracking store alone.
+TAG_FOLDER = "smartmixed.folder"
 
 # Params of every seed run (and of trial runs): the configuration, as strings.
 SEED_PARAMS = (

@@ -59,6 +59,34 @@ TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "
 """MLflow 3 tracking stores (a database scheme may name a driver: ``postgresql+psycopg2``)."""
 
 
+def check_tracking_uri(v: str) -> str:
+    """``v`` if MLflow 3 can track to it from every trial worker, else ValueError saying why."""
+    scheme, sep, rest = v.partition("://")
+    if v.startswith("file:") or not sep:
+        raise ValueError(f"{redact_uri(v)!r} is a folder store, which MLflow 3 refuses; use "
+                         "sqlite:///PATH/mlflow.db or http(s)://HOST:PORT")
+    if scheme.lower().split("+")[0] not in TRACKING_SCHEMES or not rest:
+        raise ValueError(f"unsupported tracking URI {redact_uri(v)!r}; allowed: "
+                         "sqlite:///PATH, http(s)://HOST:PORT, or a database URI ("
+                         + ", ".join(TRACKING_SCHEMES[3:6]) + ")")
+    if scheme.lower() == "sqlite" and not v.startswith("sqlite:///"):
+        raise ValueError(f"{v!r}: a SQLite store is sqlite:///PATH (three slashes)")
+    if scheme.lower() == "sqlite" and tracking.sqlite_path(v) is None:
+        raise ValueError(f"{v!r}: the trial workers need a SQLite file they can share; "
+                         "use sqlite:///PATH/mlflow.db")
+    if scheme.lower() in ("http", "https"):
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018  (raises ValueError on a bad port)
+        except ValueError as exc:
+            raise ValueError(f"malformed URI {redact_uri(v)!r} ({exc})") from None
+        if not parts.hostname:
+            raise ValueError(f"{redact_uri(v)!r} names no host; use http(s)://HOST:PORT")
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -206,30 +234,7 @@ class SweepSpec(_Strict):
     @field_validator("tracking_uri")
     @classmethod
     def _tracking_uri(cls, v: str) -> str:
-        scheme, sep, rest = v.partition("://")
-        if v.startswith("file:") or not sep:
-            raise ValueError(f"{redact_uri(v)!r} is a folder store, which MLflow 3 refuses; use "
-                             "sqlite:///PATH/mlflow.db or http(s)://HOST:PORT")
-        if scheme.lower().split("+")[0] not in TRACKING_SCHEMES or not rest:
-            raise ValueError(f"unsupported tracking URI {redact_uri(v)!r}; allowed: "
-                             "sqlite:///PATH, http(s)://HOST:PORT, or a database URI ("
-                             + ", ".join(TRACKING_SCHEMES[3:6]) + ")")
-        if scheme.lower() == "sqlite" and not v.startswith("sqlite:///"):
-            raise ValueError(f"{v!r}: a SQLite store is sqlite:///PATH (three slashes)")
-        if scheme.lower() == "sqlite" and tracking.sqlite_path(v) is None:
-            raise ValueError(f"{v!r}: the trial workers need a SQLite file they can share; "
-                             "use sqlite:///PATH/mlflow.db")
-        if scheme.lower() in ("http", "https"):
-            from urllib.parse import urlsplit
-
-            try:
-                parts = urlsplit(v)
-                parts.port  # noqa: B018  (raises ValueError on a bad port)
-            except ValueError as exc:
-                raise ValueError(f"malformed URI {redact_uri(v)!r} ({exc})") from None
-            if not parts.hostname:
-                raise ValueError(f"{redact_uri(v)!r} names no host; use http(s)://HOST:PORT")
-        return v
+        return check_tracking_uri(v)
 
     @field_validator("storage_path")
     @classmethod

@@ -314,17 +314,34 @@ def log_metrics(c: MlflowClient, run_id: str, metrics: Iterable[tuple[str, float
 
 
 def create_sweep_run(c: MlflowClient, experiment_id: str, name: str, params: dict[str, Any],
-                     spec_yaml: str) -> str:
-    """The sweep's parent run (refuses a second sweep of the same name in the experiment)."""
+                     spec_yaml: str, folder: Path) -> str:
+    """The sweep's parent run (refuses a second sweep of the same name in the experiment),
+    tagged with the sweep's ``folder``."""
     if find_runs(c, experiment_id, schema.KIND_SWEEP, name):
         raise ConfigError("name", f"a sweep named {name!r} already exists in this experiment; "
                           f"resume it (smartmixed sweep resume {name}) or choose another name "
                           "(--set name=...)")
     run = c.create_run(experiment_id, run_name=name, tags={
-        schema.TAG_KIND: schema.KIND_SWEEP, schema.TAG_SWEEP: name})
+        schema.TAG_KIND: schema.KIND_SWEEP, schema.TAG_SWEEP: name,
+        schema.TAG_FOLDER: str(folder)})
     log_params(c, run.info.run_id, params, lookup=False)
     c.log_text(run.info.run_id, spec_yaml, schema.ARTIFACT_SPEC)
     return run.info.run_id
+
+
+def sweep_folders(c: MlflowClient, name: str | None = None) -> dict[str, str]:
+    """Sweep name -> folder of the sweep runs in every experiment of the store (newest first
+    wins); only ``name`` when given."""
+    exps = [e.experiment_id for e in c.search_experiments()]
+    flt = f"tags.`{schema.TAG_KIND}` = '{schema.KIND_SWEEP}'"
+    if name is not None:
+        flt += f" and tags.`{schema.TAG_SWEEP}` = '{name}'"
+    folders: dict[str, str] = {}
+    for run in c.search_runs(exps, flt, order_by=["attributes.start_time DESC"]) if exps else ():
+        sweep = run.data.tags.get(schema.TAG_SWEEP)
+        if sweep and sweep not in folders:
+            folders[sweep] = run.data.tags.get(schema.TAG_FOLDER, "")
+    return folders
 
 
 class TrialRunInfo(NamedTuple):

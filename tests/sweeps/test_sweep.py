@@ -87,3 +87,25 @@ def test_a_second_sweep_with_the_same_name_is_refused(tmp_path, capsys):
     (tmp_path / "ray_results" / "t-sweep").mkdir(parents=True)
     assert cli("sweep", "run", str(spec)) == 2
     assert "sweep resume" in capsys.readouterr().err
+
+
+def test_status_finds_a_sweep_by_name_through_the_tracking_store(tmp_path, monkeypatch, capsys):
+    from smartmixed_core.errors import ConfigError
+    from sweeps.launch import locate, prepare
+    from sweeps.spec import load_spec
+
+    _, path, ctx = prepare(load_spec(write_spec(
+        tmp_path, storage_path=str(tmp_path / "ray_results"))))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert MlflowClient(uri).get_run(ctx.sweep_run_id).data.tags[schema.TAG_FOLDER] == str(path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # neither ./ray_results/t-sweep nor ./mlflow.db here
+    assert locate("t-sweep", uri) == path
+    assert cli("sweep", "status", "t-sweep", "--tracking-uri", uri) == 0
+    assert "t-sweep" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"sweeps in .*: t-sweep\)") as err:
+        locate("nope", uri)
+    assert err.value.field == "sweep"
+    with pytest.raises(ConfigError, match="no tracking store at sqlite:///mlflow.db"):
+        locate("t-sweep")
