@@ -22,7 +22,7 @@ import typer
 from smartmixed_core.activations import POOLS
 from smartmixed_core.config import METHODS_HELP, RunConfig
 from smartmixed_core.data import DATASETS, check_data
-from smartmixed_core.errors import ConfigError
+from smartmixed_core.errors import ConfigError, check_output_dir
 
 app = typer.Typer(
     name="smartmixed",
@@ -134,8 +134,7 @@ def train(
         device=device,
     )
     check_data(cfg.dataset, cfg.data_dir, cfg.download)  # before anything is trained
-    if out.exists() and not out.is_dir():
-        raise ConfigError("out", f"{out} exists and is not a directory")
+    check_output_dir("out", out)
     if batch_seeds == "on" and (reason := batchable(cfg)) is not None:
         raise ConfigError("batch_seeds", reason)
     data = load_data(cfg)

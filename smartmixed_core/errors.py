@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -17,3 +20,29 @@ class ConfigError(ValueError):
 def choice_error(field: str, value: object, allowed: Iterable[str]) -> ConfigError:
     """The standard "unknown X" error listing every allowed value."""
     return ConfigError(field, f"unknown value {value!r}; allowed: {', '.join(allowed)}")
+
+
+def check_output_dir(field: str, path: str | Path) -> Path:
+    """``path`` if a command may write its results there: an existing folder it can write, or
+    one it can create (the nearest existing folder above it is writable).  Checked before any
+    work, so a location that cannot be used (a regular file on the way, ``/proc``, a broken or
+    looping link, no permission) is a :class:`ConfigError` naming ``field``, and nothing is
+    created.  The write test makes and removes an empty folder there."""
+    out = Path(path).expanduser()
+    target = out
+    try:
+        while not target.exists():
+            if target.is_symlink():
+                raise ConfigError(field, f"{target} is a broken or looping symbolic link")
+            if target.parent == target:
+                break
+            target = target.parent if target.is_absolute() else target.absolute().parent
+        if not target.is_dir():
+            what = "is not a directory" if target == out else f"cannot be created: {target} " \
+                "is not a directory"
+            raise ConfigError(field, f"{out} {what}")
+        os.rmdir(tempfile.mkdtemp(prefix=".smartmixed-write-test-", dir=target))
+    except OSError as exc:
+        raise ConfigError(field, f"cannot write in {target}: "
+                          f"{exc.strerror or type(exc).__name__}") from None
+    return out

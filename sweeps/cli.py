@@ -9,6 +9,8 @@ inside the commands, so ``smartmixed train`` does not pay for them.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Annotated, Any, Optional
 
 import typer
@@ -22,7 +24,24 @@ def register(app: typer.Typer) -> None:
     app.add_typer(sweep_app, name="sweep")
 
 
+def closing_stores(command: Callable[..., int]) -> Callable[..., int]:
+    """Run ``command``, then close the tracking-store connections it opened, whether it
+    succeeded or failed (an error line must leave no ``-wal``/``-shm`` file behind)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> int:
+        try:
+            return command(*args, **kwargs)
+        finally:
+            from sweeps.tracking import close_stores
+
+            close_stores()
+
+    return run
+
+
 @sweep_app.command("run")
+@closing_stores
 def run(
     spec: Annotated[str, typer.Argument(help="Spec YAML file or preset name "
                                         "(quick, paper, search, adact, gated).")],
@@ -53,6 +72,7 @@ TRACKING_AGAIN = ("MLflow tracking URI, e.g. to give the password again (the swe
 
 
 @sweep_app.command("resume")
+@closing_stores
 def resume(
     name_or_path: Annotated[str, typer.Argument(help="Sweep folder, or its name under "
                                                 "./ray_results.")],
@@ -83,6 +103,7 @@ def resume(
 
 
 @sweep_app.command("status")
+@closing_stores
 def status(
     name_or_path: Annotated[str, typer.Argument(help="Sweep folder, or its name under "
                                                 "./ray_results.")],

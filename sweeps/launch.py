@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from smartmixed_core.errors import ConfigError
+from smartmixed_core.errors import ConfigError, check_output_dir
 from sweeps import schema, tracking
 from sweeps import trial as trial_module
 from sweeps.redact import (
@@ -76,7 +76,11 @@ class SweepOutcome:
 
 
 def experiment_dir(spec: SweepSpec) -> Path:
-    return Path(spec.storage_path).expanduser().resolve() / spec.name
+    try:
+        return Path(spec.storage_path).expanduser().resolve() / spec.name
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic-link loop
+        raise ConfigError("storage_path", f"{spec.storage_path} cannot be resolved: "
+                          f"{exc}") from None
 
 
 def flat_params(doc: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -376,8 +380,7 @@ def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | Non
     path = experiment_dir(spec)
     if path.exists():
         _refuse_existing(spec, path, saved)
-    if not path.parent.exists() and not path.parent.parent.exists():
-        raise ConfigError("storage_path", f"{path.parent.parent} does not exist")
+    check_output_dir("storage_path", path.parent)
     if spec.search.algorithm == "grid":
         from sweeps.space import grid
 

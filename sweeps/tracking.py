@@ -75,15 +75,23 @@ def fold_wal(uri: str) -> bool:
     path = sqlite_path(uri)
     if path is None:
         return False
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    # MLflow keeps one engine per store URI for the life of the process; its pooled
-    # connections would keep the log open (and the console exits without closing them).
-    for engine in list(getattr(SqlAlchemyStore, "_engine_map", {}).values()):
-        database = engine.url.database
-        if database and Path(database).resolve() == path.resolve():
-            engine.dispose()
+    close_stores()
     return _pragma(uri, "journal_mode=DELETE") == "delete"
+
+
+def close_stores() -> None:
+    """Close this process's pooled connections to SQL tracking stores.  MLflow keeps one
+    engine per store for the life of the process, and the console exits without closing
+    them, so a SQLite store in write-ahead mode would keep its ``-wal`` and ``-shm`` files
+    beside it; closed, SQLite removes them (when no other process has the store open).
+    The next call through a client opens a new connection."""
+    import sys
+
+    store_module = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
+    if store_module is None:  # no SQL store was opened by this process
+        return
+    for engine in list(getattr(store_module.SqlAlchemyStore, "_engine_map", {}).values()):
+        engine.dispose()
 
 
 def _pragma(uri: str, pragma: str) -> str | None:

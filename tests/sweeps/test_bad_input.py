@@ -54,12 +54,25 @@ def without(tmp: Path, key: str) -> str:
 
 
 def existing_sweep(tmp: Path) -> Path:
-    """A sweep as `sweep run` leaves it before training: MLflow sweep run + its folder."""
+    """A sweep as `sweep run` leaves it (MLflow sweep run + its folder), its store closed as a
+    sweep leaves it when it ends (no write-ahead log)."""
+    from sweeps import tracking
     from sweeps.launch import prepare
     from sweeps.spec import load_spec
 
-    _, path, _ = prepare(load_spec(write_spec(tmp)))
+    _, path, ctx = prepare(load_spec(write_spec(tmp)))
+    tracking.fold_wal(ctx.tracking_uri)
     return path
+
+
+def a_file(tmp: Path) -> Path:
+    (tmp / "a-file").write_text("not a folder")
+    return tmp / "a-file"
+
+
+def a_loop(tmp: Path) -> Path:
+    (tmp / "loop").symlink_to(tmp / "loop")
+    return tmp / "loop"
 
 
 def uri(tmp: Path) -> str:
@@ -194,6 +207,19 @@ CASES: list[Case] = [
                                      ["sweep", "status", "t-sweep"])[2], "tracking_uri"),
     ("status-bad-tracking-uri", lambda t: (existing_sweep(t), [
         "sweep", "status", "t-sweep", "--tracking-uri", "file:/tmp"])[1], "tracking_uri"),
+    # -- output locations that cannot be used ----------------------------------------------
+    ("storage-path-is-a-file", lambda t: [*RUN, spec(t), "--set",
+                                          f"storage_path={a_file(t)}"], "storage_path"),
+    ("storage-path-under-a-file", lambda t: [*RUN, spec(t), "--set",
+                                             f"storage_path={a_file(t) / 'x'}"], "storage_path"),
+    ("storage-path-under-proc", lambda t: [*RUN, spec(t), "--set", "storage_path=/proc/x"],
+     "storage_path"),
+    ("storage-path-symlink-loop", lambda t: [*RUN, spec(t), "--set",
+                                             f"storage_path={a_loop(t)}"], "storage_path"),
+    ("train-out-is-a-file", lambda t: ["train", "--out", str(a_file(t))], "out"),
+    ("train-out-under-a-file", lambda t: ["train", "--out", str(a_file(t) / "r")], "out"),
+    ("train-out-under-proc", lambda t: ["train", "--out", "/proc/smartmixed"], "out"),
+    ("train-out-symlink-loop", lambda t: ["train", "--out", str(a_loop(t) / "r")], "out"),
     # -- smartmixed train ----------------------------------------------------------------
     ("train-huge-epochs", lambda t: ["train", "--epochs", str(10**20)], "epochs"),
     ("train-zero-batch", lambda t: ["train", "--batch-size", "0"], "batch_size"),
@@ -368,3 +394,20 @@ def test_ray_started_beside_a_failing_store_is_shut_down(tmp_path, capsys, monke
     assert "disk I/O error" in check_one_line(err, "tracking_uri")
     assert calls == ["init", "release"]
     assert snapshot(tmp_path) == before and not (tmp_path / "ray_results").exists()
+
+
+def test_an_error_leaves_no_write_ahead_log_beside_an_existing_store(tmp_path, capsys):
+    """A store left in write-ahead mode (a killed sweep, an older version): a command that
+    opens it and then fails closes it again, so SQLite removes ``-wal`` and ``-shm``."""
+    from sweeps import tracking
+
+    existing_sweep(tmp_path)
+    assert tracking.use_wal(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    before = snapshot(tmp_path)
+    assert not {"mlflow.db-wal", "mlflow.db-shm"} & set(before)
+    capsys.readouterr()
+    for argv in ([*RUN, spec(tmp_path)], ["sweep", "status", "no-such-sweep", "--tracking-uri",
+                                          f"sqlite:///{tmp_path / 'mlflow.db'}"]):
+        assert main(argv) == 2
+        check_one_line(capsys.readouterr().err, "name" if argv[1] == "run" else "sweep")
+        assert snapshot(tmp_path) == before

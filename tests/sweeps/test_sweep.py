@@ -4,6 +4,7 @@ input reported before anything starts."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -107,5 +108,5 @@ def test_status_finds_a_sweep_by_name_through_the_tracking_store(tmp_path, monke
     with pytest.raises(ConfigError, match=r"sweeps in .*: t-sweep\)") as err:
         locate("nope", uri)
     assert err.value.field == "sweep"
-    with pytest.raises(ConfigError, match="no tracking store at sqlite:///mlflow.db"):
+    with pytest.raises(ConfigError, match=re.escape("no tracking store at sqlite:///mlflow.db")):
         locate("t-sweep")
