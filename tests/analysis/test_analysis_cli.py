@@ -61,6 +61,7 @@ def test_protocol_and_budgets(cli_report):
                  "with 2 blocks Friedman&#x27;s chi-square cannot go below p = 0.14"):
         assert text in html, text
     assert "Budgets differ" in stdout and "Caveat:" in stdout
+    assert "Per architecture the trials" not in html  # one trial per cell everywhere
     ranks = pd.read_csv(out / "rankings.csv")
     assert {"n_trials", "n_tied", "decided_by", "ci_method"} <= set(ranks.columns)
     assert (ranks["ci_method"].dropna() == "student-t").all()
