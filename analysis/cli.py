@@ -26,6 +26,9 @@ def analyze(
         help="Read checkpoints for the weight heatmap.")] = True,
     log: Annotated[bool, typer.Option(
         help="Log the report as artifacts of the sweep parent run(s).")] = True,
+    control: Annotated[Optional[str], typer.Option(
+        help="Control method of the Holm comparisons (default: smartmixed, when present).")
+    ] = None,
 ) -> None:
     """Aggregate seeds, rank methods, test significance and selection consistency; write
     OUT/index.html and the CSV/PNG files; log them to the sweep's MLflow parent run."""
@@ -36,7 +39,8 @@ def analyze(
         raise ConfigError("out", f"{out} exists and is not a directory")
     # http(s) user/password go to MLFLOW_TRACKING_USERNAME/PASSWORD; the report (HTML, also
     # logged to MLflow) shows the URI with its password masked.
-    rep = build_report(experiment, sweep, use_credentials(tracking_uri), weights=weights)
+    rep = build_report(experiment, sweep, use_credentials(tracking_uri), weights=weights,
+                       control=control)
     real, rep.tracking_uri = rep.tracking_uri, redact_uri(rep.tracking_uri)
     write_report(rep, out)
     rep.tracking_uri = real

@@ -150,6 +150,10 @@ def summary(tables: dict[str, pd.DataFrame], alpha: float = ALPHA) -> list[str]:
         else:
             out.append(f"Budgets: equal, {_n(int(budgets['n_trials'].iloc[0]), 'trial')} per "
                        "method.")
+        cells = budgets[["min_per_architecture", "max_per_architecture"]].to_numpy()
+        if "min_per_architecture" in budgets and np.nanmin(cells) != np.nanmax(cells):
+            out.append(f"Per architecture the trials range from {int(np.nanmin(cells))} to "
+                       f"{int(np.nanmax(cells))}: within a block the methods' budgets differ.")
     if np.isfinite(idav["p_value"]):
         sig = idav["p_value"] < alpha
         out.append(f"Omnibus: Friedman chi2 = {fr['statistic']:.3g} (p = {_fmt(fr['p_value'])}),"

@@ -64,6 +64,7 @@ from analysis.significance import (
     wilcoxon_holm,
 )
 from analysis.weights import weight_groups
+from smartmixed_core.errors import ConfigError
 from sweeps import schema
 
 # file stem -> (section title, what it holds); the order is the report's order.
@@ -138,8 +139,13 @@ def headline(rankings: pd.DataFrame, budgets: pd.DataFrame | None = None) -> pd.
 
 
 def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | None = None,
-                 *, weights: bool = True, control: str = DEFAULT_CONTROL) -> Report:
-    """Run every stage on the experiment's seed runs (see the module docstrings)."""
+                 *, weights: bool = True, control: str | None = None) -> Report:
+    """Run every stage on the experiment's seed runs (see the module docstrings).
+
+    ``control`` is the control method of :func:`analysis.significance.control_holm`; by
+    default ``smartmixed`` when it ran (otherwise no control comparison).  A named control
+    that is not among the methods is a :class:`ConfigError`.
+    """
     runs = load_runs(experiment, sweep, tracking_uri)
     client = client_for(runs.attrs["tracking_uri"])
     rep = Report(experiment, sweep, client.tracking_uri)
@@ -161,7 +167,11 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     t["rank_distribution"] = rank_distribution(rankings).reset_index()
     t["first_ranks"], t["top3"] = first_rank_counts(rankings), top_k_table(rankings)
     t["friedman"], t["wilcoxon"] = friedman_test(rankings), wilcoxon_holm(rankings)
-    t["control"] = control_holm(rankings, control)
+    methods = sorted(rankings["method"].unique())
+    if control is not None and control not in methods:
+        raise ConfigError("control", f"unknown method {control!r}; allowed: "
+                          f"{', '.join(methods)}")
+    t["control"] = control_holm(rankings, control or DEFAULT_CONTROL)
     scores = seed_scores(runs, rankings)
     t["iqm"], t["improvement"] = interval_estimates(scores), probability_of_improvement(scores)
     t["performance_profile"] = performance_profile(scores)

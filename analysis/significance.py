@@ -153,7 +153,9 @@ def wilcoxon_holm(rankings: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
 
     Columns: method_a, method_b, n_pairs (architectures with both), n_nonzero, mean_diff
     (a - b), statistic (the smaller of W+ and W-), p_value, test_method (see
-    :func:`_wilcoxon`), p_holm, reject (at ``alpha`` after Holm), note.
+    :func:`_wilcoxon`), p_normal (the normal approximation with tie and continuity
+    corrections, R's ``wilcox.test`` with ties, for comparison), p_holm, reject (at
+    ``alpha`` after Holm, on ``p_value``), note.
     """
     from statsmodels.stats.multitest import multipletests
 
@@ -165,17 +167,22 @@ def wilcoxon_holm(rankings: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         nonzero = d[d != 0]
         row = {"method_a": a, "method_b": b, "n_pairs": len(d), "n_nonzero": len(nonzero),
                "mean_diff": round(float(d.mean()), ROUND) if len(d) else np.nan,
-               "statistic": np.nan, "p_value": np.nan, "test_method": "", "note": ""}
+               "statistic": np.nan, "p_value": np.nan, "test_method": "", "p_normal": np.nan,
+               "note": ""}
         if len(nonzero) == 0:
             row["note"] = "no non-zero paired differences"
         else:
             stat, p, how = _wilcoxon(nonzero)
-            row.update(statistic=stat, p_value=p, test_method=how)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                p_normal = stats.wilcoxon(nonzero, method="approx", correction=True).pvalue
+            row.update(statistic=stat, p_value=p, test_method=how,
+                       p_normal=float(min(p_normal, 1.0)))
             if len(nonzero) < 6:
                 row["note"] = "n < 6: cannot reach p < 0.05"
         rows.append(row)
     cols = ["method_a", "method_b", "n_pairs", "n_nonzero", "mean_diff", "statistic",
-            "p_value", "test_method", "note"]
+            "p_value", "test_method", "p_normal", "note"]
     out = pd.DataFrame(rows, columns=cols)
     out["p_holm"], out["reject"] = np.nan, False
     ok = out["p_value"].notna()

@@ -61,6 +61,7 @@ def test_protocol_and_budgets(cli_report):
                  "with 2 blocks Friedman&#x27;s chi-square cannot go below p = 0.14"):
         assert text in html, text
     assert "Budgets differ" in stdout and "Caveat:" in stdout
+    assert "Per architecture the trials" not in html  # one trial per cell everywhere
     ranks = pd.read_csv(out / "rankings.csv")
     assert {"n_trials", "n_tied", "decided_by", "ci_method"} <= set(ranks.columns)
     assert (ranks["ci_method"].dropna() == "student-t").all()
@@ -155,3 +156,18 @@ def test_no_validation_accuracy_is_refused(tmp_path, capsys):
     assert rc == 2 and len(err.splitlines()) == 1
     assert err.startswith("smartmixed: error: select_by: 2 configurations of smartmixed on 8")
     assert "never on the test set" in err and not (tmp_path / "o").exists()
+
+
+def test_control_option(cli_report, tmp_path, capsys):
+    st = cli_report[0]
+    out = tmp_path / "o"
+    rc, _ = run_cli(["--experiment", EXP, "--sweep", "s1", "--tracking-uri", st.uri, "--out",
+                     str(out), "--no-log", "--no-weights", "--control", "fixed:relu"], capsys)
+    assert rc == 0
+    control = pd.read_csv(out / "control.csv")
+    assert set(control["control"]) == {"fixed:relu"}
+    assert set(control["method"]) == {"fixed:elu", "smartmixed"}
+    rc, err = run_cli(["--experiment", EXP, "--sweep", "s1", "--tracking-uri", st.uri,
+                       "--out", str(tmp_path / "p"), "--no-log", "--control", "nope"], capsys)
+    assert rc == 2 and err == ("smartmixed: error: control: unknown method 'nope'; allowed: "
+                               "fixed:elu, fixed:relu, smartmixed")
