@@ -27,15 +27,17 @@ def cell_budgets(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def trial_budgets(trials: pd.DataFrame) -> pd.DataFrame:
-    """Trials (tuning budget) per method: method, n_trials, min_per_architecture,
-    max_per_architecture.  Every trial counts, also one stopped early: it used budget."""
-    cols = ["method", "n_trials", "min_per_architecture", "max_per_architecture"]
+    """Trials (tuning budget) per method: method, n_trials, min_per_block, max_per_block
+    (a block: the ``architecture`` column, ``dataset/architecture`` after
+    :func:`analysis.rank.label_blocks`).  Every trial counts, also one stopped early: it used
+    budget."""
+    cols = ["method", "n_trials", "min_per_block", "max_per_block"]
     if trials.empty:
         return pd.DataFrame(columns=cols)
     cells = cell_budgets(trials).groupby("method")["n_trials"]
     out = pd.DataFrame({"n_trials": trials.groupby("method").size(),
-                        "min_per_architecture": cells.min(),
-                        "max_per_architecture": cells.max()}).reset_index()
+                        "min_per_block": cells.min(),
+                        "max_per_block": cells.max()}).reset_index()
     return out[cols]
 
 
@@ -150,9 +152,9 @@ def summary(tables: dict[str, pd.DataFrame], alpha: float = ALPHA) -> list[str]:
         else:
             out.append(f"Budgets: equal, {_n(int(budgets['n_trials'].iloc[0]), 'trial')} per "
                        "method.")
-        cells = budgets[["min_per_architecture", "max_per_architecture"]].to_numpy()
-        if "min_per_architecture" in budgets and np.nanmin(cells) != np.nanmax(cells):
-            out.append(f"Per architecture the trials range from {int(np.nanmin(cells))} to "
+        cells = budgets[["min_per_block", "max_per_block"]].to_numpy()
+        if "min_per_block" in budgets and np.nanmin(cells) != np.nanmax(cells):
+            out.append(f"Per block the trials range from {int(np.nanmin(cells))} to "
                        f"{int(np.nanmax(cells))}: within a block the methods' budgets differ.")
     if np.isfinite(idav["p_value"]):
         sig = idav["p_value"] < alpha

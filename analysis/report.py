@@ -156,12 +156,13 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     trials = load_trials(experiment, sweep, runs.attrs["tracking_uri"])
     configs = attach_val_loss(aggregate_seeds(runs), runs, trials)
     rankings = rank_methods(configs)
+    several = "dataset" in runs.columns and runs["dataset"].nunique() > 1
     if len(trials):
-        several = "dataset" in runs.columns and runs["dataset"].nunique() > 1
         rankings = rankings.merge(cell_budgets(label_blocks(trials, several)),
                                   on=["architecture", "method"], how="left")
     t = rep.tables
-    t["budgets"], t["validation"] = trial_budgets(trials), validation_resolution(runs)
+    t["budgets"] = trial_budgets(label_blocks(trials, several))  # per block: dataset/arch
+    t["validation"] = validation_resolution(runs)
     t["headline"] = headline(rankings, t["budgets"])
     t["rankings"], t["mrr"] = rankings, mean_reciprocal_rank(rankings)
     t["rank_distribution"] = rank_distribution(rankings).reset_index()

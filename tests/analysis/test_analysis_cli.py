@@ -44,7 +44,7 @@ def test_protocol_and_budgets(cli_report):
     _, out, _, stdout = cli_report
     budgets = pd.read_csv(out / "budgets.csv").set_index("method")
     assert budgets["n_trials"].to_dict() == {"fixed:elu": 2, "fixed:relu": 3, "smartmixed": 3}
-    assert budgets.loc["fixed:elu", "max_per_architecture"] == 1
+    assert budgets.loc["fixed:elu", "max_per_block"] == 1
     head = pd.read_csv(out / "headline.csv").set_index("method")
     assert head.loc["fixed:elu", "n_trials"] == 2
     val = pd.read_csv(out / "validation.csv").iloc[0]

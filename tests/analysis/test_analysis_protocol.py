@@ -60,12 +60,12 @@ def test_summary_names_significant_differences():
     wide = {f"k{i}": {"smartmixed": 0.95 + i / 1000, "a": 0.93 + (i % 3) / 1000,
                       "b": 0.90 + i / 2000} for i in range(12)}
     budgets = pd.DataFrame({"method": ["a", "b", "smartmixed"], "n_trials": [20, 20, 20],
-                            "min_per_architecture": 2, "max_per_architecture": 2})
+                            "min_per_block": 2, "max_per_block": 2})
     text = "\n".join(summary(tables_for(wide, budgets)))
     assert "Budgets: equal, 20 trials per method." in text
     assert "Per architecture" not in text
-    budgets["max_per_architecture"] = [2, 3, 2]
-    assert "Per architecture the trials range from 2 to 3" in "".join(
+    budgets["max_per_block"] = [2, 3, 2]
+    assert "Per block the trials range from 2 to 3" in "".join(
         summary(tables_for(wide, budgets)))
     assert "the methods differ." in text
     assert "significantly worse: a, b" in text and "significantly better than smartmixed: none" \
