@@ -55,11 +55,11 @@ def run(
         "--smoke-test", help="Shrink to 1-2 trials, 1 seed, 2 epochs, CPU.")] = False,
 ) -> int:
     """Run a sweep described by SPEC."""
-    from sweeps.launch import check_address, execute, prepare
+    from sweeps.launch import cluster_address, execute, prepare
     from sweeps.redact import redact_uri
     from sweeps.spec import load_spec
 
-    check_address(address)
+    address = cluster_address(address)
     loaded = load_spec(spec, set_ or [], smoke_test=smoke_test)
     spec_, path, ctx = prepare(loaded, tracking_uri, address, start_ray=True)
     typer.echo(f"sweep {spec_.name}: results in {path}, MLflow {redact_uri(ctx.tracking_uri)}",
@@ -81,16 +81,16 @@ def resume(
 ) -> int:
     """Continue an interrupted sweep: finished seeds are kept, the rest is trained."""
     from sweeps.launch import (
-        check_address,
         check_resources,
         check_state,
+        cluster_address,
         execute,
         load_state,
         locate,
         release_ray,
     )
 
-    check_address(address)
+    address = cluster_address(address)
     path = locate(name_or_path, tracking_uri)
     spec, ctx = load_state(path, tracking_uri)
     check_state(ctx, tracking_uri)

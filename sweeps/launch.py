@@ -193,6 +193,24 @@ def check_address(address: str | None) -> None:
                           "HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:PORT (Ray client)")
 
 
+def cluster_address(address: str | None) -> str | None:
+    """``--address``, or else the ``RAY_ADDRESS`` environment variable (which Ray itself would
+    read), checked now: its syntax, and that something listens there, so that a stale or
+    garbled variable is one error line before anything is written."""
+    if address is not None or not os.environ.get("RAY_ADDRESS", "").strip():
+        check_address(address)
+        return address
+    env = os.environ["RAY_ADDRESS"].strip()
+    try:
+        check_address(env)
+        if env != "local":
+            _probe(env)
+    except ConfigError as exc:
+        raise ConfigError("RAY_ADDRESS", f"(environment variable) {exc.message}; unset it for "
+                          "a local Ray, or pass --address") from None
+    return env
+
+
 def _bootstrap(address: str) -> str | None:
     """The host:port that ``address`` stands for (None where Ray alone can tell)."""
     if address != "auto":

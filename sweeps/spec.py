@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Literal, Optional, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from smartmixed_core.activations import resolve_pool
 from smartmixed_core.config import METHOD_KINDS, USED_BY, RunConfig
@@ -87,8 +95,27 @@ def check_tracking_uri(v: str) -> str:
     return v
 
 
+def _numeric(annotation: Any) -> bool:
+    """Whether a field's type is a number (or a list/tuple/optional of numbers), not a bool."""
+    if annotation is bool:
+        return False
+    if annotation in (int, float):
+        return True
+    return any(_numeric(a) for a in get_args(annotation) if a is not type(None))
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1; YAML makes `yes`/`on` booleans, so a typo would pass.
+        items = v if isinstance(v, (list, tuple)) else [v]
+        if any(isinstance(x, bool) for x in items) and info.field_name and _numeric(
+                cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"needs numbers, got {v!r} (true/false are not numbers)")
+        return v
 
 
 _KINDS = {"choice": "choice", "uniform": "uniform", "loguniform": "loguniform", "int": "integer"}
@@ -228,7 +255,8 @@ class SweepSpec(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         if not _NAME.match(v):
-            raise ValueError("use letters, digits, '.', '_' or '-' (it names folders and runs)")
+            raise ValueError("1 to 100 characters: letters, digits, '.', '_' or '-', starting "
+                             "with a letter or digit (it names folders and runs)")
         return v
 
     @field_validator("tracking_uri")
@@ -427,15 +455,52 @@ def _first_field(spec: SweepSpec, field: str) -> str:
     return f"fixed.{alias}"
 
 
+MAX_NESTING = 16
+"""The deepest a spec's YAML may nest (a real spec needs 4): deeper is refused, not a
+RecursionError."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given at line {seen[key]})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """A YAML document, checked before it is built: at most :data:`MAX_NESTING` levels deep
+    (counted on the parser's events, which need no recursion), no key twice in a mapping.
+    Raises ``yaml.YAMLError``."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise yaml.parser.ParserError(
+                    None, None, f"nested deeper than {MAX_NESTING} levels", event.start_mark)
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"search.num_samples=4"`` -> (["search", "num_samples"], 4); values are YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError("--set", f"expected key=value (dotted key), got {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+        value = load_yaml(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError("--set", f"{key.strip()}: the value {raw!r} is not valid YAML: "
+                          f"{_yaml_problem(exc)}; quote a string that holds YAML syntax") from None
     return key.strip().split("."), value
 
 
@@ -538,10 +603,13 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError("spec", f"cannot read {p} as UTF-8 text: "
                           f"{getattr(exc, 'strerror', None) or exc}") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError("spec", f"{p} is not valid YAML: {_yaml_problem(exc)}") from None
-    return doc if doc is not None else {}
+    if doc is None:
+        raise ConfigError("spec", f"{p} is empty (or only comments); a spec needs at least a "
+                          "name and a search space (see sweeps/presets/quick.yaml)")
+    return doc
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -158,6 +158,19 @@ CASES: list[Case] = [
     ("spec-path-missing", lambda t: [*RUN, str(t / "nope.yaml")], "spec"),
     ("unknown-preset", lambda t: [*RUN, "quik"], "spec"),
     ("spec-argument-missing", lambda t: [*RUN], "spec"),
+    # -- YAML: empty, duplicate keys, nesting, booleans for numbers, lengths ---------------
+    ("spec-empty-file", lambda t: [*RUN, raw(t, "")], "spec"),
+    ("spec-only-comments", lambda t: [*RUN, raw(t, "# nothing here\n")], "spec"),
+    ("spec-duplicate-key", lambda t: [*RUN, raw(t, Path(spec(t)).read_text() + "name: again\n")],
+     "spec"),
+    ("spec-deeply-nested", lambda t: [*RUN, raw(t, "name: " + "[" * 5000 + "]" * 5000 + "\n")],
+     "spec"),
+    ("seeds-booleans", lambda t: [*RUN, spec(t, seeds=[True, False])], "seeds"),
+    ("num-samples-boolean", lambda t: [*RUN, spec(t, search={**SEARCH, "num_samples": True})],
+     "search.num_samples"),
+    ("name-too-long", lambda t: [*RUN, spec(t, name="n" * 101)], "name"),
+    ("set-invalid-yaml", lambda t: [*RUN, spec(t), "--set", "seeds=[0,"], "--set"),
+    ("set-boolean-seed", lambda t: [*RUN, spec(t), "--set", "seeds=[yes]"], "seeds"),
     # -- data: folder and files, per dataset, before Ray or MLflow start ---------------------
     ("data-dir-missing", lambda t: [*RUN, spec(t, dataset="mnist", fixed={
         **FIXED, "data_dir": "data"})], "fixed.data_dir"),
@@ -411,3 +424,18 @@ def test_an_error_leaves_no_write_ahead_log_beside_an_existing_store(tmp_path, c
         assert main(argv) == 2
         check_one_line(capsys.readouterr().err, "name" if argv[1] == "run" else "sweep")
         assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("value", ["garbage", "127.0.0.1:1", "ray://127.0.0.1:1"])
+@pytest.mark.parametrize("command", ["run", "resume"])
+def test_a_bad_ray_address_in_the_environment_is_refused_first(tmp_path, capsys, monkeypatch,
+                                                                 value, command):
+    argv = [*RUN, spec(tmp_path)] if command == "run" else [
+        "sweep", "resume", str(existing_sweep(tmp_path))]
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    monkeypatch.setenv("RAY_ADDRESS", value)
+    assert main(argv) == 2
+    line = check_one_line(capsys.readouterr().err, "RAY_ADDRESS")
+    assert value in line and "unset it" in line
+    assert snapshot(tmp_path) == before
