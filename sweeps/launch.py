@@ -13,6 +13,8 @@ travel as ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (also to the
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -21,6 +23,7 @@ import socket
 import sys
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -377,37 +380,34 @@ def _refuse_tracked(spec: SweepSpec, uri: str, given: str) -> None:
                           "(--set name=...)")
 
 
-def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | None = None, *,
-            start_ray: bool = False) -> tuple[SweepSpec, Path, SweepContext]:
-    """Check everything, then create the MLflow sweep run and the experiment folder.
+@contextlib.contextmanager
+def _creation_lock(*folders: Path | None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the nearest existing folder of each of ``folders`` (the
+    storage folder, a SQLite store's folder): two ``sweep run``s racing for one new name, or
+    for one new store, take turns instead of clashing half-way."""
+    targets: list[Path] = []
+    for folder in folders:
+        if folder is None:
+            continue
+        target = folder.absolute()
+        while not target.exists():
+            target = target.parent
+        if target.resolve() not in {t.resolve() for t in targets}:
+            targets.append(target)
+    with contextlib.ExitStack() as stack:
+        for target in sorted(targets, key=lambda t: str(t.resolve())):  # one order: no deadlock
+            fd = os.open(target, os.O_RDONLY)
+            stack.callback(os.close, fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
 
-    Order: spec and URI syntax, the sweep's folder, the tracking server, the resources per
-    trial (with ``--address`` this connects to the cluster), an MLflow sweep run of the same
-    name; only then the experiment, the sweep run and the folder are created.  With
-    ``start_ray`` (``sweep run``: :func:`execute` follows) Ray starts while the tracking store
-    opens; on an error it is shut down again.  The returned spec carries the tracking URI
-    without its password (what is saved for resume)."""
-    check_address(address)
-    if tracking_uri:
-        spec = parse_spec({**spec_doc(spec), "tracking_uri": tracking_uri})
-    spec = absolute_data_dir(spec)
-    given = tracking.normalize_uri(spec.tracking_uri)
-    uri = use_credentials(given)  # http(s): user/password -> MLFLOW_TRACKING_* variables
-    spec = spec.model_copy(update={"tracking_uri": without_password(given)})
-    saved = spec_doc(spec)
-    path = experiment_dir(spec)
-    if path.exists():
-        _refuse_existing(spec, path, saved)
-    check_output_dir("storage_path", path.parent)
-    if spec.search.algorithm == "grid":
-        from sweeps.space import grid
 
-        grid(spec)  # a range in a grid space is a spec error, reported now
-    if address is None:  # a cluster's workers read their own disks
-        check_datasets(spec)
-    _check_server(uri, given)
+def _create_sweep_run(spec: SweepSpec, uri: str, given: str, saved: dict[str, Any],
+                      path: Path, address: str | None, start_ray: bool) -> tuple[str, str]:
+    """Check the resources and that no sweep of this name is tracked, then create the
+    experiment (if needed) and the sweep run; Ray starts meanwhile with ``start_ray``.
+    Returns (experiment id, sweep run id)."""
     logged = {**saved, "tracking_uri": redact_uri(given)}
-
     try:
         check_resources(spec, address)
         _refuse_tracked(spec, uri, given)  # instant while the SQLite store does not exist
@@ -430,11 +430,47 @@ def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | Non
     except ConfigError:
         release_ray()
         raise
-    path.mkdir(parents=True)
-    (path / SPEC_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
-    (path / STATE_FILE).write_text(json.dumps({"tracking_uri": spec.tracking_uri,
-                                               "experiment_id": exp_id,
-                                               "sweep_run_id": run_id}, indent=1))
+    return exp_id, run_id
+
+
+def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | None = None, *,
+            start_ray: bool = False) -> tuple[SweepSpec, Path, SweepContext]:
+    """Check everything, then create the MLflow sweep run and the experiment folder.
+
+    Order: spec and URI syntax, the sweep's folder, the tracking server, the resources per
+    trial (with ``--address`` this connects to the cluster), an MLflow sweep run of the same
+    name; only then the experiment, the sweep run and the folder are created.  With
+    ``start_ray`` (``sweep run``: :func:`execute` follows) Ray starts while the tracking store
+    opens; on an error it is shut down again.  The returned spec carries the tracking URI
+    without its password (what is saved for resume).  Two commands creating sweeps in the
+    same folder or store take turns (:func:`_creation_lock`): the second then finds the
+    first's sweep, or its store already made."""
+    check_address(address)
+    if tracking_uri:
+        spec = parse_spec({**spec_doc(spec), "tracking_uri": tracking_uri})
+    spec = absolute_data_dir(spec)
+    given = tracking.normalize_uri(spec.tracking_uri)
+    uri = use_credentials(given)  # http(s): user/password -> MLFLOW_TRACKING_* variables
+    spec = spec.model_copy(update={"tracking_uri": without_password(given)})
+    saved = spec_doc(spec)
+    path = experiment_dir(spec)
+    check_output_dir("storage_path", path.parent)
+    with _creation_lock(path.parent, tracking.sqlite_path(uri)):
+        if path.exists():
+            _refuse_existing(spec, path, saved)
+        if spec.search.algorithm == "grid":
+            from sweeps.space import grid
+
+            grid(spec)  # a range in a grid space is a spec error, reported now
+        if address is None:  # a cluster's workers read their own disks
+            check_datasets(spec)
+        _check_server(uri, given)
+        exp_id, run_id = _create_sweep_run(spec, uri, given, saved, path, address, start_ray)
+        path.mkdir(parents=True)
+        (path / SPEC_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
+        (path / STATE_FILE).write_text(json.dumps({"tracking_uri": spec.tracking_uri,
+                                                   "experiment_id": exp_id,
+                                                   "sweep_run_id": run_id}, indent=1))
     ctx = SweepContext(saved, uri, exp_id, run_id)
     return spec, path, ctx
 

@@ -110,3 +110,25 @@ def test_status_finds_a_sweep_by_name_through_the_tracking_store(tmp_path, monke
     assert err.value.field == "sweep"
     with pytest.raises(ConfigError, match=re.escape("no tracking store at sqlite:///mlflow.db")):
         locate("t-sweep")
+
+
+@pytest.mark.slow
+def test_two_sweep_runs_racing_for_one_new_name(tmp_path):
+    """In an empty folder: one creates the store and the sweep; the other waits its turn,
+    finds the sweep and says so in one line (exit 2) without starting Ray."""
+    import subprocess
+
+    from tests.sweeps.sweep_helpers import smartmixed_cmd
+
+    spec = write_spec(tmp_path, max_concurrent=1, seeds=[0],
+                      search={"algorithm": "grid", "space": {"method": {"choice": ["fixed:relu"]}}})
+    procs = [subprocess.Popen([*smartmixed_cmd(), "sweep", "run", str(spec)], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    assert sorted(rc for rc, _, _ in results) == [0, 2], results
+    _, out, err = next(r for r in results if r[0] == 2)
+    assert out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("smartmixed: error: name: a sweep named 't-sweep' already exists")
+    runs = runs_by_kind(f"sqlite:///{tmp_path / 'mlflow.db'}", "t-exp")
+    assert len(runs[schema.KIND_SWEEP]) == 1 and len(runs[schema.KIND_TRIAL]) == 1
