@@ -53,18 +53,21 @@ def run(
         help="MLflow tracking URI (overrides the spec's tracking_uri).")] = None,
     smoke_test: Annotated[bool, typer.Option(
         "--smoke-test", help="Shrink to 1-2 trials, 1 seed, 2 epochs, CPU.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", help="Ray's own trial tables and the trials' output.")] = False,
 ) -> int:
     """Run a sweep described by SPEC."""
     from sweeps.launch import cluster_address, execute, prepare
     from sweeps.redact import redact_uri
     from sweeps.spec import load_spec
 
+    _quiet(verbose)
     address = cluster_address(address)
     loaded = load_spec(spec, set_ or [], smoke_test=smoke_test)
-    spec_, path, ctx = prepare(loaded, tracking_uri, address, start_ray=True)
+    spec_, path, ctx = prepare(loaded, tracking_uri, address, start_ray=True, verbose=verbose)
     typer.echo(f"sweep {spec_.name}: results in {path}, MLflow {redact_uri(ctx.tracking_uri)}",
                err=True)
-    return _finish(execute(spec_, path, ctx, address=address))
+    return _finish(execute(spec_, path, ctx, address=address, verbose=verbose))
 
 
 TRACKING_AGAIN = ("MLflow tracking URI, e.g. to give the password again (the sweep's folder "
@@ -78,6 +81,8 @@ def resume(
                                                 "./ray_results.")],
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address.")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(help=TRACKING_AGAIN)] = None,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", help="Ray's own trial tables and the trials' output.")] = False,
 ) -> int:
     """Continue an interrupted sweep: finished seeds are kept, the rest is trained."""
     from sweeps.launch import (
@@ -90,6 +95,7 @@ def resume(
         release_ray,
     )
 
+    _quiet(verbose)
     address = cluster_address(address)
     path = locate(name_or_path, tracking_uri)
     spec, ctx = load_state(path, tracking_uri)
@@ -99,7 +105,7 @@ def resume(
     except Exception:
         release_ray()
         raise
-    return _finish(execute(spec, path, ctx, address=address, restore=True))
+    return _finish(execute(spec, path, ctx, address=address, restore=True, verbose=verbose))
 
 
 @sweep_app.command("status")
@@ -115,19 +121,33 @@ def status(
     path = locate(name_or_path, tracking_uri)
     spec, ctx = load_state(path, tracking_uri)
     check_state(ctx, tracking_uri)
-    _print_summary(spec, ctx, path, limit=None)
+    _print_summary(spec, ctx, path)
     return 0
 
 
+def _quiet(verbose: bool) -> None:
+    """Without --verbose, MLflow's and Optuna's INFO notices (store created, study created)
+    stay out of the console; warnings and errors still show."""
+    if not verbose:
+        import os
+
+        import optuna
+
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow loads
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def _finish(outcome: Any) -> int:
-    _print_summary(outcome.spec, outcome.context, outcome.path)
+    _print_summary(outcome.spec, outcome.context, outcome.path, best_per_method=True)
     if outcome.interrupted:
         typer.echo(f"interrupted: continue with  smartmixed sweep resume {outcome.path}", err=True)
         return 130
     return 0
 
 
-def _print_summary(spec: Any, ctx: Any, path: Any, limit: int | None = 10) -> None:
+def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False) -> None:
+    """The sweep's trials from MLflow: every trial (``sweep status``), or the best finished
+    trial of each method with the number of trials each had (the end of ``sweep run``)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -138,12 +158,22 @@ def _print_summary(spec: Any, ctx: Any, path: Any, limit: int | None = 10) -> No
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    table = Table(title=f"sweep {spec.name}: {len(rows)} trials "
-                  + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
+    title = f"sweep {spec.name}: {len(rows)} trials " + ", ".join(
+        f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    if best_per_method:
+        budget: dict[str, int] = {}
+        for r in rows:
+            budget[r["method"] or ""] = budget.get(r["method"] or "", 0) + 1
+        best: dict[str, dict[str, Any]] = {}
+        for r in rows:  # best first (trial_rows' order)
+            best.setdefault(r["method"] or "", r)
+        rows = list(best.values())
+        title += "; the best trial of each method (trials it had)"
+    table = Table(title=title)
     for col in ("trial", "status", "method", "architecture", "params",
                 f"{spec.search.metric} (seed mean)", "test_accuracy", "seeds"):
         table.add_column(col)
-    for r in rows[:limit]:
+    for r in rows:
         metric = "" if r["metric"] is None else f"{r['metric']:.4f}"
         if r["metric"] is not None and r["val_accuracy_std"] is not None \
                 and spec.search.metric == "val_accuracy":
@@ -151,7 +181,9 @@ def _print_summary(spec: Any, ctx: Any, path: Any, limit: int | None = 10) -> No
         params = ", ".join(f"{k}={_short(v)}" for k, v in r["params"].items()
                            if k not in ("method", "arch", "architecture"))
         table.add_row(r["trial"], r["status"] + (f" ({r['reason'][:90]})" if r["reason"] else ""),
-                      r["method"] or "", r["architecture"] or "", params, metric,
+                      (r["method"] or "") + (f" ({budget[r['method'] or '']})"
+                                              if best_per_method else ""),
+                      r["architecture"] or "", params, metric,
                       "" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}",
                       f"{r['seeds_finished']}/{len(spec.seeds)}")
     console = Console()
@@ -166,6 +198,9 @@ def _print_summary(spec: Any, ctx: Any, path: Any, limit: int | None = 10) -> No
         console.print(f"Open the UI: {uri}/#/experiments/{ctx.experiment_id}", soft_wrap=True)
     else:
         console.print(f"Open the UI: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
+    if best_per_method:
+        console.print(f"Compare the methods: smartmixed analyze --experiment {spec.experiment} "
+                      f"--sweep {spec.name} --tracking-uri {uri} --out report", soft_wrap=True)
 
 
 def _short(v: str) -> str:

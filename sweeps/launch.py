@@ -147,10 +147,27 @@ def smartmixed_trial(config: dict[str, Any], ctx: SweepContext, env: dict[str, s
     trial_module.smartmixed_trial(config, ctx)
 
 
-def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path, restore: bool) -> Any:
+def total_trials(spec: SweepSpec) -> int:
+    """How many trials the sweep runs: the grid's size, or ``num_samples`` per cell."""
+    from sweeps.space import grid
+
+    if spec.search.algorithm == "grid":
+        return len(grid(spec))
+    return spec.search.num_samples * len(spec.search.cells())
+
+
+def _concurrency(spec: SweepSpec) -> int:
+    """Trials at once: ``max_concurrent``, or as many as this machine's CPUs hold."""
+    fit = int((os.cpu_count() or 1) // max(spec.resources.cpu, 1e-9))
+    return max(1, min(spec.max_concurrent or fit, fit if fit > 0 else 1))
+
+
+def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path, restore: bool,
+           verbose: bool = False) -> Any:
     from ray import tune
 
     from smartmixed_core.config import RunConfig
+    from sweeps.progress import SweepProgress
     from sweeps.space import grid
 
     fn = tune.with_resources(tune.with_parameters(smartmixed_trial, ctx=ctx, env=tracking_env()),
@@ -179,10 +196,15 @@ def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path, restore: bool) -> Any
         max_concurrent_trials=spec.max_concurrent if searcher is None else None,
         **({} if searcher is not None or scheduler is not None
            else {"metric": spec.search.metric, "mode": spec.search.mode}))
+    progress = SweepProgress(spec.name, total_trials(spec), spec.search.metric, spec.search.mode,
+                             _concurrency(spec))
+    if not verbose:  # Ray's newer console output prints its header boxes at every verbosity
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     run_config = tune.RunConfig(
         name=spec.name, storage_path=str(path.parent),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        verbose=1 if verbose else 0, callbacks=[] if verbose else [progress])
     return tune.Tuner(fn, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
@@ -244,7 +266,7 @@ def _probe(address: str) -> None:
                           "`ray start --head` running there?") from None
 
 
-def _init_ray(address: str | None) -> bool:
+def _init_ray(address: str | None, verbose: bool = False) -> bool:
     """Connect to ``address`` or start a local Ray with this machine's CPUs (no dashboard).
     True when this module started or connected it (and so shuts it down after the sweep)."""
     global _ray_owned
@@ -257,7 +279,8 @@ def _init_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return _ray_owned
     # Trials find their package through the editable install, not a shipped working dir.
-    kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
+    # The trials' own output (MLflow's and torch's notices) only with --verbose.
+    kwargs: dict[str, Any] = {"log_to_driver": verbose, "configure_logging": False}
     if remote:
         try:
             ray.init(address=address, **kwargs)
@@ -403,7 +426,8 @@ def _creation_lock(*folders: Path | None) -> Iterator[None]:
 
 
 def _create_sweep_run(spec: SweepSpec, uri: str, given: str, saved: dict[str, Any],
-                      path: Path, address: str | None, start_ray: bool) -> tuple[str, str]:
+                      path: Path, address: str | None, start_ray: bool,
+                      verbose: bool = False) -> tuple[str, str]:
     """Check the resources and that no sweep of this name is tracked, then create the
     experiment (if needed) and the sweep run; Ray starts meanwhile with ``start_ray``.
     Returns (experiment id, sweep run id)."""
@@ -416,7 +440,7 @@ def _create_sweep_run(spec: SweepSpec, uri: str, given: str, saved: dict[str, An
             # its processes; both mostly wait, so they go side by side.
             store = pool.submit(tracking.client, uri)
             if start_ray:
-                _init_ray(address)
+                _init_ray(address, verbose)
         try:
             c = store.result()
             tracking.use_wal(uri)
@@ -434,7 +458,8 @@ def _create_sweep_run(spec: SweepSpec, uri: str, given: str, saved: dict[str, An
 
 
 def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | None = None, *,
-            start_ray: bool = False) -> tuple[SweepSpec, Path, SweepContext]:
+            start_ray: bool = False, verbose: bool = False
+            ) -> tuple[SweepSpec, Path, SweepContext]:
     """Check everything, then create the MLflow sweep run and the experiment folder.
 
     Order: spec and URI syntax, the sweep's folder, the tracking server, the resources per
@@ -465,7 +490,8 @@ def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | Non
         if address is None:  # a cluster's workers read their own disks
             check_datasets(spec)
         _check_server(uri, given)
-        exp_id, run_id = _create_sweep_run(spec, uri, given, saved, path, address, start_ray)
+        exp_id, run_id = _create_sweep_run(spec, uri, given, saved, path, address,
+                                           start_ray, verbose)
         path.mkdir(parents=True)
         (path / SPEC_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
         (path / STATE_FILE).write_text(json.dumps({"tracking_uri": spec.tracking_uri,
@@ -552,9 +578,10 @@ def check_state(ctx: SweepContext, given: str | None = None) -> None:
 
 
 def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | None = None,
-            restore: bool = False) -> SweepOutcome:
-    """Run (or resume) the Tuner, then close leftover runs and the sweep run."""
-    started = _init_ray(address)
+            restore: bool = False, verbose: bool = False) -> SweepOutcome:
+    """Run (or resume) the Tuner, then close leftover runs and the sweep run.  ``verbose``:
+    Ray's own trial tables and the trials' output instead of :mod:`sweeps.progress`."""
+    started = _init_ray(address, verbose)
     c = tracking.client(ctx.tracking_uri)
     c.update_run(ctx.sweep_run_id, status="RUNNING")
     previous = signal.getsignal(signal.SIGINT)
@@ -564,7 +591,7 @@ def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | No
         signal.signal(signal.SIGINT, _second_interrupt)
     crashed: set[str] = set()
     try:
-        results = _tuner(spec, ctx, path, restore).fit()
+        results = _tuner(spec, ctx, path, restore, verbose).fit()
         trials = results._experiment_analysis.trials  # statuses are not public on ResultGrid
         # Ray's SIGINT handler puts back the handler it found (ours) once it has fired.
         interrupted = (watch and signal.getsignal(signal.SIGINT) is _second_interrupt) or any(

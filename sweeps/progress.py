@@ -1,0 +1,163 @@
+"""What a sweep shows while it runs: one view of the whole sweep instead of Ray's boxes.
+
+Trials done / running / failed out of the total, elapsed time and an estimate of what is
+left, and the best seed-mean result so far of each method with its configuration.  On a
+terminal it is one live table (rich) that redraws in place; when the output goes to a file
+(a cluster job, ``nohup``) it is one line per finished trial and one every
+``LOG_EVERY_SECONDS``.  Ray's own trial tables come back with ``sweep run --verbose``.
+A Ray Tune callback: it runs in the driver and reads what Ray already has (no MLflow calls).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+LOG_EVERY_SECONDS = 60.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The sampled values of a trial's Ray config (grid trials nest them under ``trial``)."""
+    inner = config.get("trial")
+    return dict(inner) if isinstance(inner, dict) else dict(config)
+
+
+def describe(params: dict[str, Any]) -> str:
+    """A configuration as short text, method left out: ``128-64, lr=0.0021, temperature=0.3``."""
+    parts = []
+    for key, value in params.items():
+        if key == "method":
+            continue
+        if isinstance(value, float):
+            value = f"{value:.3g}"
+        parts.append(str(value) if key in ("architecture", "arch", "dataset") else
+                     f"{key}={value}")
+    return ", ".join(parts)
+
+
+class SweepProgress(Callback):
+    """The sweep's progress for ``total`` trials, optimising ``metric`` (``mode``).
+
+    Picklable (Ray saves it with the experiment and gives it back on ``sweep resume``):
+    the counters and the live view start again in :meth:`setup`."""
+
+    def __init__(self, name: str, total: int, metric: str, mode: str, concurrency: int):
+        self.name, self.total, self.metric, self.mode = name, total, metric, mode
+        self.concurrency = max(1, concurrency)
+        self.setup()
+        self.live = None  # started by Ray's own call of setup()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: self.__dict__[k] for k in ("name", "total", "metric", "mode", "concurrency")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.setup()
+        self.live = None
+
+    # -- Ray Tune hooks --------------------------------------------------------------------
+    def setup(self, **info: Any) -> None:
+        self.started = self.last_line = time.monotonic()
+        self.running: set[str] = set()
+        self.done = self.failed = 0
+        self.trial_seconds: list[float] = []
+        self.begun: dict[str, float] = {}
+        self.best: dict[str, tuple[float, str]] = {}
+        self.live: Any = None
+        if info and sys.stderr.isatty():  # called by Ray (with info), on a terminal
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(self.table(), console=Console(file=sys.stderr),
+                             refresh_per_second=1, transient=False)
+            self.live.start()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.add(trial.trial_id)
+        self.begun.setdefault(trial.trial_id, time.monotonic())
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finished(trial)
+        self.done += 1
+        value = (trial.last_result or {}).get(self.metric)
+        params = trial_params(trial.config)
+        method = str(params.get("method", "?"))
+        if isinstance(value, (int, float)) and value == value:
+            old = self.best.get(method)
+            better = old is None or (value > old[0] if self.mode == "max" else value < old[0])
+            if better:
+                self.best[method] = (float(value), describe(params))
+        self._line(f"trial {self.done + self.failed}/{self.total} done: {method} "
+                   f"({describe(params)}) {self.metric} {_value(value)}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finished(trial)
+        self.failed += 1
+        self._line(f"trial {self.done + self.failed}/{self.total} failed: "
+                   f"{trial_params(trial.config).get('method', '?')} (its MLflow runs say why)")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.live is not None:
+            self.live.update(self.table())
+        elif time.monotonic() - self.last_line >= LOG_EVERY_SECONDS:
+            self._line(self.status())
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self.live is not None:
+            self.live.update(self.table())
+            self.live.stop()
+            self.live = None
+        else:
+            self._line(self.status())
+
+    # -- what is shown -----------------------------------------------------------------------
+    def eta(self) -> float | None:
+        """Seconds left: the trials not finished × the mean trial time / trials at once."""
+        if not self.trial_seconds:
+            return None
+        left = max(self.total - self.done - self.failed, 0)
+        mean = sum(self.trial_seconds) / len(self.trial_seconds)
+        return left * mean / min(self.concurrency, max(left, 1))
+
+    def status(self) -> str:
+        eta = self.eta()
+        return (f"sweep {self.name}: {self.done}/{self.total} done, {len(self.running)} "
+                f"running, {self.failed} failed; {_duration(time.monotonic() - self.started)} "
+                f"elapsed" + ("" if eta is None else f", about {_duration(eta)} left"))
+
+    def table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=self.status(), title_justify="left")
+        for col in ("method", f"best {self.metric} (seed mean)", "its configuration"):
+            table.add_column(col)
+        for method, (value, label) in sorted(self.best.items()):
+            table.add_row(method, _value(value), label)
+        return table
+
+    def _finished(self, trial: Any) -> None:
+        self.running.discard(trial.trial_id)
+        begun = self.begun.pop(trial.trial_id, None)
+        if begun is not None:
+            self.trial_seconds.append(time.monotonic() - begun)
+
+    def _line(self, text: str) -> None:
+        if self.live is not None:
+            self.live.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+        self.last_line = time.monotonic()
+
+
+def _value(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) and v == v else "-"

@@ -1,0 +1,49 @@
+"""The sweep's own progress view (Ray's callback API driven by hand, output to a file)."""
+
+from __future__ import annotations
+
+import pickle
+from types import SimpleNamespace
+
+from sweeps.progress import SweepProgress, describe, trial_params
+
+
+def _trial(tid: str, method: str, value: float | None, **params: object) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=tid, config={"method": method, **params},
+                           last_result={} if value is None else {"val_accuracy": value})
+
+
+def test_progress_lines_best_per_method_and_eta(capsys):
+    p = SweepProgress("s", total=4, metric="val_accuracy", mode="max", concurrency=2)
+    p.setup(num_samples=4)  # not a terminal here: lines, no live table
+    a = _trial("a", "smartmixed", 0.91, architecture="64-32", lr=0.00123456)
+    b = _trial("b", "fixed:relu", 0.93, architecture="64-32", lr=0.01)
+    c = _trial("c", "smartmixed", 0.95, architecture="128-64", lr=0.002)
+    for t in (a, b, c):
+        p.on_trial_start(0, [], t)
+    p.on_trial_complete(1, [], a)
+    p.on_trial_complete(2, [], b)
+    p.on_trial_error(3, [], c)
+    assert (p.done, p.failed, p.running) == (2, 1, set())
+    assert p.best == {"smartmixed": (0.91, "64-32, lr=0.00123"),
+                      "fixed:relu": (0.93, "64-32, lr=0.01")}  # a failed trial has no result
+    eta = p.eta()
+    assert eta is not None and 0 <= eta < 1  # one trial left, trials took milliseconds
+    p.on_experiment_end([])
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "trial 1/4 done: smartmixed (64-32, lr=0.00123) val_accuracy 0.9100"
+    assert err[2].startswith("trial 3/4 failed: smartmixed")
+    assert err[-1].startswith("sweep s: 2/4 done, 0 running, 1 failed;")
+    again = pickle.loads(pickle.dumps(p))  # Ray saves it with the experiment
+    assert (again.done, again.best, again.total) == (0, {}, 4)
+
+
+def test_min_mode_and_grid_configs():
+    p = SweepProgress("s", total=2, metric="val_loss", mode="min", concurrency=1)
+    for tid, loss in (("a", 0.5), ("b", 0.3)):
+        t = SimpleNamespace(trial_id=tid, config={"trial": {"method": "gated", "gate": "input"}},
+                            last_result={"val_loss": loss})
+        p.on_trial_start(0, [], t)
+        p.on_trial_complete(0, [], t)
+    assert p.best == {"gated": (0.3, "gate=input")}
+    assert trial_params({"trial": {"a": 1}}) == {"a": 1} and describe({"method": "x"}) == ""
