@@ -16,6 +16,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from sweeps.tracking import describe
+
 LOG_EVERY_SECONDS = 60.0
 
 
@@ -30,19 +32,6 @@ def trial_params(config: dict[str, Any]) -> dict[str, Any]:
     """The sampled values of a trial's Ray config (grid trials nest them under ``trial``)."""
     inner = config.get("trial")
     return dict(inner) if isinstance(inner, dict) else dict(config)
-
-
-def describe(params: dict[str, Any]) -> str:
-    """A configuration as short text, method left out: ``128-64, lr=0.0021, temperature=0.3``."""
-    parts = []
-    for key, value in params.items():
-        if key == "method":
-            continue
-        if isinstance(value, float):
-            value = f"{value:.3g}"
-        parts.append(str(value) if key in ("architecture", "arch", "dataset") else
-                     f"{key}={value}")
-    return ", ".join(parts)
 
 
 class SweepProgress(Callback):

@@ -29,6 +29,10 @@ TAG_RESUMED = "smartmixed.resumed_after_epoch"
 # On sweep runs: the sweep's folder (<storage_path>/<name>, absolute), so that `sweep status`
 # and `sweep resume` find it by name from the tracking store alone.
 TAG_FOLDER = "smartmixed.folder"
+# MLflow's own tags: a run's description (markdown, shown on its page) and the experiment's
+# kind (custom_model_development opens the experiment on its runs table, not the GenAI pages).
+TAG_NOTE = "mlflow.note.content"
+TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 # Params of every seed run (and of trial runs): the configuration, as strings.
 SEED_PARAMS = (

@@ -244,14 +244,48 @@ def client(uri: str) -> MlflowClient:
 
 
 def ensure_experiment(c: MlflowClient, name: str, uri: str) -> str:
-    """The experiment's id, created (driver only) with an absolute artifact root for SQLite."""
+    """The experiment's id, created (driver only) with an absolute artifact root for SQLite,
+    as a model-development experiment (MLflow's UI then opens it on the runs table)."""
+    kind = {schema.TAG_EXPERIMENT_KIND: schema.EXPERIMENT_KIND}
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        if schema.TAG_EXPERIMENT_KIND not in exp.tags:
+            c.set_experiment_tag(exp.experiment_id, *next(iter(kind.items())))
         return exp.experiment_id
     location = None
     if (path := sqlite_path(uri)) is not None:
         location = (path.parent / "mlartifacts").resolve().as_uri()
-    return c.create_experiment(name, artifact_location=location)
+    return c.create_experiment(name, artifact_location=location, tags=kind)
+
+
+def describe(params: dict[str, Any]) -> str:
+    """A trial's sampled values as short text, the method left out (it leads the name):
+    ``digits, 64-32, lr=0.00123, temperature=0.3``."""
+    parts = []
+    for key, value in params.items():
+        if key == "method":
+            continue
+        if isinstance(value, float):
+            value = f"{value:.3g}"
+        parts.append(str(value) if key in ("architecture", "arch", "dataset") else
+                     f"{key}={value}")
+    return ", ".join(parts)
+
+
+def trial_run_name(cfg: RunConfig, sampled: dict[str, Any], trial: str) -> str:
+    """``smartmixed · digits, 64-32, lr=0.00123 · 5130616b``: what the runs table shows."""
+    detail = describe(sampled) or f"{cfg.dataset}, {cfg.arch}"
+    return f"{cfg.method} · {detail} · {trial}"
+
+
+def trial_note(cfg: RunConfig, sampled: dict[str, Any]) -> str:
+    """The trial run's description (markdown): its configuration, what was searched."""
+    rows = "\n".join(f"| {k} | {v} |" for k, v in config_params(cfg).items())
+    searched = ", ".join(f"`{k}`" for k in sampled) or "nothing (a fixed configuration)"
+    return (f"**{cfg.method}** on **{cfg.dataset}**, architecture **{cfg.arch}**, trained once "
+            f"per seed of the sweep (the seed runs below it).\n\nSampled by the search: "
+            f"{searched}. Metrics `*_mean`/`*_std` are over seeds; per-epoch curves are seed "
+            f"means.\n\n| setting | value |\n|---|---|\n{rows}\n")
 
 
 def _filter(**tags: Any) -> str:
@@ -331,7 +365,7 @@ def create_sweep_run(c: MlflowClient, experiment_id: str, name: str, params: dic
                           "(--set name=...)")
     run = c.create_run(experiment_id, run_name=name, tags={
         schema.TAG_KIND: schema.KIND_SWEEP, schema.TAG_SWEEP: name,
-        schema.TAG_FOLDER: str(folder)})
+        schema.TAG_FOLDER: str(folder), schema.TAG_NOTE: sweep_note(name, spec_yaml)})
     log_params(c, run.info.run_id, params, lookup=False)
     c.log_text(run.info.run_id, spec_yaml, schema.ARTIFACT_SPEC)
     return run.info.run_id
@@ -350,6 +384,15 @@ def sweep_folders(c: MlflowClient, name: str | None = None) -> dict[str, str]:
         if sweep and sweep not in folders:
             folders[sweep] = run.data.tags.get(schema.TAG_FOLDER, "")
     return folders
+
+
+def sweep_note(name: str, spec_yaml: str) -> str:
+    """The sweep run's description (markdown): how to read the sweep, and its spec."""
+    return (f"Sweep **{name}**: every trial run below is one configuration, trained once per "
+            "seed (its seed runs). Configurations are chosen on validation data, never on the "
+            "test set. Compare the methods with `smartmixed analyze --experiment EXPERIMENT "
+            f"--sweep {name} --out report`: the report is also logged here, under the "
+            f"artifacts' `report/` folder.\n\n```yaml\n{spec_yaml}```\n")
 
 
 class TrialRunInfo(NamedTuple):
@@ -372,9 +415,10 @@ def open_trial_run(c: MlflowClient, experiment_id: str, sweep: str, sweep_run_id
                                        for k, v in sampled.items()}}
     runs = find_runs(c, experiment_id, schema.KIND_TRIAL, sweep, trial=trial)
     if not runs:
-        run_id = c.create_run(experiment_id, run_name=trial, tags={
+        run_id = c.create_run(experiment_id, run_name=trial_run_name(cfg, sampled, trial), tags={
             schema.TAG_KIND: schema.KIND_TRIAL, schema.TAG_SWEEP: sweep, schema.TAG_TRIAL: trial,
-            schema.TAG_PARENT: sweep_run_id, schema.TAG_WORKER: worker}).info.run_id
+            schema.TAG_PARENT: sweep_run_id, schema.TAG_WORKER: worker,
+            schema.TAG_NOTE: trial_note(cfg, sampled)}).info.run_id
         log_params(c, run_id, params, lookup=False)
         return TrialRunInfo(run_id, -1, True)
     run_id = runs[0].info.run_id
@@ -497,7 +541,7 @@ def start_seed_run(c: MlflowClient, experiment_id: str, sweep: str, trial: str,
         stale = find_runs(c, experiment_id, schema.KIND_SEED, sweep, trial=trial, seed=seed,
                           status="RUNNING")
         close_running(c, stale, "FAILED", "superseded: the attempt that ran it crashed; retried")
-    run = c.create_run(experiment_id, run_name=f"{trial}-seed{seed}", tags={
+    run = c.create_run(experiment_id, run_name=f"seed {seed}", tags={
         schema.TAG_KIND: schema.KIND_SEED, schema.TAG_SWEEP: sweep, schema.TAG_TRIAL: trial,
         schema.TAG_SEED: str(seed), schema.TAG_PARENT: trial_run_id})
     log_params(c, run.info.run_id, config_params(cfg), lookup=False)

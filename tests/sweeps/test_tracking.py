@@ -141,3 +141,26 @@ def test_runs_log_only_the_settings_their_method_uses():
     assert "gate" not in smart
     gated = tracking.config_params(RunConfig(method="gated"))
     assert gated["gate_temperature"] == "1.0" and "temperature" not in gated
+
+
+def test_runs_have_names_and_descriptions_a_reader_understands(tmp_path):
+    from smartmixed_core.config import RunConfig
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = tracking.client(uri)
+    exp = tracking.ensure_experiment(c, "e", uri)
+    assert c.get_experiment(exp).tags[schema.TAG_EXPERIMENT_KIND] == "custom_model_development"
+    sweep = tracking.create_sweep_run(c, exp, "s", {}, "name: s\n", tmp_path / "s")
+    assert "smartmixed analyze" in c.get_run(sweep).data.tags[schema.TAG_NOTE]
+    cfg = RunConfig(method="smartmixed", arch="64-32")
+    trial = tracking.open_trial_run(c, exp, "s", sweep, "ab12", cfg,
+                                    {"architecture": "64-32", "lr": 0.0012345})
+    run = c.get_run(trial.run_id)
+    assert run.info.run_name == "smartmixed · 64-32, lr=0.00123 · ab12"
+    assert "| temperature | 0.3 |" in run.data.tags[schema.TAG_NOTE]
+    seed = tracking.start_seed_run(c, exp, "s", "ab12", trial.run_id, 3, cfg, first_attempt=True)
+    assert c.get_run(seed).info.run_name == "seed 3"
+    other = tracking.ensure_experiment(c, "old", uri)  # an experiment made elsewhere gets it
+    c.delete_experiment_tag(other, schema.TAG_EXPERIMENT_KIND)
+    tracking.ensure_experiment(c, "old", uri)
+    assert c.get_experiment(other).tags[schema.TAG_EXPERIMENT_KIND] == "custom_model_development"
