@@ -387,7 +387,7 @@ def test_ray_started_beside_a_failing_store_is_shut_down(tmp_path, capsys, monke
 
     calls: list[str] = []
 
-    def init_ray(address: str | None) -> bool:
+    def init_ray(address: str | None, verbose: bool = False) -> bool:
         calls.append("init")
         monkeypatch.setattr(launch, "_ray_owned", True)
         return True
