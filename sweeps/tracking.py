@@ -356,7 +356,7 @@ def log_metrics(c: MlflowClient, run_id: str, metrics: Iterable[tuple[str, float
 
 
 def create_sweep_run(c: MlflowClient, experiment_id: str, name: str, params: dict[str, Any],
-                     spec_yaml: str, folder: Path) -> str:
+                     spec_yaml: str, folder: Path | None = None) -> str:
     """The sweep's parent run (refuses a second sweep of the same name in the experiment),
     tagged with the sweep's ``folder``."""
     if find_runs(c, experiment_id, schema.KIND_SWEEP, name):
@@ -365,7 +365,8 @@ def create_sweep_run(c: MlflowClient, experiment_id: str, name: str, params: dic
                           "(--set name=...)")
     run = c.create_run(experiment_id, run_name=name, tags={
         schema.TAG_KIND: schema.KIND_SWEEP, schema.TAG_SWEEP: name,
-        schema.TAG_FOLDER: str(folder), schema.TAG_NOTE: sweep_note(name, spec_yaml)})
+        schema.TAG_NOTE: sweep_note(name, spec_yaml),
+        **({} if folder is None else {schema.TAG_FOLDER: str(folder)})})
     log_params(c, run.info.run_id, params, lookup=False)
     c.log_text(run.info.run_id, spec_yaml, schema.ARTIFACT_SPEC)
     return run.info.run_id
