@@ -8,10 +8,7 @@
 the weights of the mixed net's activation mix: what the activations cost anyway.  Every
 train step uses the training loop's optimizer (:func:`make_optimizer`: fused Adam).
 "one-group mix" = the same uniform nets built from mixed layers with a single group (the mixed
-layer's layout and activation code: the compiled kernels' own float32 forms where they
-apply), so ``phase2_*_vs_one_group_mix`` is what grouping itself costs.
-``kernels_*`` = the selective net with the compiled CPU kernels (:mod:`smartmixed_core.kernels`)
-over the same net on the layer's Python path, both timed in this run.
+layer's own code), so ``phase2_*_vs_one_group_mix`` is what grouping itself costs.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ import torch
 from torch import nn
 
 from benchmarks.baselines import GatherScatterMixed, StackAllK, mnist_like_loader
-from smartmixed_core import kernels
 from smartmixed_core.activations import ACTIVATIONS, POOLS
 from smartmixed_core.batched import BatchedMLP
 from smartmixed_core.freeze import freeze
@@ -70,16 +66,6 @@ def measure(cases: dict[str, Callable[[], float]], repeats: int) -> dict[str, fl
 def optimizer(model: nn.Module) -> torch.optim.Optimizer:
     """The training loop's optimizer (Adam, fused where torch has it), lr 1e-4."""
     return make_optimizer(model, FitConfig(epochs=1, lr=1e-4))
-
-
-def python_path(fn: Callable[[], None]) -> Callable[[], None]:
-    """``fn`` with the compiled group kernels switched off (the layers' Python path)."""
-
-    def go() -> None:
-        with kernels.off():
-            fn()
-
-    return go
 
 
 def selective_net(hidden, in_f, classes, device, layer=SelectiveActivation):
@@ -144,7 +130,6 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
     cases |= {f"train/one_group/{a}": timer(step(m), sync) for a, m in one_group.items()}
     cases |= {
         "infer/mixed": timer(infer(mixed), sync),
-        "train/selective_python": timer(python_path(step(sel)), sync),
         "infer/gather_scatter": timer(infer(gather), sync),
         "train/mixed": timer(step(mixed), sync),
         "train/gather_scatter": timer(step(gather), sync),
@@ -179,7 +164,6 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
         "phase1_train_vs_stack_all_k": t["train/selective"] / t["train/stack_all_k"],
         f"seeds{SEEDS}_batched_train_vs_1_seed": t[f"train/selective_x{SEEDS}_batched"]
         / t["train/selective"],
-        "kernels_phase1_train_vs_python_path": t["train/selective"] / t["train/selective_python"],
         "gather_scatter_infer_vs_uniform_mix": t["infer/gather_scatter"] / mix["infer", "uniform"],
         "gather_scatter_train_vs_uniform_mix": t["train/gather_scatter"] / mix["train", "uniform"],
         "relu_infer_ms": 1e3 * t["infer/uniform/relu"],
@@ -248,7 +232,6 @@ def main() -> None:
         "device": args.device,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "kernels": kernels.available(),
         "net": "784-" + "-".join(map(str, hidden)) + "-10",
         "mix": MIX,
         "by_batch": {},
@@ -258,8 +241,7 @@ def main() -> None:
         results["by_batch"][b]["epoch_dataloader_vs_tensors"] = epoch_vs_dataloader(
             args.device, b, hidden, batches=2 if args.quick else 20, repeats=min(repeats, 5)
         )
-    print(f"device={args.device} threads={results['threads']} net={results['net']} "
-          f"compiled kernels={'yes' if results['kernels'] else 'no'}")
+    print(f"device={args.device} threads={results['threads']} net={results['net']}")
     print(
         f"{'figure':42s}"
         + "".join(f"{'batch ' + str(b):>12s}" for b in results["by_batch"])

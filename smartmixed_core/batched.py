@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smartmixed_core import kernels
 from smartmixed_core.activations import ACTIVATIONS, fused_forms, is_pure
 from smartmixed_core.config import RunConfig
 from smartmixed_core.data import Splits
@@ -144,10 +143,8 @@ class _Mixed(nn.Module):
         self.fns = tuple(ACTIVATIONS[n].fn for n in self.pool)
         self.register_buffer("choice", torch.stack([s.choices() for s in slots]))
         inplace, grads = fused_forms(self.pool)
-        codes = kernels.codes(self.pool)
         self._groups = None if inplace is None or grads is None else (
-            [c for s in slots for c in s.counts], inplace * len(slots), grads * len(slots), 0,
-            None if codes is None else codes * len(slots))
+            [c for s in slots for c in s.counts], inplace * len(slots), grads * len(slots), 0)
 
     def choices(self) -> Tensor:
         return self.choice

@@ -161,23 +161,6 @@ def train(
     )
 
 
-@app.command()
-def kernels() -> None:
-    """Build (once per machine and torch) and load the compiled CPU kernels; retries a
-    build that failed before."""
-    import logging
-
-    from smartmixed_core import kernels as k
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not k.enabled():
-        typer.echo(f"smartmixed kernels: disabled ({k.ENABLE_ENV}=0)")
-    elif k.retry():
-        typer.echo(f"smartmixed kernels: loaded from {k.library_path()}")
-    else:
-        raise typer.Exit(1)
-
-
 def _attach_plugins() -> None:
     """Add the sweep and analysis command groups when their packages are importable."""
     for module, attr in (("sweeps.cli", "register"), ("analysis.cli", "register")):

@@ -7,8 +7,7 @@ the same shape; "units" are MLP neurons or ConvNet channels (dimension 1).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -16,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from smartmixed_core import kernels
 from smartmixed_core.activations import (
     ACTIVATIONS,
     IDENTITY,
@@ -149,19 +147,17 @@ class SelectionForms(NamedTuple):
     inplace: tuple | None  # their in-place forms (None unless every member has one)
     grads: tuple | None  # their input gradients from outputs (None unless every member has one)
     evals: tuple  # the candidate sums' basis: (inplace, fn) each, (None, None) for x itself
-    codes: tuple | None  # their compiled-kernel codes (kernels.codes)
 
 
 def selection_forms(pool: Sequence[str]) -> tuple[SelectionForms, Tensor | None]:
     """The :class:`SelectionForms` of ``pool`` and its basis matrix
     (:func:`~smartmixed_core.activations.candidate_basis`; None: the basis is the pool)."""
     if not is_pure(pool):
-        return SelectionForms((), None, None, (), None), None
+        return SelectionForms((), None, None, ()), None
     basis, matrix = candidate_basis(pool)
     evals = tuple((None, None) if b == IDENTITY else (ACTIVATIONS[b].inplace, ACTIVATIONS[b].fn)
                   for b in basis)
-    forms = SelectionForms(tuple(ACTIVATIONS[n].fn for n in pool), *fused_forms(pool), evals,
-                           kernels.codes(tuple(pool)))
+    forms = SelectionForms(tuple(ACTIVATIONS[n].fn for n in pool), *fused_forms(pool), evals)
     # float64: a module moved to float64 keeps the exact coefficients (rounded on use).
     return forms, None if matrix is None else torch.tensor(matrix, dtype=torch.float64)
 
@@ -174,15 +170,10 @@ def straight_through(x: Tensor, y: Tensor, choice: Tensor, forms: SelectionForms
 
 
 def activate_groups(x: Tensor, sizes: Sequence[int], inplace: Sequence, grads: Sequence,
-                    dim: int, codes: Sequence[int] | None = None) -> Tensor:
+                    dim: int) -> Tensor:
     """``inplace[j]`` on the ``j``-th contiguous block of ``sizes[j]`` units of a copy of
     ``x`` (along ``dim``; empty blocks skipped), as one autograd node whose backward uses
-    ``grads`` (output-gradient forms, :class:`_GroupedInPlace`).  With ``codes``, the
-    groups' kernel codes, a units-first CPU buffer goes through the compiled kernels instead:
-    one vectorised pass over all groups each way, the backward pass in C++
-    (:func:`kernels.groups_forward`)."""
-    if codes is not None and kernels.usable(x, dim, differentiable=True):
-        return kernels.groups_forward(x, sizes, codes)
+    ``grads`` (output-gradient forms, :class:`_GroupedInPlace`)."""
     return _GroupedInPlace.apply(x, list(sizes), tuple(inplace), tuple(grads), dim)
 
 
@@ -219,21 +210,12 @@ class _SelectST(torch.autograd.Function):
     ``sum_batch(grad * act_j(x))`` for every candidate ``j``, evaluated only now, one basis
     function at a time (:func:`_candidate_sums`), so no ``[K, batch, units]`` stack is ever
     stored.
-    On a units-first CPU buffer with the compiled kernels (``codes``), both directions are
-    one vectorised pass each instead (:func:`kernels.select_forward`,
-    :func:`kernels.select_backward`): rows through their own choice, no sorting, and the
-    input gradient and candidate sums of a row computed together.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, choice: Tensor, fns: tuple,  # type: ignore[override]
-                inplace: tuple | None, grads: tuple | None, evals: tuple, codes: tuple | None,
+                inplace: tuple | None, grads: tuple | None, evals: tuple,
                 matrix: Tensor | None, dim: int) -> Tensor:
-        ctx.codes = codes if codes is not None and kernels.usable(x, dim) else None
-        if ctx.codes is not None:  # compiled: each row through its choice, no sorting
-            out = kernels.select_forward(x, choice, ctx.codes)
-            ctx.save_for_backward(x, out, choice)
-            return out
         perm, counts = sort_units(choice, len(fns))
         inv = inverse(perm)
         xs = x.index_select(dim, perm)
@@ -249,10 +231,6 @@ class _SelectST(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        if ctx.codes is not None:
-            x, out, choice = ctx.saved_tensors
-            grad_x, grad_y = kernels.select_backward(grad, x, out, choice, ctx.codes)
-            return grad_x, grad_y, None, None, None, None, None, None, None, None
         x, perm, inv, outs = ctx.saved_tensors
         dim, counts = ctx.dim, ctx.counts
         grad_x = grad_y = None
@@ -267,7 +245,7 @@ class _SelectST(torch.autograd.Function):
             grad_x = gxs.index_select(dim, inv)
         if ctx.needs_input_grad[1]:
             grad_y = _candidate_sums(x, grad, ctx.evals, ctx.matrix, dim)
-        return grad_x, grad_y, None, None, None, None, None, None, None, None
+        return grad_x, grad_y, None, None, None, None, None, None, None
 
 
 class SelectiveActivation(nn.Module):
@@ -300,15 +278,6 @@ class SelectiveActivation(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self._select(x, 1)
 
-    def forward_units_first(self, h: Tensor) -> Tensor:
-        """The same on ``h`` of shape ``[units, batch]`` (fused layers only: the MLP's layout
-        when every slot is fused, where sorting units gathers whole rows)."""
-        return self._select(h, 0)
-
-    def linear_units_first(self, weight: Tensor, bias: Tensor, h: Tensor) -> Tensor:
-        """:meth:`forward_units_first` of ``weight @ h + bias[:, None]``."""
-        return self.forward_units_first(torch.addmm(bias.unsqueeze(1), weight, h))
-
     def _select(self, x: Tensor, dim: int) -> Tensor:
         if not self.training:
             return apply_choices(x, self.choices(), self._forms.fns or tuple(self.candidates), dim)
@@ -331,48 +300,12 @@ class SelectiveActivation(nn.Module):
         return f"units={self.units}, pool={list(self.pool)}, tau={self.tau:g}, fused={self.fused}"
 
 
-@dataclass
-class InferencePlan:
-    """A mixed layer's output buffer ``[units, batch]`` and its (in-place fn, rows) groups:
-    :meth:`linear` writes a layer into ``out`` and activates it in place.  With ``codes``
-    (the groups' kernel codes, where the compiled kernels can take ``out``) one vectorised
-    pass adds the bias and activates every group (:func:`kernels.groups_forward_`)."""
-
-    out: Tensor
-    groups: list[tuple[Callable[[Tensor], Tensor], Tensor]]
-    codes: tuple[int, ...] | None = None
-    sizes: list[int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.sizes = [len(rows) for _, rows in self.groups]
-
-    def _kernels(self) -> bool:
-        return self.codes is not None and kernels.active()
-
-    def linear(self, weight: Tensor, bias: Tensor, h: Tensor) -> Tensor:
-        """``out = act(weight @ h + bias[:, None])``."""
-        if self._kernels():
-            torch.mm(weight, h, out=self.out)
-            return kernels.groups_forward_(self.out, self.sizes, self.codes, bias)
-        torch.addmm(bias.unsqueeze(1), weight, h, out=self.out)
-        return self.activate()
-
-    def activate(self) -> Tensor:
-        """Activate ``out`` in place."""
-        if self._kernels():
-            return kernels.groups_forward_(self.out, self.sizes, self.codes)
-        for fn, rows in self.groups:
-            fn(rows)
-        return self.out
-
-
 class MixedActivation(nn.Module):
     """Phase 2: fixed choices, units grouped as contiguous slices in ``pool`` order.
 
     ``counts[j]`` units (a contiguous slice) use ``pool[j]``; :func:`smartmixed_core.freeze`
     permutes the surrounding weights so that this layout holds.  :meth:`forward` takes units
-    on dimension 1 (any backbone); :meth:`forward_units_first` takes them on dimension 0, where
-    every group is one contiguous block of memory (the MLP's phase-2 layout).
+    on dimension 1 (any backbone).
     """
 
     def __init__(
@@ -388,7 +321,6 @@ class MixedActivation(nn.Module):
         used = [(n, c) for n, c in zip(self.pool, self.counts) if c]
         self._sizes = [c for _, c in used]
         self._inplace, self._grads = fused_forms([n for n, _ in used])
-        self._codes = kernels.codes(tuple(n for n, _ in used))
 
     @property
     def units(self) -> int:
@@ -400,33 +332,9 @@ class MixedActivation(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self._grouped(x, 1)
 
-    def forward_units_first(self, h: Tensor) -> Tensor:
-        """The same map on ``h`` of shape ``[units, batch]`` (a new tensor)."""
-        return self._grouped(h, 0)
-
-    def linear_units_first(self, weight: Tensor, bias: Tensor, h: Tensor) -> Tensor:
-        """:meth:`forward_units_first` of ``weight @ h + bias[:, None]``.  With the compiled
-        kernels the bias is added in the activation's pass, and its gradient summed in the
-        backward pass (:func:`kernels.groups_forward`): a pass and three autograd nodes fewer
-        per layer than ``addmm`` with a broadcast bias."""
-        if (self._codes is not None and weight.device.type == "cpu"
-                and weight.dtype in kernels.DTYPES and kernels.active()):
-            return kernels.groups_forward(torch.mm(weight, h), self._sizes, self._codes, bias)
-        return self.forward_units_first(torch.addmm(bias.unsqueeze(1), weight, h))
-
-    def inference_plan(self, batch: int, like: Tensor) -> InferencePlan | None:
-        """A new ``[units, batch]`` output buffer (``like``'s device and dtype) with each
-        group's rows and in-place activation, for a caller that reuses it across inference
-        calls; None when a used pool member has no pure form."""
-        if self._inplace is None:
-            return None
-        out = like.new_empty(self.units, batch)
-        codes = self._codes if kernels.usable(out, 0) else None
-        return InferencePlan(out, list(zip(self._inplace, out.split(self._sizes))), codes)
-
     def _grouped(self, x: Tensor, dim: int) -> Tensor:
         if self._inplace is not None and (self._grads is not None or not torch.is_grad_enabled()):
-            return activate_groups(x, self._sizes, self._inplace, self._grads, dim, self._codes)
+            return activate_groups(x, self._sizes, self._inplace, self._grads, dim)
         return _grouped_apply(x, self.counts, self.candidates, dim)
 
     def extra_repr(self) -> str:

@@ -8,15 +8,12 @@ runs on the same backbone.  Outputs are logits: the loss is cross-entropy on log
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from smartmixed_core.errors import ConfigError
-from smartmixed_core.layers import InferencePlan, MixedActivation, SelectiveActivation
 
 SlotFactory = Callable[[int, int], nn.Module]
 
@@ -108,31 +105,6 @@ class Backbone(nn.Module):
                 m.reset_parameters()
 
 
-_MAX_PLANS = 4  # e.g. a full and a last partial eval batch, in two threads
-
-
-def _units_first(slot: nn.Module) -> bool:
-    """Whether an MLP slot takes ``[units, batch]`` (``forward_units_first``)."""
-    return isinstance(slot, MixedActivation) or (
-        isinstance(slot, SelectiveActivation) and slot.fused)
-
-
-@dataclass
-class _MLPInference:
-    """A mixed MLP's inference buffers and views for one (batch, device, dtype, thread)."""
-
-    sources: list[tuple[dict, str, Tensor, int]]  # (module params, name, param, data_ptr)
-    layers: list[tuple[Tensor, Tensor, InferencePlan]]  # (weight, bias, slot buffer)
-    head: tuple[Tensor, Tensor]  # (weight transposed, bias)
-
-    def current(self) -> bool:
-        """The module still holds these parameters, on the same storage."""
-        return all(
-            params.get(name) is param and param.data_ptr() == ptr
-            for params, name, param, ptr in self.sources
-        )
-
-
 class MLP(Backbone):
     """Fully connected network: ``in -> hidden[0] -> ... -> hidden[-1] -> classes`` (logits)."""
 
@@ -145,63 +117,12 @@ class MLP(Backbone):
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
         self.acts = nn.ModuleList(make_slot(i, w) for i, w in enumerate(hidden))
         self.head = nn.Linear(widths[-1], num_classes)
-        self._plans: dict[tuple, _MLPInference] = {}
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)
-        if self.acts and all(_units_first(a) for a in self.acts):
-            return self._forward_units_first(x)
         for linear, act in zip(self.linears, self.acts):
             x = act(linear(x))
         return self.head(x)
-
-    def _forward_units_first(self, x: Tensor) -> Tensor:
-        """Phases 1 and 2: hidden states as ``[units, batch]`` (``h' = W h + b``), so each
-        activation group of a mixed slot is a contiguous block, and sorting a selective slot's
-        units gathers whole rows.  Same function, same weights."""
-        h = x.t()
-        phase2 = all(isinstance(a, MixedActivation) for a in self.acts)
-        plan = None if not phase2 or torch.is_grad_enabled() else self._inference_plan(
-            h.shape[1], h)
-        if plan is not None:
-            for weight, bias, slot in plan.layers:
-                h = slot.linear(weight, bias, h)
-            head_w, head_b = plan.head
-            return torch.addmm(head_b, h.t(), head_w)
-        for linear, act in zip(self.linears, self.acts):
-            h = act.linear_units_first(linear.weight, linear.bias, h)
-        return torch.addmm(self.head.bias, h.t(), self.head.weight.t())
-
-    def _inference_plan(self, batch: int, like: Tensor) -> _MLPInference | None:
-        """Reusable buffers and parameter views for phase-2 inference, or None when a slot
-        cannot run in place.  At small batches allocating outputs, slicing groups and reading
-        module attributes cost more than the activations themselves, so all of it is done once
-        per (batch, device, dtype, thread) and reused; the parameters are checked on every call,
-        so replaced weights or new storage (``.data = ...``) rebuild it."""
-        key = (batch, like.device, like.dtype, threading.get_ident())
-        plan = self._plans.get(key)
-        if plan is not None and plan.current():
-            return plan
-        slots = [act.inference_plan(batch, like) for act in self.acts]
-        if None in slots:
-            return None
-        params = [m._parameters for m in (*self.linears, self.head)]
-        plan = _MLPInference(
-            [(p, name, p[name], p[name].data_ptr()) for p in params for name in ("weight", "bias")],
-            [(lin.weight, lin.bias, slot) for lin, slot in zip(self.linears, slots)],
-            (self.head.weight.t(), self.head.bias),
-        )
-        while len(self._plans) >= _MAX_PLANS:
-            del self._plans[next(iter(self._plans))]
-        self._plans[key] = plan
-        return plan
-
-    def _apply(self, fn, recurse=True):  # .to() / .cuda() / .double(): buffers are stale
-        self._plans.clear()
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict:  # copies and pickles carry no buffers
-        return {**super().__getstate__(), "_plans": {}}
 
     @torch.no_grad()
     def permute_units(self, layer: int, perm: Tensor) -> None:

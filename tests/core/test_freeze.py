@@ -64,9 +64,9 @@ def test_freeze_rejects_non_selective():
 
 
 @pytest.mark.parametrize("pool", ["paper", "adact"])
-def test_mixed_mlp_units_first_layout_equals_selective_in_every_mode(pool):
-    """The phase-2 MLP runs units-first (in place without autograd): same function with and
-    without grad, in train and eval mode, as the selective net's eval output."""
+def test_mixed_mlp_equals_selective_in_every_mode(pool):
+    """The phase-2 MLP gives the same function with and without grad, in train and eval mode,
+    as the selective net's eval output."""
     net, x = build("mlp", POOLS[pool])
     with torch.no_grad():
         expected = net(x)

@@ -148,22 +148,8 @@ def test_apply_choices_matches_unit_by_unit_with_empty_groups(shape):
     torch.testing.assert_close(apply_choices(x, choice, fns), naive_choices(x, choice, PAPER))
 
 
-def test_mixed_units_first_equals_units_on_dim1():
-    torch.manual_seed(0)
-    layer = MixedActivation(PAPER, [3, 0, 2, 4, 1, 5])
-    x = torch.randn(8, 15)
-    expected = naive_choices(x, layer.choices(), PAPER)
-    torch.testing.assert_close(layer(x), expected)
-    h = x.t().contiguous().requires_grad_(True)
-    out = layer.forward_units_first(h)
-    assert out.data_ptr() != h.data_ptr()
-    torch.testing.assert_close(out.t(), expected)
-    out.sum().backward()
-    assert h.grad is not None and torch.isfinite(h.grad).all()
-
-
 @pytest.mark.parametrize("pool", ["paper", "adact"])
-@pytest.mark.parametrize("layout", ["units_first", "dim1", "conv"])
+@pytest.mark.parametrize("layout", ["dim1", "conv"])
 def test_mixed_gradient_equals_unit_by_unit_autograd(pool, layout):
     """Pure pools run as one node (in place, gradients from outputs); impure ones split and
     concatenate; both must give autograd's unit-by-unit answer."""
@@ -172,40 +158,18 @@ def test_mixed_gradient_equals_unit_by_unit_autograd(pool, layout):
     counts = [3, 0, 2, 4, 1, 5, 2][: len(names)]
     layer = MixedActivation(names, counts).eval()  # RReLU (adact) is deterministic in eval
     units = sum(counts)
-    shape = {"units_first": (units, 8), "dim1": (8, units), "conv": (2, units, 3, 3)}[layout]
+    shape = {"dim1": (8, units), "conv": (2, units, 3, 3)}[layout]
     dtype = torch.float64 if pool == "paper" else torch.float32  # PReLU's slope is float32
     x = torch.randn(*shape, dtype=dtype, requires_grad=True)
     grad = torch.randn(*shape, dtype=dtype)
-    if layout == "units_first":
-        out = layer.forward_units_first(x)
-        reference = naive_choices(x.t(), layer.choices(), names).t()
-    else:
-        out = layer(x)
-        reference = naive_choices(x, layer.choices(), names)
+    out = layer(x)
+    reference = naive_choices(x, layer.choices(), names)
     torch.testing.assert_close(out, reference)
     (got,) = torch.autograd.grad(out, x, grad)
     (expected,) = torch.autograd.grad(reference, x, grad)
     torch.testing.assert_close(got, expected)
     if pool == "paper":
-        fn = layer.forward_units_first if layout == "units_first" else layer
-        assert torch.autograd.gradcheck(fn, (x,))
-
-
-def test_mixed_inference_plan_activates_its_buffer_in_place():
-    torch.manual_seed(0)
-    layer = MixedActivation(PAPER, [3, 0, 2, 4, 1, 5])
-    x = torch.randn(8, 15, dtype=torch.float64)
-    plan = layer.inference_plan(8, x)
-    assert plan.out.shape == (15, 8) and plan.out.dtype == torch.float64
-    assert [rows.shape[0] for _, rows in plan.groups] == [3, 2, 4, 1, 5]  # empty group dropped
-    plan.out.copy_(x.t())
-    assert plan.activate() is plan.out
-    torch.testing.assert_close(plan.out.t(), naive_choices(x, layer.choices(), PAPER))
-
-
-def test_mixed_impure_pool_has_no_inference_plan():
-    layer = MixedActivation(POOLS["adact"], [2, 1, 0, 2, 1, 1, 1])
-    assert layer.inference_plan(8, torch.randn(8, 8)) is None
+        assert torch.autograd.gradcheck(layer, (x,))
 
 
 def test_basis_matrix_follows_the_module_but_stays_out_of_checkpoints():
