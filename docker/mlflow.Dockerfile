@@ -25,7 +25,8 @@ RUN pip install --no-cache-dir "mlflow==${MLFLOW_VERSION}" "psycopg2-binary==${P
     && mkdir -p /mlartifacts \
     && chown mlflow:mlflow /mlartifacts
 
-USER mlflow
+# uid 1000 = mlflow (numeric: resolvable on any host, hadolint DL3066)
+USER 1000:1000
 WORKDIR /home/mlflow
 EXPOSE 5000
 
