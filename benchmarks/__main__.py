@@ -23,12 +23,11 @@ import torch
 from torch import nn
 
 from benchmarks.baselines import GatherScatterMixed, StackAllK, mnist_like_loader
-from smartmixed_core.activations import ACTIVATIONS, POOLS
-from smartmixed_core.batched import BatchedMLP
+from smartmixed_core.activations import POOLS
 from smartmixed_core.freeze import freeze
-from smartmixed_core.layers import MixedActivation, SelectiveActivation
+from smartmixed_core.layers import Activation, MixedActivation, SelectiveActivation
 from smartmixed_core.models import MLP, PAPER_ARCHITECTURES, REPRESENTATIVE
-from smartmixed_core.training import FitConfig, make_optimizer
+from smartmixed_core.training import FitConfig, make_optimizer, seed_losses
 
 POOL = POOLS["paper"]
 # A mix like the paper's Fig. 3 (sigmoid rare): fraction of units per pool activation.
@@ -68,13 +67,17 @@ def optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return make_optimizer(model, FitConfig(epochs=1, lr=1e-4))
 
 
-def selective_net(hidden, in_f, classes, device, layer=SelectiveActivation):
-    torch.manual_seed(0)
-    net = MLP(in_f, hidden, classes, lambda i, n: layer(n, POOL)).to(device)
+def selective_net(hidden, in_f, classes, device, layer=SelectiveActivation, seeds=1):
+    if layer is SelectiveActivation:
+        net = MLP(in_f, hidden, classes, lambda i, n: layer(n, POOL, seeds=seeds), seeds)
+    else:
+        net = MLP(in_f, hidden, classes, lambda i, n: layer(n, POOL), seeds)
+    net.to(device)
     gen = torch.Generator().manual_seed(1)
     probs = torch.tensor([MIX[a] for a in POOL])
     for slot in net.acts:  # logits whose argmax follows MIX
-        choice = torch.multinomial(probs, slot.logits.shape[0], True, generator=gen)
+        s, n = slot.logits.shape[:2]
+        choice = torch.multinomial(probs, s * n, True, generator=gen).view(s, n)
         slot.logits.data = nn.functional.one_hot(choice, len(POOL)).float().to(device) * 3
     return net
 
@@ -83,8 +86,8 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     in_f, classes = 784, 10
-    x = torch.randn(batch, in_f, device=dev)
-    y = torch.randint(0, classes, (batch,), device=dev)
+    x = torch.randn(1, batch, in_f, device=dev)  # one seed
+    y = torch.randint(0, classes, (1, batch), device=dev)
     sel = selective_net(hidden, in_f, classes, dev)
     stacked = selective_net(hidden, in_f, classes, dev, StackAllK)
     mixed = freeze(sel.eval()).to(dev)
@@ -92,8 +95,7 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
     for i, slot in enumerate(sel.acts):  # the reference layout: unsorted, gather/scatter
         gather.acts[i] = GatherScatterMixed(POOL, slot.choices())
     uniform = {
-        a: MLP(in_f, hidden, classes, lambda i, n, a=a: ACTIVATIONS[a].module()).to(dev)
-        for a in POOL
+        a: MLP(in_f, hidden, classes, lambda i, n, a=a: Activation(a)).to(dev) for a in POOL
     }
     # The same uniform nets as mixed nets with a single group: the mixed layer's own layout
     # and activation code, so the mixed net over these measures what grouping costs.
@@ -108,7 +110,7 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
 
         def go() -> None:
             model.train()
-            loss = nn.functional.cross_entropy(model(x), y)
+            loss = seed_losses(model(x), y).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -136,17 +138,15 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
         "train/selective": timer(step(sel), sync),
         "train/stack_all_k": timer(step(stacked), sync),
     }
-    seeds = [selective_net(hidden, in_f, classes, dev) for _ in range(SEEDS)]
-    batched = BatchedMLP(seeds, [torch.Generator().manual_seed(s) for s in range(SEEDS)])
-    xs, ys = x.expand(SEEDS, *x.shape), y.expand(SEEDS, *y.shape)
+    batched = selective_net(hidden, in_f, classes, dev, seeds=SEEDS)
+    xs, ys = x.expand(SEEDS, *x.shape[1:]), y.expand(SEEDS, *y.shape[1:])
     opt_k = optimizer(batched)
 
     def step_batched() -> None:
         batched.train()
-        logits = batched(xs)
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), ys.flatten(), reduction="none")
+        loss = seed_losses(batched(xs), ys).sum()
         opt_k.zero_grad(set_to_none=True)
-        loss.view(SEEDS, -1).mean(1).sum().backward()
+        loss.backward()
         opt_k.step()
 
     cases[f"train/selective_x{SEEDS}_batched"] = timer(step_batched, sync)
@@ -180,12 +180,12 @@ def epoch_vs_dataloader(device: str, batch: int, hidden, batches: int, repeats: 
     loader, images, labels = mnist_like_loader(batch)
     x_all = (images.float().div(255).sub(0.1307).div(0.3081)).flatten(1).to(dev)
     y_all = labels.to(dev)
-    model = MLP(784, hidden, 10, lambda i, n: nn.ReLU()).to(dev)
+    model = MLP(784, hidden, 10, lambda i, n: Activation("relu")).to(dev)
     opt = optimizer(model)
     gen = torch.Generator().manual_seed(0)
 
     def train_on(xb: torch.Tensor, yb: torch.Tensor) -> None:
-        loss = nn.functional.cross_entropy(model(xb), yb)
+        loss = nn.functional.cross_entropy(model(xb.unsqueeze(0))[0], yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -95,13 +95,12 @@ def train(
     checkpoints: Annotated[bool, typer.Option(help="Write one checkpoint per seed.")] = True,
     batch_seeds: Annotated[
         str,
-        typer.Option(help="Train the seeds as one batched model: auto (several seeds and "
-                    "a batchable MLP run, on any device), on, off."),
+        typer.Option(help="Train the seeds together as one model with a seeds dimension "
+                    "(auto, on) or one after another (off: less memory, same numbers)."),
     ] = "auto",
     quiet: bool = False,
 ) -> None:
     """Train one configuration for several seeds; write OUT/result.json."""
-    from smartmixed_core.batched import batchable
     from smartmixed_core.progress import EpochProgress
     from smartmixed_core.runner import load_data, save_checkpoint, train_seeds
 
@@ -137,8 +136,6 @@ def train(
         raise ConfigError("data_dir", f"{data_dir} is not a readable directory")
     if out.exists() and not out.is_dir():
         raise ConfigError("out", f"{out} exists and is not a directory")
-    if batch_seeds == "on" and (reason := batchable(cfg)) is not None:
-        raise ConfigError("batch_seeds", reason)
     data = load_data(cfg)
     batched = {"auto": None, "on": True, "off": False}[batch_seeds]
     with EpochProgress(cfg.epochs, seed_list, enabled=not quiet) as progress:

@@ -4,6 +4,7 @@ import torch
 
 from smartmixed_core.activations import POOLS
 from smartmixed_core.errors import ConfigError
+from smartmixed_core.layers import Activation
 from smartmixed_core.models import (
     _PAPER_LAYERS,
     MLP,
@@ -15,7 +16,7 @@ from smartmixed_core.models import (
 
 
 def relu_slot(layer, units):
-    return torch.nn.ReLU()
+    return Activation("relu")
 
 
 def test_all_18_paper_architectures_distinct():
@@ -49,33 +50,57 @@ def test_parse_arch_rejects(bad):
 
 def test_mlp_outputs_logits_without_softmax():
     net = MLP(20, (16, 8), 3, relu_slot)
-    out = net(torch.randn(5, 20))
-    assert out.shape == (5, 3)
-    assert not torch.allclose(out.exp().sum(1), torch.ones(5))  # not probabilities
-    assert isinstance(list(net.modules())[-1], torch.nn.Linear)
+    out = net.shared(torch.randn(5, 20))
+    assert out.shape == (1, 5, 3)
+    assert not torch.allclose(out.exp().sum(-1), torch.ones(1, 5))  # not probabilities
+    assert list(net.modules())[-1] is net.head
 
 
 @pytest.mark.parametrize("size", [(8, 8), (28, 28), (32, 32)])
 def test_convnet_shapes(size):
     net = ConvNet(3 if size == (32, 32) else 1, size, 10, relu_slot)
     assert len(net.convs) == 4 and len(net.norms) == 4
-    assert net(torch.randn(2, net.convs[0].in_channels, *size)).shape == (2, 10)
+    assert net.shared(torch.randn(2, net.convs[0].weight.shape[2], *size)).shape == (1, 2, 10)
+
+
+def slots2(layer, units):
+    return Activation("elu", 2)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "convnet"])
 def test_permute_units_keeps_function(kind):
+    """Each seed's own permutation (two seeds) leaves every seed's function unchanged."""
     torch.manual_seed(0)
     if kind == "mlp":
-        net, x = MLP(12, (10, 7), 4, relu_slot), torch.randn(6, 12)
+        net, x = MLP(12, (10, 7), 4, slots2, seeds=2), torch.randn(6, 12)
     else:
-        net, x = ConvNet(1, (8, 8), 4, relu_slot, (4, 6, 5, 3)), torch.randn(6, 1, 8, 8)
+        net, x = ConvNet(1, (8, 8), 4, slots2, (4, 6, 5, 3), seeds=2), torch.randn(6, 1, 8, 8)
     net.train()
-    net(x)  # populate BatchNorm running statistics
+    net.shared(x)  # populate BatchNorm running statistics
     net.eval()
-    before = net(x)
+    before = net.shared(x)
     for layer, width in enumerate(net.hidden):
-        net.permute_units(layer, torch.randperm(width))
-    torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-5)
+        net.permute_units(layer, torch.stack([torch.randperm(width), torch.randperm(width)]))
+    torch.testing.assert_close(net.shared(x), before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "convnet"])
+def test_seeds_are_independent_models(kind):
+    """Seed s of a three-seed model is the model select_seeds([s]) holds: same output, and
+    reset_parameters draws each seed's weights from its own generator only."""
+    torch.manual_seed(0)
+    make = {"mlp": lambda s: MLP(12, (10, 7), 4, lambda i, n: Activation("tanh", s), seeds=s),
+            "convnet": lambda s: ConvNet(1, (8, 8), 4, lambda i, n: Activation("tanh", s),
+                                         (4, 6, 5, 3), seeds=s)}[kind]
+    x = torch.randn(5, 12) if kind == "mlp" else torch.randn(5, 1, 8, 8)
+    gens = lambda seeds: [torch.Generator().manual_seed(10 + s) for s in seeds]  # noqa: E731
+    three, one = make(3), make(1)
+    three.reset_parameters(gens([0, 1, 2]))
+    one.reset_parameters(gens([1]))
+    for a, b in zip(three.select_seeds([1]).state_dict().values(), one.state_dict().values()):
+        assert torch.equal(a, b)
+    three.eval(), one.eval()
+    torch.testing.assert_close(three.shared(x)[1], one.shared(x)[0], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -83,20 +108,22 @@ def test_fused_selective_mlp_equals_the_stacked_reference(training):
     """A fused selective MLP gives the same outputs, input/weight/logit gradients and Gumbel
     draws as the stack-all-K reference; an impure pool uses the stacked form."""
     from smartmixed_core.layers import SelectiveActivation
+    from smartmixed_core.seeded import SeedNoise
 
     torch.manual_seed(0)
-    net = MLP(12, [9, 7], 4, lambda i, n: SelectiveActivation(n, POOLS["paper"], tau=0.5))
+    net = MLP(12, [9, 7], 4, lambda i, n: SelectiveActivation(n, POOLS["paper"], tau=0.5,
+                                                              seeds=2), seeds=2)
     for slot in net.acts:
         slot.logits.data.normal_()
     net.train(training)
-    x = torch.randn(16, 12)
+    x = torch.randn(2, 16, 12)
     results = []
     for fused in (True, False):
         for slot in net.acts:
             slot.fused = fused
         net.zero_grad()
         xi = x.clone().requires_grad_(True)
-        torch.manual_seed(7)
+        net.use_noise(SeedNoise.of([7, 8]))
         out = net(xi)
         (out * torch.arange(4.0)).sum().backward()
         results.append([out.detach(), xi.grad, *(p.grad for p in net.parameters())])
@@ -107,4 +134,4 @@ def test_fused_selective_mlp_equals_the_stacked_reference(training):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert all((slot.logits.grad is not None) == training for slot in net.acts)
     impure = MLP(12, [9], 4, lambda i, n: SelectiveActivation(n, POOLS["adact"]))
-    assert not impure.acts[0].fused and impure(x).shape == (16, 4)
+    assert not impure.acts[0].fused and impure(x[:1]).shape == (1, 16, 4)

@@ -108,9 +108,16 @@ def test_checkpoint_roundtrip(tmp_path, digits):
     cfg2, model = load_checkpoint(tmp_path / "c.pt", digits.input_shape, digits.num_classes)
     assert cfg2 == cfg
     x = digits.x_test[:50]
-    torch.testing.assert_close(model.eval()(x), out.model.eval()(x))
+    torch.testing.assert_close(model.eval().shared(x), out.model.eval().shared(x))
     ckpt = torch.load(tmp_path / "c.pt", weights_only=False)
     assert ckpt["choices"]["layer_1"] == out.choices["layer_1"] and len(ckpt["choices"]) == 2
+    assert ckpt["slots"][0]["type"] == "mixed" and sum(ckpt["slots"][0]["counts"]) == 16
+    # A checkpoint of the previous version (no format) is refused in one line.
+    del ckpt["format"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.raises(ConfigError, match="older smartmixed") as err:
+        load_checkpoint(tmp_path / "old.pt", digits.input_shape, digits.num_classes)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize(
