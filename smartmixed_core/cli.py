@@ -87,6 +87,8 @@ def train(
     entropy_weight: float = 0.0,
     seeds: Annotated[str, typer.Option(help="'0,1,2' or '0-4'.")] = "0",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    compile: Annotated[str, typer.Option(help="torch.compile of the training forward pass: "
+                                         "auto (on for CUDA, off on a CPU), on, off.")] = "auto",
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with image datasets.")] = None,
     download: bool = False,
     out: Annotated[
@@ -131,6 +133,7 @@ def train(
         gate_temperature=gate_temperature,
         entropy_weight=entropy_weight,
         device=device,
+        compile=compile,
     )
     if data_dir is not None and not data_dir.is_dir():
         raise ConfigError("data_dir", f"{data_dir} is not a readable directory")

@@ -43,7 +43,7 @@ def _grouped_apply(xp: Tensor, counts: Sequence[int], fns: Sequence, dim: int = 
     return torch.cat([fn(c) for (fn, _), c in zip(used, chunks)], dim=dim)
 
 
-def _activate_blocks(x: Tensor, sizes: Sequence[int], fns: Sequence, dim: int) -> Tensor:
+def activate_blocks(x: Tensor, sizes: Sequence[int], fns: Sequence, dim: int) -> Tensor:
     """Overwrite each block of ``sizes[j]`` units (along ``dim``) of ``x`` with ``fns[j]``
     (in-place forms); empty blocks are skipped.  Returns ``x``."""
     for fn, block, n in zip(fns, x.split(list(sizes), dim), sizes):
@@ -54,7 +54,7 @@ def _activate_blocks(x: Tensor, sizes: Sequence[int], fns: Sequence, dim: int) -
 
 def _grad_from_output(grad: Tensor, out: Tensor, sizes: Sequence[int], grads: Sequence,
                       dim: int) -> Tensor:
-    """The input gradient of :func:`_activate_blocks`, block by block from its output."""
+    """The input gradient of :func:`activate_blocks`, block by block from its output."""
     grad_x = torch.empty_like(out)
     split = list(sizes)
     parts = zip(grad.split(split, dim), out.split(split, dim), grad_x.split(split, dim))
@@ -75,7 +75,7 @@ class _GroupedInPlace(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, sizes: list[int], fns: tuple, grads: tuple, dim: int) -> Tensor:  # type: ignore[override]
-        out = _activate_blocks(x.clone(), sizes, fns, dim)
+        out = activate_blocks(x.clone(), sizes, fns, dim)
         ctx.save_for_backward(out)
         ctx.sizes, ctx.grads, ctx.dim = sizes, grads, dim
         return out
@@ -167,7 +167,7 @@ class _SelectST(torch.autograd.Function):
         inv = inverse(perm)
         xs = x.index_select(dim, perm)
         if inplace is not None:
-            outs = _activate_blocks(xs, counts, inplace, dim)  # xs is a fresh copy
+            outs = activate_blocks(xs, counts, inplace, dim)  # xs is a fresh copy
         else:
             outs = _grouped_apply(xs, counts, fns, dim)
         ctx.save_for_backward(x, perm, inv, outs if grads is not None else None)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from smartmixed_core.activations import ACTIVATIONS, fused_forms
 from smartmixed_core.grouping import (
+    activate_blocks,
     activate_groups,
     apply_choices,
     selection_forms,
@@ -249,12 +250,15 @@ class MixedActivation(nn.Module):
 
     def _seed(self, x: Tensor, s: int) -> Tensor:
         """Seed ``s``'s contiguous groups, each activated once (in place, one autograd node
-        when the pool has in-place and output-gradient forms)."""
+        when the pool has in-place and output-gradient forms).  Without autograd the groups
+        are activated in ``x`` itself: the backbone hands each slot a fresh tensor."""
         if self._grads is not None:
             used = [j for j, c in enumerate(self.seed_counts[s]) if c]
-            return activate_groups(x, [self.seed_counts[s][j] for j in used],
-                                   [self._inplace[j] for j in used],
-                                   [self._grads[j] for j in used], 1)
+            sizes = [self.seed_counts[s][j] for j in used]
+            inplace = [self._inplace[j] for j in used]
+            if not torch.is_grad_enabled():
+                return activate_blocks(x, sizes, inplace, 1)
+            return activate_groups(x, sizes, inplace, [self._grads[j] for j in used], 1)
         return apply_choices(x, self._choice[s], self._fns)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -50,6 +50,7 @@ class SeedNoise:
     def __deepcopy__(self, memo: dict) -> SeedNoise:
         return self
 
+    @torch.compiler.disable  # generators stay outside compiled graphs
     def draw(self, sample: Callable[[torch.Generator], Tensor], like: Tensor) -> Tensor:
         """``[S, ...]``: ``sample(generator)`` of every seed (on the CPU), on ``like``'s
         device and dtype."""

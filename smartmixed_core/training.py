@@ -62,6 +62,9 @@ class FitConfig:
     """Load the best-validation-loss weights at the end."""
     eval_batch_size: int = 4096
     """Batch size for validation/test passes (memory only; results do not depend on it)."""
+    compile: bool = False
+    """Train through ``torch.compile`` of the model (slots in their mask forms); evaluation
+    stays eager."""
 
 
 @dataclass
@@ -251,6 +254,10 @@ def fit(
     cbs = _callbacks(callbacks, seeds)
     opt = make_optimizer(model, cfg)
     aux_modules = [m for m in model.modules() if hasattr(m, "aux_loss")]
+    forward = model
+    if cfg.compile:
+        model.use_compiled_forms(True)  # type: ignore[operator]
+        forward = torch.compile(model)
     st = state if state is not None else FitState()
     n, device = len(data.x_train), data.x_train.device
     first, elapsed = 0, 0.0
@@ -277,7 +284,7 @@ def fit(
         total = torch.zeros(seeds, device=device)
         for i in range(0, n, cfg.batch_size):
             idx = order[:, i : i + cfg.batch_size]
-            losses = seed_losses(model(data.x_train[idx]), data.y_train[idx])
+            losses = seed_losses(forward(data.x_train[idx]), data.y_train[idx])
             total += losses.detach() * idx.shape[1]
             loss = (losses * weight).sum()
             extra = aux_loss(aux_modules)

@@ -184,3 +184,12 @@ def test_resume_refuses_other_seeds():
     train_together(cfg, [0, 1], data, state=state)
     with pytest.raises(ValueError, match="other seeds"):
         train_together(cfg, [1, 0], data, state=RunState.restore(state.snapshot()))
+
+
+def test_seeds_together_equal_one_by_one_in_float32(one_thread):
+    cfg = config(method="smartmixed", grad_clip=0.5)
+    data = load_data(cfg)
+    _, alone = train_seeds(cfg, [0, 1], data=data, batched=False)
+    _, together = train_seeds(cfg, [0, 1], data=data, batched=True)
+    for a, b in zip(alone, together):
+        assert_same(a, b)
