@@ -179,6 +179,8 @@ def run_compiled(device: str, batch: int, hidden, repeats: int) -> dict[str, flo
     in_f, classes = 784, 10
     x = torch.randn(1, batch, in_f, device=dev)
     y = torch.randint(0, classes, (1, batch), device=dev)
+    torch._dynamo.config.recompile_limit = 256  # 8 nets x 2 modes share the same code
+    torch._dynamo.config.accumulated_recompile_limit = 4096
     sel = selective_net(hidden, in_f, classes, dev)
     nets = {"selective": sel, "mixed": freeze(sel.eval()).to(dev)}
     nets |= {a: MLP(in_f, hidden, classes, lambda i, n, a=a: Activation(a)).to(dev)

@@ -257,6 +257,12 @@ def fit(
     forward = model
     if cfg.compile:
         model.use_compiled_forms(True)  # type: ignore[operator]
+        # A worker trains many configurations in one process: each architecture (and each
+        # train/eval mode) is an entry in dynamo's cache for the same code; torch's default
+        # of 8 would silently fall back to eager after a few.
+        cache = torch._dynamo.config
+        cache.recompile_limit = max(cache.recompile_limit, 256)
+        cache.accumulated_recompile_limit = max(cache.accumulated_recompile_limit, 4096)
         forward = torch.compile(model)
     st = state if state is not None else FitState()
     n, device = len(data.x_train), data.x_train.device
