@@ -81,8 +81,9 @@ def seed_by_seed(fn: Callable[[Tensor, int], Tensor], x: Tensor) -> Tensor:
     the split of a row between vector loop and scalar tail (whose exp/tanh differ in the last
     bit) and the order of every reduction then depend only on that seed's shapes, so a seed
     trained beside others equals the seed trained alone, bit for bit."""
-    outs = [fn(xs, s) for s, xs in enumerate(x.unbind(0))]
-    return outs[0].unsqueeze(0) if len(outs) == 1 else torch.stack(outs)
+    if x.shape[0] == 1:  # views both ways: no stack (and no copy in backward)
+        return fn(x.squeeze(0), 0).unsqueeze(0)
+    return torch.stack([fn(xs, s) for s, xs in enumerate(x.unbind(0))])
 
 
 def select(x: Tensor, choice: Tensor, acts: Sequence) -> Tensor:

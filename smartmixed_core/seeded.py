@@ -10,7 +10,9 @@ Randomness is per seed as well.  :func:`seed_generator` gives each seed independ
 and moved to the model's device, so a seed's numbers depend neither on the other seeds nor
 on the device.  Why a seeds dimension rather than ``torch.func.vmap`` over stacked modules:
 the selective and mixed layers group units by their (data-dependent) choices, which vmap
-cannot batch, and the per-seed generators cannot be used inside vmap.
+cannot batch, and the per-seed generators cannot be used inside vmap; the mask form vmap
+could batch evaluates every activation on every unit, about twice the fused layer's train
+step on the paper net (docs/performance.md, stack-all-K).
 """
 
 from __future__ import annotations
