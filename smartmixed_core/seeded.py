@@ -11,8 +11,8 @@ and moved to the model's device, so a seed's numbers depend neither on the other
 on the device.  Why a seeds dimension rather than ``torch.func.vmap`` over stacked modules:
 the selective and mixed layers group units by their (data-dependent) choices, which vmap
 cannot batch, and the per-seed generators cannot be used inside vmap; the mask form vmap
-could batch evaluates every activation on every unit, about twice the fused layer's train
-step on the paper net (docs/performance.md, stack-all-K).
+could batch evaluates every activation on every unit, slower than the fused layer's train
+step in three of four benchmark runs on the paper net (docs/performance.md, stack-all-K).
 """
 
 from __future__ import annotations
