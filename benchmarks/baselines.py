@@ -9,22 +9,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smartmixed_core.activations import ACTIVATIONS
-from smartmixed_core.layers import hard_gumbel_softmax
+from smartmixed_core.layers import gumbel_noise, hard_gumbel_softmax
+from smartmixed_core.seeded import SeedNoise
 
 
 class StackAllK(nn.Module):
-    """Phase 1 the obvious way: stack all K activations into ``[batch, units, K]``."""
+    """Phase 1 the obvious way: stack all K activations into ``[1, batch, units, K]`` (one
+    seed; noise from seed 0's generator, as a standalone selective layer draws it)."""
 
     def __init__(self, units: int, pool: Sequence[str], tau: float = 0.3):
         super().__init__()
         self.fns = [ACTIVATIONS[n].fn for n in pool]
-        self.logits = nn.Parameter(torch.zeros(units, len(pool)))
+        self.logits = nn.Parameter(torch.zeros(1, units, len(pool)))
         self.tau = tau
+        self.noise = SeedNoise.of([0])
 
     def forward(self, x: Tensor) -> Tensor:
-        y, idx = hard_gumbel_softmax(self.logits, self.tau)
+        k, n = self.logits.shape[2], self.logits.shape[1]
+        g = self.noise.draw(lambda gen: gumbel_noise((k, n), "cpu", torch.float32, gen),
+                            self.logits)
+        y, idx = hard_gumbel_softmax(self.logits, self.tau, g)
         h = F.one_hot(idx, y.shape[-1]).to(y.dtype) + (y - y.detach())
-        return (torch.stack([fn(x) for fn in self.fns], -1) * h).sum(-1)
+        return (torch.stack([fn(x) for fn in self.fns], -1) * h.unsqueeze(1)).sum(-1)
 
 
 class GatherScatterMixed(nn.Module):
@@ -34,6 +40,7 @@ class GatherScatterMixed(nn.Module):
     def __init__(self, pool: Sequence[str], choice: Tensor):
         super().__init__()
         self.fns = [ACTIVATIONS[n].fn for n in pool]
+        choice = choice[0]  # one seed
         self.groups = [(j, (choice == j).nonzero().flatten().tolist()) for j in range(len(pool))]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -41,7 +48,7 @@ class GatherScatterMixed(nn.Module):
         for j, idx in self.groups:
             if idx:
                 index = torch.tensor(idx, device=x.device)
-                out[:, index] = self.fns[j](x[:, index])
+                out[:, :, index] = self.fns[j](x[:, :, index])
         return out
 
 

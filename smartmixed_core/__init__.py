@@ -25,6 +25,7 @@ from smartmixed_core.layers import (
 from smartmixed_core.metrics import classification_metrics, count_parameters
 from smartmixed_core.models import MLP, PAPER_ARCHITECTURES, ConvNet, parse_arch
 from smartmixed_core.runner import (
+    RunState,
     SeedOutcome,
     build_model,
     load_checkpoint,
@@ -33,6 +34,7 @@ from smartmixed_core.runner import (
     temperature_at,
     train_seed,
     train_seeds,
+    train_together,
 )
 from smartmixed_core.training import FitConfig, FitResult, NonFiniteLossError, fit
 
@@ -51,6 +53,7 @@ __all__ = [
     "MixtureActivation",
     "NonFiniteLossError",
     "RunConfig",
+    "RunState",
     "SeedOutcome",
     "SelectiveActivation",
     "Splits",
@@ -75,5 +78,6 @@ __all__ = [
     "temperature_at",
     "train_seed",
     "train_seeds",
+    "train_together",
     "unit_choices",
 ]

@@ -35,9 +35,7 @@ class ActivationSpec:
     autograd uses them for the in-place forms), so the mixed layer can overwrite its input.
     ``basis`` writes the activation as a linear combination of other registry activations
     and :data:`IDENTITY` (``(name, coefficient)`` pairs), exact up to rounding; see
-    :func:`candidate_basis`.  ``kernel`` is the activation's code in the compiled CPU
-    kernels of the selective and mixed layers (``kernels.cpp``,
-    :mod:`smartmixed_core.kernels`), None when they lack it.
+    :func:`candidate_basis`.
     """
 
     name: str
@@ -46,7 +44,6 @@ class ActivationSpec:
     inplace: Callable[[Tensor], Tensor] | None = None
     grad: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
     basis: tuple[tuple[str, float], ...] = ()
-    kernel: int | None = None
 
     @property
     def pure(self) -> bool:
@@ -95,10 +92,9 @@ def _selu_grad(grad: Tensor, result: Tensor, out: Tensor) -> Tensor:
 ACTIVATIONS: dict[str, ActivationSpec] = {
     spec.name: spec
     for spec in (
-        ActivationSpec("relu", nn.ReLU, torch.relu, torch.relu_, _relu_grad, kernel=0),
-        ActivationSpec("sigmoid", nn.Sigmoid, torch.sigmoid, torch.sigmoid_, _sigmoid_grad,
-                       kernel=1),
-        ActivationSpec("tanh", nn.Tanh, torch.tanh, torch.tanh_, _tanh_grad, kernel=2),
+        ActivationSpec("relu", nn.ReLU, torch.relu, torch.relu_, _relu_grad),
+        ActivationSpec("sigmoid", nn.Sigmoid, torch.sigmoid, torch.sigmoid_, _sigmoid_grad),
+        ActivationSpec("tanh", nn.Tanh, torch.tanh, torch.tanh_, _tanh_grad),
         ActivationSpec(
             "leaky_relu",
             nn.LeakyReLU,
@@ -106,9 +102,8 @@ ACTIVATIONS: dict[str, ActivationSpec] = {
             partial(F.leaky_relu_, negative_slope=0.01),
             _leaky_relu_grad,
             basis=(("relu", 0.99), (IDENTITY, 0.01)),
-            kernel=3,
         ),
-        ActivationSpec("elu", nn.ELU, F.elu, F.elu_, _elu_grad, kernel=4),
+        ActivationSpec("elu", nn.ELU, F.elu, F.elu_, _elu_grad),
         ActivationSpec(
             "selu",
             nn.SELU,
@@ -117,7 +112,6 @@ ACTIVATIONS: dict[str, ActivationSpec] = {
             _selu_grad,
             # scale * (relu(x) + alpha * (elu(x) - relu(x)))
             basis=(("relu", _SELU_SCALE * (1 - _SELU_ALPHA)), ("elu", _SELU_SCALE * _SELU_ALPHA)),
-            kernel=5,
         ),
         ActivationSpec("prelu", nn.PReLU),
         ActivationSpec("rrelu", nn.RReLU),

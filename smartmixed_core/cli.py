@@ -87,6 +87,8 @@ def train(
     entropy_weight: float = 0.0,
     seeds: Annotated[str, typer.Option(help="'0,1,2' or '0-4'.")] = "0",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    compile: Annotated[str, typer.Option(help="torch.compile of the training forward pass: "
+                                         "auto (on for CUDA, off on a CPU), on, off.")] = "auto",
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with image datasets.")] = None,
     download: bool = False,
     out: Annotated[
@@ -95,13 +97,12 @@ def train(
     checkpoints: Annotated[bool, typer.Option(help="Write one checkpoint per seed.")] = True,
     batch_seeds: Annotated[
         str,
-        typer.Option(help="Train the seeds as one batched model: auto (several seeds and "
-                    "a batchable MLP run, on any device), on, off."),
+        typer.Option(help="Train the seeds together as one model with a seeds dimension "
+                    "(auto, on) or one after another (off: less memory, same numbers)."),
     ] = "auto",
     quiet: bool = False,
 ) -> None:
     """Train one configuration for several seeds; write OUT/result.json."""
-    from smartmixed_core.batched import batchable
     from smartmixed_core.progress import EpochProgress
     from smartmixed_core.runner import load_data, save_checkpoint, train_seeds
 
@@ -132,11 +133,10 @@ def train(
         gate_temperature=gate_temperature,
         entropy_weight=entropy_weight,
         device=device,
+        compile=compile,
     )
     check_data(cfg.dataset, cfg.data_dir, cfg.download)  # before anything is trained
     check_output_dir("out", out)
-    if batch_seeds == "on" and (reason := batchable(cfg)) is not None:
-        raise ConfigError("batch_seeds", reason)
     data = load_data(cfg)
     batched = {"auto": None, "on": True, "off": False}[batch_seeds]
     with EpochProgress(cfg.epochs, seed_list, enabled=not quiet) as progress:
@@ -157,23 +157,6 @@ def train(
         f"test accuracy {s['test_accuracy_mean']:.4f} ± {s['test_accuracy_std']:.4f}, "
         f"macro F1 {s['test_f1_macro_mean']:.4f}  ->  {out / 'result.json'}"
     )
-
-
-@app.command()
-def kernels() -> None:
-    """Build (once per machine and torch) and load the compiled CPU kernels; retries a
-    build that failed before."""
-    import logging
-
-    from smartmixed_core import kernels as k
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not k.enabled():
-        typer.echo(f"smartmixed kernels: disabled ({k.ENABLE_ENV}=0)")
-    elif k.retry():
-        typer.echo(f"smartmixed kernels: loaded from {k.library_path()}")
-    else:
-        raise typer.Exit(1)
 
 
 def _attach_plugins() -> None:

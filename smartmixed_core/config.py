@@ -18,6 +18,7 @@ METHODS_HELP = "smartmixed, selective, fixed:<activation>[,<activation>...], ada
 MODELS = ("mlp", "convnet")
 SCHEDULES = ("exponential", "linear")
 OPTIMIZERS = ("adam", "adamw")
+COMPILE = ("auto", "on", "off")
 TABULAR_DATASETS = ("breast_cancer",)
 DEFAULT_CONV_CHANNELS = "32-64-128-256"
 
@@ -157,6 +158,9 @@ class RunConfig:
     """auto, cpu, cuda or cuda:N."""
     fused: bool = True
     """Use the fused selective layer (recompute in backward) where the pool allows it."""
+    compile: str = "auto"
+    """torch.compile of the training forward pass: on, off, or auto (on for CUDA, off on a
+    CPU, where compiling takes minutes and a small trial seconds; docs/performance.md)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.arch, int) and not isinstance(self.arch, bool):
@@ -213,6 +217,7 @@ class RunConfig:
             ("optimizer", self.optimizer, OPTIMIZERS),
             ("phase2_init", self.phase2_init, PHASE2_INITS),
             ("gate", self.gate, GATES),
+            ("compile", self.compile, COMPILE),
         ):
             if value not in allowed:
                 raise choice_error(name, value, allowed)

@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import nn
 
-from smartmixed_core.activations import ACTIVATIONS
-from smartmixed_core.layers import MixedActivation, MixtureActivation, SelectiveActivation
+from smartmixed_core.layers import (
+    Activation,
+    MixedActivation,
+    MixtureActivation,
+    SelectiveActivation,
+)
 from smartmixed_core.models import Backbone
 
 Phase2Init = Literal["transfer", "reinit"]
 PHASE2_INITS: tuple[str, ...] = ("transfer", "reinit")
 
 
-def freeze(model: Backbone, init: Phase2Init = "transfer") -> Backbone:
-    """The mixed network built from a trained selective one (paper §III-C).
+def freeze(model: Backbone, init: Phase2Init = "transfer",
+           generators: Sequence[torch.Generator] | None = None) -> Backbone:
+    """The mixed network built from a trained selective one (paper §III-C), every seed.
 
     Each unit keeps its argmax choice (eq. 7).  Units are permuted so every activation group
     is a contiguous slice (rows of the producing layer, columns of the consuming one move
     with them), which leaves the function unchanged.  ``transfer`` keeps all trained weights
     (eq. 9): the result equals ``model.eval()`` exactly.  ``reinit`` re-initialises them, as
-    the public reference code did.  ``model`` itself is not modified.
+    the public reference code did, seed ``s`` from ``generators[s]``.  ``model`` itself is
+    not modified.
     """
     if init not in PHASE2_INITS:
         raise ValueError(f"init must be one of {PHASE2_INITS}, got {init!r}")
@@ -32,34 +39,36 @@ def freeze(model: Backbone, init: Phase2Init = "transfer") -> Backbone:
         if not isinstance(slot, SelectiveActivation):
             raise TypeError(f"layer {layer + 1} is {type(slot).__name__}, not SelectiveActivation")
         choice = slot.choices()
-        mixed.permute_units(layer, torch.argsort(choice, stable=True).to(choice.device))
-        counts = torch.bincount(choice, minlength=len(slot.pool)).tolist()
-        mixed.acts[layer] = MixedActivation(slot.pool, counts, slot.candidates)
+        mixed.permute_units(layer, torch.argsort(choice, dim=1, stable=True))
+        counts = [torch.bincount(c, minlength=len(slot.pool)).tolist() for c in choice]
+        mixed.acts[layer] = MixedActivation(slot.pool, counts, slot.candidates).to(choice.device)
     if init == "reinit":
-        mixed.reset_parameters()
+        mixed.reset_parameters(generators)
     return mixed
 
 
-def selection_counts(model: nn.Module) -> dict[str, dict[str, int]]:
-    """``{"layer_1": {"relu": n, ...}, ...}`` for selective or mixed slots (1-based layers)."""
+def selection_counts(model: nn.Module, seed: int = 0) -> dict[str, dict[str, int]]:
+    """``{"layer_1": {"relu": n, ...}, ...}`` of seed ``seed`` (an index into the model's
+    seeds) for selective or mixed slots (1-based layers)."""
     out: dict[str, dict[str, int]] = {}
     for i, slot in enumerate(getattr(model, "acts", ())):
         if isinstance(slot, (SelectiveActivation, MixedActivation)):
-            counts = torch.bincount(slot.choices().cpu(), minlength=len(slot.pool)).tolist()
+            choice = slot.choices()[seed].cpu()
+            counts = torch.bincount(choice, minlength=len(slot.pool)).tolist()
             out[f"layer_{i + 1}"] = dict(zip(slot.pool, counts))
     return out
 
 
-def unit_choices(model: nn.Module) -> dict[str, list[str]]:
-    """Per-unit activation names per layer, in the network's current unit order."""
+def unit_choices(model: nn.Module, seed: int = 0) -> dict[str, list[str]]:
+    """Per-unit activation names per layer of seed ``seed``, in the current unit order."""
     out: dict[str, list[str]] = {}
     for i, slot in enumerate(getattr(model, "acts", ())):
         if isinstance(slot, (SelectiveActivation, MixedActivation)):
-            out[f"layer_{i + 1}"] = [slot.pool[j] for j in slot.choices().tolist()]
+            out[f"layer_{i + 1}"] = [slot.pool[j] for j in slot.choices()[seed].tolist()]
     return out
 
 
-def dominant_activations(model: nn.Module) -> list[str]:
+def dominant_activations(model: nn.Module, seed: int = 0) -> list[str]:
     """AdAct's "optimized" export: each mixture layer's highest-weight activation.
 
     For input-dependent gates this is the mean gate over the last forward pass: run the
@@ -69,14 +78,14 @@ def dominant_activations(model: nn.Module) -> list[str]:
     for slot in getattr(model, "acts", ()):
         if not isinstance(slot, MixtureActivation):
             raise TypeError(f"{type(slot).__name__} is not a mixture slot")
-        names.append(slot.dominant())
+        names.append(slot.dominant(seed))
     return names
 
 
 def export_fixed(model: Backbone, make_backbone) -> Backbone:
-    """A fresh fixed network using :func:`dominant_activations` layer by layer.
+    """A fresh fixed network using seed 0's :func:`dominant_activations` layer by layer.
 
     ``make_backbone(slot_factory)`` builds the same backbone with the given slots.
     """
     names = dominant_activations(model)
-    return make_backbone(lambda layer, units: ACTIVATIONS[names[layer]].module())
+    return make_backbone(lambda layer, units: Activation(names[layer], model.seeds))

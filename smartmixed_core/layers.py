@@ -1,41 +1,39 @@
-"""Activation slots: selective (phase 1), mixed (phase 2) and soft mixtures (AdAct, gated).
+"""Activation slots: fixed, selective (phase 1), mixed (phase 2) and soft mixtures (AdAct, gated).
 
-Every slot maps a pre-activation ``x`` of shape ``[batch, units, *spatial]`` to a tensor of
-the same shape; "units" are MLP neurons or ConvNet channels (dimension 1).
+Every slot maps a pre-activation ``x`` of shape ``[S, batch, units, *spatial]`` to a tensor
+of the same shape: S seeds (:mod:`smartmixed_core.seeded`), "units" MLP neurons or ConvNet
+channels (dimension 2).  Per-seed parameters have a leading S dimension; noise comes from the
+per-seed generators of :attr:`noise` (set by the backbone's ``use_noise``), never from torch's
+global generator.  The selective and mixed slots lay the seeds' units end to end
+(:func:`flat_units`) and group them by choice (:mod:`smartmixed_core.grouping`); under
+``torch.compile`` (``compiled = True``) they use the select-by-mask form instead, which has no
+data-dependent shapes and which the compiler fuses into one elementwise kernel.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
-from smartmixed_core import kernels
-from smartmixed_core.activations import (
-    ACTIVATIONS,
-    IDENTITY,
-    candidate_basis,
-    fused_forms,
-    is_pure,
+from smartmixed_core.activations import ACTIVATIONS, fused_forms
+from smartmixed_core.grouping import (
+    activate_blocks,
+    activate_groups,
+    apply_choices,
+    selection_forms,
+    straight_through,
 )
+from smartmixed_core.seeded import SeedLinear, SeedNoise, per_seed
 
 # Uniform draws are clamped into [tiny, 1 - eps] of float32: 1 - 1e-10 would round to 1.0
 # and give infinite noise, so the upper bound must be representable.
 _U_LOW = torch.finfo(torch.float32).tiny
 _U_HIGH = 1.0 - torch.finfo(torch.float32).eps
-
-
-def _per_unit(v: Tensor, x: Tensor) -> Tensor:
-    """View a ``[units]`` or ``[batch, units]`` tensor so it broadcasts against ``x``."""
-    extra = x.dim() - v.dim() - (1 if v.dim() == 1 else 0)
-    shape = (1, -1) if v.dim() == 1 else tuple(v.shape)
-    return v.reshape(*shape, *([1] * extra))
+RRELU_LOWER, RRELU_UPPER = 1.0 / 8, 1.0 / 3  # nn.RReLU's defaults
 
 
 def gumbel_noise(
@@ -44,8 +42,7 @@ def gumbel_noise(
     dtype: torch.dtype,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Gumbel(0, 1) noise from clamped uniforms: finite for every draw (paper eq. 1).
-    Drawn from ``generator`` (default: torch's global generator of ``device``)."""
+    """Gumbel(0, 1) noise from clamped uniforms: finite for every draw (paper eq. 1)."""
     u = torch.rand(shape, device=device, dtype=torch.float32, generator=generator)
     return u.clamp_(_U_LOW, _U_HIGH).log_().neg_().log_().neg_().to(dtype)
 
@@ -55,268 +52,146 @@ def noise_shape(logits: Tensor) -> tuple[int, ...]:
     return (*logits.shape[:-2], logits.shape[-1], logits.shape[-2])
 
 
-def hard_gumbel_softmax(logits: Tensor, tau: float,
-                        noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def hard_gumbel_softmax(logits: Tensor, tau: float, noise: Tensor) -> tuple[Tensor, Tensor]:
     """Straight-through Gumbel-Softmax over the last dimension (paper eqs. 1-4).
 
     Returns ``(y, index)``: the soft sample ``y`` (carries the gradient) and the hard choice.
     The one-hot forward value is ``one_hot(index) + (y - y.detach())``.  ``noise`` (shape
-    :func:`noise_shape`, overwritten; default: drawn here) is laid out ``[K, units]``, the
-    layout the softmax works in: over a short last dimension of size K it costs ten times
-    more on a CPU.
+    :func:`noise_shape`, overwritten) is laid out ``[K, units]``, the layout the softmax
+    works in: over a short last dimension of size K it costs ten times more on a CPU.
     """
-    if noise is None:
-        noise = gumbel_noise(noise_shape(logits), logits.device, logits.dtype)
     z = noise.add_(logits.transpose(-1, -2)).div_(tau)
     return torch.softmax(z, -2).transpose(-1, -2), z.max(-2).indices
 
 
-def sort_units(choice: Tensor, k: int) -> tuple[Tensor, list[int]]:
-    """The permutation that groups units by choice (stable) and each group's size."""
-    return torch.argsort(choice, stable=True), torch.bincount(choice, minlength=k).tolist()
+def flat_units(x: Tensor) -> Tensor:
+    """``[S, batch, units, *spatial]`` -> ``[batch, S * units, *spatial]`` (a view for S = 1)."""
+    return x.transpose(0, 1).flatten(1, 2)
 
 
-def inverse(perm: Tensor) -> Tensor:
-    """``inv`` with ``inv[perm[i]] = i``: gathering with it undoes gathering with ``perm``
-    (a gather is cheaper than the scatter ``index_copy_``)."""
-    return torch.empty_like(perm).scatter_(0, perm, torch.arange(len(perm), device=perm.device))
+def unflat_units(y: Tensor, seeds: int) -> Tensor:
+    """The inverse of :func:`flat_units` (seeds-first contiguous)."""
+    return y.unflatten(1, (seeds, -1)).transpose(0, 1).contiguous()
 
 
-def apply_choices(x: Tensor, choice: Tensor, fns: Sequence, dim: int = 1) -> Tensor:
-    """Apply ``fns[choice[i]]`` to unit ``i`` of ``x`` (units in any order, along ``dim``)."""
-    perm, counts = sort_units(choice, len(fns))
-    outs = _grouped_apply(x.index_select(dim, perm), counts, fns, dim)
-    return outs.index_select(dim, inverse(perm))
+def seed_by_seed(fn: Callable[[Tensor, int], Tensor], x: Tensor) -> Tensor:
+    """``fn(x[s], s)`` for every seed, stacked (no copy for one seed).
+
+    The eager slots run elementwise work seed by seed on each seed's own contiguous slice:
+    the split of a row between vector loop and scalar tail (whose exp/tanh differ in the last
+    bit) and the order of every reduction then depend only on that seed's shapes, so a seed
+    trained beside others equals the seed trained alone, bit for bit."""
+    if x.shape[0] == 1:  # views both ways: no stack (and no copy in backward)
+        return fn(x.squeeze(0), 0).unsqueeze(0)
+    return torch.stack([fn(xs, s) for s, xs in enumerate(x.unbind(0))])
 
 
-def _grouped_apply(xp: Tensor, counts: Sequence[int], fns: Sequence, dim: int = 1) -> Tensor:
-    """``fns[j]`` on the ``j``-th contiguous block of ``counts[j]`` units (along ``dim``)."""
-    used = [(fn, c) for fn, c in zip(fns, counts) if c]
-    if len(used) == 1:
-        return used[0][0](xp)
-    chunks = xp.split([c for _, c in used], dim=dim)
-    return torch.cat([fn(c) for (fn, _), c in zip(used, chunks)], dim=dim)
+def select(x: Tensor, choice: Tensor, acts: Sequence) -> Tensor:
+    """``acts[choice[s, n]]`` on unit ``n`` of seed ``s`` by masks.  Every member is evaluated
+    (RReLU draws its noise whether chosen or not, so a seed's draws do not depend on what
+    the other seeds chose); no data-dependent shapes, so ``torch.compile`` fuses it."""
+    out = acts[0](x)
+    for j in range(1, len(acts)):
+        out = torch.where(per_seed(choice == j, x), acts[j](x), out)
+    return out
 
 
-def _activate_blocks(x: Tensor, sizes: Sequence[int], fns: Sequence, dim: int) -> Tensor:
-    """Overwrite each block of ``sizes[j]`` units (along ``dim``) of ``x`` with ``fns[j]``
-    (in-place forms); empty blocks are skipped.  Returns ``x``."""
-    for fn, block, n in zip(fns, x.split(list(sizes), dim), sizes):
-        if n:
-            fn(block)
-    return x
+class Activation(nn.Module):
+    """One registry activation for S seeds: PReLU has one slope per seed, RReLU draws its
+    training slopes from each seed's generator (eval: the mean slope)."""
+
+    def __init__(self, name: str, seeds: int = 1):
+        super().__init__()
+        self.name = name
+        self.fn = ACTIVATIONS[name].fn
+        self.noise: SeedNoise | None = None
+        self.compiled = False
+        if name == "prelu":
+            self.weight = nn.Parameter(torch.full((seeds,), 0.25))
+
+    def init_seed(self, s: int, gen: torch.Generator) -> None:
+        if self.name == "prelu":
+            with torch.no_grad():
+                self.weight[s] = 0.25
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.fn is not None:
+            fn = self.fn
+            return fn(x) if self.compiled else seed_by_seed(lambda xs, s: fn(xs), x)
+        if self.name == "prelu":
+            return torch.where(x >= 0, x, per_seed(self.weight, x) * x)
+        if self.name == "rrelu":
+            if not self.training:
+                return F.leaky_relu(x, (RRELU_LOWER + RRELU_UPPER) / 2)
+            if self.noise is None:  # standalone use: seeds 0..S-1
+                self.noise = SeedNoise.of(range(x.shape[0]))
+            slopes = self.noise.draw(lambda g: torch.empty(x.shape[1:]).uniform_(
+                RRELU_LOWER, RRELU_UPPER, generator=g), x)
+            return torch.where(x >= 0, x, slopes * x)
+        raise ValueError(f"no per-seed form for {self.name}")
+
+    def extra_repr(self) -> str:
+        return self.name
 
 
-def _grad_from_output(grad: Tensor, out: Tensor, sizes: Sequence[int], grads: Sequence,
-                      dim: int) -> Tensor:
-    """The input gradient of :func:`_activate_blocks`, block by block from its output."""
-    grad_x = torch.empty_like(out)
-    split = list(sizes)
-    parts = zip(grad.split(split, dim), out.split(split, dim), grad_x.split(split, dim))
-    for fn, (g, y, gx), n in zip(grads, parts, sizes):
-        if n:
-            fn(g, y, gx)
-    return grad_x
-
-
-class _GroupedInPlace(torch.autograd.Function):
-    """Contiguous activation groups as one autograd node.
-
-    Forward copies ``x`` once and overwrites each group with its in-place activation;
-    backward writes each group's input gradient, computed from the saved output, into one
-    buffer.  The plain form (split, one op per group, cat) costs two extra copies and
-    ``2 + groups`` autograd nodes per layer, which at small batches outweighs the activations.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, sizes: list[int], fns: tuple, grads: tuple, dim: int) -> Tensor:  # type: ignore[override]
-        out = _activate_blocks(x.clone(), sizes, fns, dim)
-        ctx.save_for_backward(out)
-        ctx.sizes, ctx.grads, ctx.dim = sizes, grads, dim
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (out,) = ctx.saved_tensors
-        return _grad_from_output(grad, out, ctx.sizes, ctx.grads, ctx.dim), None, None, None, None
-
-
-class SelectionForms(NamedTuple):
-    """What the fused straight-through selection needs of a pool (empty for an impure one)."""
-
-    fns: tuple  # the pool's pure functions
-    inplace: tuple | None  # their in-place forms (None unless every member has one)
-    grads: tuple | None  # their input gradients from outputs (None unless every member has one)
-    evals: tuple  # the candidate sums' basis: (inplace, fn) each, (None, None) for x itself
-    codes: tuple | None  # their compiled-kernel codes (kernels.codes)
-
-
-def selection_forms(pool: Sequence[str]) -> tuple[SelectionForms, Tensor | None]:
-    """The :class:`SelectionForms` of ``pool`` and its basis matrix
-    (:func:`~smartmixed_core.activations.candidate_basis`; None: the basis is the pool)."""
-    if not is_pure(pool):
-        return SelectionForms((), None, None, (), None), None
-    basis, matrix = candidate_basis(pool)
-    evals = tuple((None, None) if b == IDENTITY else (ACTIVATIONS[b].inplace, ACTIVATIONS[b].fn)
-                  for b in basis)
-    forms = SelectionForms(tuple(ACTIVATIONS[n].fn for n in pool), *fused_forms(pool), evals,
-                           kernels.codes(tuple(pool)))
-    # float64: a module moved to float64 keeps the exact coefficients (rounded on use).
-    return forms, None if matrix is None else torch.tensor(matrix, dtype=torch.float64)
-
-
-def straight_through(x: Tensor, y: Tensor, choice: Tensor, forms: SelectionForms,
-                     matrix: Tensor | None, dim: int) -> Tensor:
-    """The fused hard straight-through selection of the sample ``(y, choice)`` (``[units,
-    K]``, ``[units]``; units along ``dim`` of ``x``): :class:`_SelectST`."""
-    return _SelectST.apply(x, y, choice, *forms, matrix, dim)
-
-
-def activate_groups(x: Tensor, sizes: Sequence[int], inplace: Sequence, grads: Sequence,
-                    dim: int, codes: Sequence[int] | None = None) -> Tensor:
-    """``inplace[j]`` on the ``j``-th contiguous block of ``sizes[j]`` units of a copy of
-    ``x`` (along ``dim``; empty blocks skipped), as one autograd node whose backward uses
-    ``grads`` (output-gradient forms, :class:`_GroupedInPlace`).  With ``codes``, the
-    groups' kernel codes, a units-first CPU buffer goes through the compiled kernels instead:
-    one vectorised pass over all groups each way, the backward pass in C++
-    (:func:`kernels.groups_forward`)."""
-    if codes is not None and kernels.usable(x, dim, differentiable=True):
-        return kernels.groups_forward(x, sizes, codes)
-    return _GroupedInPlace.apply(x, list(sizes), tuple(inplace), tuple(grads), dim)
-
-
-def _candidate_sums(x: Tensor, grad: Tensor, evals: Sequence, matrix: Tensor | None,
-                    dim: int) -> Tensor:
-    """``[units, K]``: the sum over every dimension but ``dim`` of ``grad * act_j(x)`` for
-    each pool member ``j``, from the pool's basis functions ``evals`` (``(inplace, fn)``
-    pairs, ``(None, None)`` for the identity) combined by ``matrix`` (None: the basis is the
-    pool).  One scratch buffer serves every in-place evaluation."""
-    dims = [d for d in range(x.dim()) if d != dim]
-    buf = torch.empty_like(x)
-    cols = []
-    for inplace, fn in evals:
-        if fn is None:
-            t = torch.mul(x, grad, out=buf)
-        elif inplace is not None:
-            t = inplace(buf.copy_(x)).mul_(grad)
-        else:
-            t = fn(x).mul_(grad)
-        cols.append(t.sum(dims))
-    sums = torch.stack(cols)  # [basis, units]: the softmax's layout (hard_gumbel_softmax)
-    return (sums if matrix is None else matrix.t().to(sums.dtype) @ sums).t()
-
-
-class _SelectST(torch.autograd.Function):
-    """Fused hard straight-through selection for pure activations.
-
-    Forward sorts the units by choice along ``dim`` (one gather), activates each contiguous
-    block of the sorted copy in place and gathers back with the inverse permutation: a fixed
-    number of kernels whatever the choices.
-    Backward: the input gradient flows through the chosen activation, written per block from
-    the saved sorted output by ATen's backward kernels (``grads``; without them, autograd
-    through a recomputed forward); the gradient of the soft sample ``y`` is
-    ``sum_batch(grad * act_j(x))`` for every candidate ``j``, evaluated only now, one basis
-    function at a time (:func:`_candidate_sums`), so no ``[K, batch, units]`` stack is ever
-    stored.
-    On a units-first CPU buffer with the compiled kernels (``codes``), both directions are
-    one vectorised pass each instead (:func:`kernels.select_forward`,
-    :func:`kernels.select_backward`): rows through their own choice, no sorting, and the
-    input gradient and candidate sums of a row computed together.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, choice: Tensor, fns: tuple,  # type: ignore[override]
-                inplace: tuple | None, grads: tuple | None, evals: tuple, codes: tuple | None,
-                matrix: Tensor | None, dim: int) -> Tensor:
-        ctx.codes = codes if codes is not None and kernels.usable(x, dim) else None
-        if ctx.codes is not None:  # compiled: each row through its choice, no sorting
-            out = kernels.select_forward(x, choice, ctx.codes)
-            ctx.save_for_backward(x, out, choice)
-            return out
-        perm, counts = sort_units(choice, len(fns))
-        inv = inverse(perm)
-        xs = x.index_select(dim, perm)
-        if inplace is not None:
-            outs = _activate_blocks(xs, counts, inplace, dim)  # xs is a fresh copy
-        else:
-            outs = _grouped_apply(xs, counts, fns, dim)
-        ctx.save_for_backward(x, perm, inv, outs if grads is not None else None)
-        ctx.fns, ctx.grads, ctx.counts, ctx.dim = fns, grads, counts, dim
-        ctx.evals, ctx.matrix = evals, matrix
-        return outs.index_select(dim, inv)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        if ctx.codes is not None:
-            x, out, choice = ctx.saved_tensors
-            grad_x, grad_y = kernels.select_backward(grad, x, out, choice, ctx.codes)
-            return grad_x, grad_y, None, None, None, None, None, None, None, None
-        x, perm, inv, outs = ctx.saved_tensors
-        dim, counts = ctx.dim, ctx.counts
-        grad_x = grad_y = None
-        if ctx.needs_input_grad[0]:
-            gs = grad.index_select(dim, perm)
-            if outs is not None:
-                gxs = _grad_from_output(gs, outs, counts, ctx.grads, dim)
-            else:
-                with torch.enable_grad():
-                    xp = x.index_select(dim, perm).requires_grad_(True)
-                    (gxs,) = torch.autograd.grad(_grouped_apply(xp, counts, ctx.fns, dim), xp, gs)
-            grad_x = gxs.index_select(dim, inv)
-        if ctx.needs_input_grad[1]:
-            grad_y = _candidate_sums(x, grad, ctx.evals, ctx.matrix, dim)
-        return grad_x, grad_y, None, None, None, None, None, None, None, None
+def candidates(pool: Sequence[str], seeds: int) -> nn.ModuleList:
+    return nn.ModuleList(Activation(n, seeds) for n in pool)
 
 
 class SelectiveActivation(nn.Module):
-    """Phase 1: every unit learns logits over ``pool`` (paper §III-B).
+    """Phase 1: every unit of every seed learns logits ``[S, units, K]`` over ``pool``.
 
     Training: one hard straight-through Gumbel-Softmax sample per unit per forward pass
-    (shared by the batch). Eval: the argmax of the logits (deterministic, eq. 7).
+    (shared by the batch), noise from each seed's generator.  Eval: the argmax (eq. 7).
     """
 
-    def __init__(self, units: int, pool: Sequence[str], tau: float = 0.3, fused: bool = True):
+    def __init__(self, units: int, pool: Sequence[str], tau: float = 0.3, fused: bool = True,
+                 seeds: int = 1):
         super().__init__()
         self.pool = tuple(pool)
         self.tau = float(tau)
-        self.logits = nn.Parameter(torch.zeros(units, len(self.pool)))
-        self.candidates = nn.ModuleList(ACTIVATIONS[n].module() for n in self.pool)
-        # The fused path needs plain functions; PReLU/RReLU use the stacked reference path.
-        self.fused = fused and is_pure(self.pool)
+        self.logits = nn.Parameter(torch.zeros(seeds, units, len(self.pool)))
+        self.candidates = candidates(self.pool, seeds)
         self._forms, matrix = selection_forms(self.pool)
+        self.fused = fused and bool(self._forms.fns)  # PReLU/RReLU: the stacked form
+        self.compiled = False
+        self.noise: SeedNoise | None = None
         # Not in the state dict; moves with .to() like the logits.
         self.register_buffer("_basis_matrix", matrix, persistent=False)
 
+    def init_seed(self, s: int, gen: torch.Generator) -> None:
+        with torch.no_grad():
+            self.logits[s].zero_()
+
     @property
     def units(self) -> int:
-        return self.logits.shape[0]
+        return self.logits.shape[1]
 
     def choices(self) -> Tensor:
-        """Each unit's current argmax choice (an index into ``pool``)."""
+        """``[S, units]``: each unit's current argmax choice (an index into ``pool``)."""
         return self.logits.detach().argmax(-1)
 
+    def sample(self) -> tuple[Tensor, Tensor]:
+        """A Gumbel-Softmax sample ``(y [S, units, K], choice [S, units])``."""
+        if self.noise is None:  # standalone use: seeds 0..S-1
+            self.noise = SeedNoise.of(range(self.logits.shape[0]))
+        noise, k, n = self.noise, len(self.pool), self.units
+        g = noise.draw(lambda gen: gumbel_noise((k, n), "cpu", torch.float32, gen), self.logits)
+        return hard_gumbel_softmax(self.logits, self.tau, g)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self._select(x, 1)
-
-    def forward_units_first(self, h: Tensor) -> Tensor:
-        """The same on ``h`` of shape ``[units, batch]`` (fused layers only: the MLP's layout
-        when every slot is fused, where sorting units gathers whole rows)."""
-        return self._select(h, 0)
-
-    def linear_units_first(self, weight: Tensor, bias: Tensor, h: Tensor) -> Tensor:
-        """:meth:`forward_units_first` of ``weight @ h + bias[:, None]``."""
-        return self.forward_units_first(torch.addmm(bias.unsqueeze(1), weight, h))
-
-    def _select(self, x: Tensor, dim: int) -> Tensor:
+        eager = self.fused and not self.compiled
         if not self.training:
-            return apply_choices(x, self.choices(), self._forms.fns or tuple(self.candidates), dim)
-        y, choice = hard_gumbel_softmax(self.logits, self.tau)
-        if self.fused:
-            return straight_through(x, y, choice, self._forms, self._basis_matrix, dim)
-        if dim != 1:
-            raise ValueError("the stacked (unfused) selective layer takes units on dimension 1")
+            choice = self.choices()
+            if eager:
+                fns = self._forms.fns
+                return seed_by_seed(lambda xs, s: apply_choices(xs, choice[s], fns), x)
+            return select(x, choice, self.candidates)
+        y, choice = self.sample()
+        if eager:
+            forms, matrix = self._forms, self._basis_matrix
+            return seed_by_seed(lambda xs, s: straight_through(xs, y[s], choice[s], forms,
+                                                              matrix), x)
         return self.stacked(x, y, choice)
 
     def stacked(self, x: Tensor, y: Tensor, choice: Tensor) -> Tensor:
@@ -324,136 +199,94 @@ class SelectiveActivation(nn.Module):
         h = F.one_hot(choice, len(self.pool)).to(y.dtype) + (y - y.detach())
         out = torch.zeros_like(x)
         for j, act in enumerate(self.candidates):
-            out = out + _per_unit(h[:, j], x) * act(x)
+            out = out + per_seed(h[..., j], x) * act(x)
         return out
 
     def extra_repr(self) -> str:
         return f"units={self.units}, pool={list(self.pool)}, tau={self.tau:g}, fused={self.fused}"
 
 
-@dataclass
-class InferencePlan:
-    """A mixed layer's output buffer ``[units, batch]`` and its (in-place fn, rows) groups:
-    :meth:`linear` writes a layer into ``out`` and activates it in place.  With ``codes``
-    (the groups' kernel codes, where the compiled kernels can take ``out``) one vectorised
-    pass adds the bias and activates every group (:func:`kernels.groups_forward_`)."""
-
-    out: Tensor
-    groups: list[tuple[Callable[[Tensor], Tensor], Tensor]]
-    codes: tuple[int, ...] | None = None
-    sizes: list[int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.sizes = [len(rows) for _, rows in self.groups]
-
-    def _kernels(self) -> bool:
-        return self.codes is not None and kernels.active()
-
-    def linear(self, weight: Tensor, bias: Tensor, h: Tensor) -> Tensor:
-        """``out = act(weight @ h + bias[:, None])``."""
-        if self._kernels():
-            torch.mm(weight, h, out=self.out)
-            return kernels.groups_forward_(self.out, self.sizes, self.codes, bias)
-        torch.addmm(bias.unsqueeze(1), weight, h, out=self.out)
-        return self.activate()
-
-    def activate(self) -> Tensor:
-        """Activate ``out`` in place."""
-        if self._kernels():
-            return kernels.groups_forward_(self.out, self.sizes, self.codes)
-        for fn, rows in self.groups:
-            fn(rows)
-        return self.out
-
-
 class MixedActivation(nn.Module):
-    """Phase 2: fixed choices, units grouped as contiguous slices in ``pool`` order.
+    """Phase 2: fixed choices, each seed's units grouped as contiguous slices in ``pool`` order.
 
-    ``counts[j]`` units (a contiguous slice) use ``pool[j]``; :func:`smartmixed_core.freeze`
-    permutes the surrounding weights so that this layout holds.  :meth:`forward` takes units
-    on dimension 1 (any backbone); :meth:`forward_units_first` takes them on dimension 0, where
-    every group is one contiguous block of memory (the MLP's phase-2 layout).
+    ``counts[s][j]`` units of seed ``s`` (a contiguous slice) use ``pool[j]``;
+    :func:`smartmixed_core.freeze` permutes the surrounding weights so that this layout holds.
+    ``counts`` may be one seed's list.
     """
 
-    def __init__(
-        self, pool: Sequence[str], counts: Sequence[int], candidates: nn.ModuleList | None = None
-    ):
+    def __init__(self, pool: Sequence[str], counts: Sequence[Sequence[int]] | Sequence[int],
+                 candidates_: nn.ModuleList | None = None):
         super().__init__()
         self.pool = tuple(pool)
-        self.counts = [int(c) for c in counts]
-        if len(self.counts) != len(self.pool):
+        rows = [counts] if counts and isinstance(counts[0], int) else counts
+        self.seed_counts = [[int(c) for c in row] for row in rows]  # type: ignore[union-attr]
+        if any(len(row) != len(self.pool) for row in self.seed_counts):
             raise ValueError("counts must have one entry per pool member")
-        self.candidates = candidates or nn.ModuleList(ACTIVATIONS[n].module() for n in self.pool)
-        # The used groups' sizes, in-place builtins and gradients from outputs.
-        used = [(n, c) for n, c in zip(self.pool, self.counts) if c]
-        self._sizes = [c for _, c in used]
-        self._inplace, self._grads = fused_forms([n for n, _ in used])
-        self._codes = kernels.codes(tuple(n for n, _ in used))
+        if len({sum(row) for row in self.seed_counts}) != 1:
+            raise ValueError("every seed must have the same number of units")
+        self.candidates = candidates_ or candidates(self.pool, len(self.seed_counts))
+        self.compiled = False
+        self._fns = [ACTIVATIONS[n].fn for n in self.pool]
+        self._inplace, self._grads = fused_forms(self.pool)
+        self.register_buffer("_choice", torch.stack([
+            torch.repeat_interleave(torch.arange(len(self.pool)), torch.tensor(row))
+            for row in self.seed_counts]), persistent=False)
+
+    @property
+    def counts(self) -> list[int]:
+        """Seed 0's counts (the only seed's, once :meth:`select_seeds` took one)."""
+        return self.seed_counts[0]
 
     @property
     def units(self) -> int:
         return sum(self.counts)
 
     def choices(self) -> Tensor:
-        return torch.repeat_interleave(torch.arange(len(self.pool)), torch.tensor(self.counts))
+        """``[S, units]``."""
+        return self._choice
+
+    def select_seeds(self, idx: Sequence[int]) -> None:
+        self.seed_counts = [self.seed_counts[i] for i in idx]
+        self._choice = self._choice[list(idx)]
+
+    def _seed(self, x: Tensor, s: int) -> Tensor:
+        """Seed ``s``'s contiguous groups, each activated once (in place, one autograd node
+        when the pool has in-place and output-gradient forms).  Without autograd the groups
+        are activated in ``x`` itself: the backbone hands each slot a fresh tensor."""
+        if self._grads is not None:
+            used = [j for j, c in enumerate(self.seed_counts[s]) if c]
+            sizes = [self.seed_counts[s][j] for j in used]
+            inplace = [self._inplace[j] for j in used]
+            if not torch.is_grad_enabled():
+                return activate_blocks(x, sizes, inplace, 1)
+            return activate_groups(x, sizes, inplace, [self._grads[j] for j in used], 1)
+        return apply_choices(x, self._choice[s], self._fns)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._grouped(x, 1)
-
-    def forward_units_first(self, h: Tensor) -> Tensor:
-        """The same map on ``h`` of shape ``[units, batch]`` (a new tensor)."""
-        return self._grouped(h, 0)
-
-    def linear_units_first(self, weight: Tensor, bias: Tensor, h: Tensor) -> Tensor:
-        """:meth:`forward_units_first` of ``weight @ h + bias[:, None]``.  With the compiled
-        kernels the bias is added in the activation's pass, and its gradient summed in the
-        backward pass (:func:`kernels.groups_forward`): a pass and three autograd nodes fewer
-        per layer than ``addmm`` with a broadcast bias."""
-        if (self._codes is not None and weight.device.type == "cpu"
-                and weight.dtype in kernels.DTYPES and kernels.active()):
-            return kernels.groups_forward(torch.mm(weight, h), self._sizes, self._codes, bias)
-        return self.forward_units_first(torch.addmm(bias.unsqueeze(1), weight, h))
-
-    def inference_plan(self, batch: int, like: Tensor) -> InferencePlan | None:
-        """A new ``[units, batch]`` output buffer (``like``'s device and dtype) with each
-        group's rows and in-place activation, for a caller that reuses it across inference
-        calls; None when a used pool member has no pure form."""
-        if self._inplace is None:
-            return None
-        out = like.new_empty(self.units, batch)
-        codes = self._codes if kernels.usable(out, 0) else None
-        return InferencePlan(out, list(zip(self._inplace, out.split(self._sizes))), codes)
-
-    def _grouped(self, x: Tensor, dim: int) -> Tensor:
-        if self._inplace is not None and (self._grads is not None or not torch.is_grad_enabled()):
-            return activate_groups(x, self._sizes, self._inplace, self._grads, dim, self._codes)
-        return _grouped_apply(x, self.counts, self.candidates, dim)
+        if self.compiled or self._inplace is None:
+            return select(x, self._choice, self.candidates)
+        return seed_by_seed(self._seed, x)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{n}={c}" for n, c in zip(self.pool, self.counts) if c)
+        return "; ".join(", ".join(f"{n}={c}" for n, c in zip(self.pool, row) if c)
+                         for row in self.seed_counts)
 
 
 GATES = ("layer", "neuron", "input")
 
 
 class MixtureActivation(nn.Module):
-    """Soft mixture ``sum_k g_k act_k(x)`` with ``g = softmax(z / temperature)``.
+    """Soft mixture ``sum_k g_k act_k(x)`` with ``g = softmax(z / temperature)``, per seed.
 
     * AdAct: ``gate="layer"`` (one weight vector per layer; ``"neuron"`` per unit), T = 1.
     * Gated mixtures: ``gate="layer"`` (static) or ``"input"`` (a linear head on the
       spatially pooled pre-activation produces per-sample logits), temperature T and an
-      entropy weight: :meth:`aux_loss` is ``-entropy_weight * H(g)``, so a positive weight
-      rewards diverse gates (counters collapse) and a negative one pushes towards one-hot.
+      entropy weight: :meth:`aux_loss` is ``-entropy_weight * H(g)`` (summed over seeds), so a
+      positive weight rewards diverse gates and a negative one pushes towards one-hot.
     """
 
-    def __init__(
-        self,
-        units: int,
-        pool: Sequence[str],
-        gate: str = "layer",
-        temperature: float = 1.0,
-        entropy_weight: float = 0.0,
-    ):
+    def __init__(self, units: int, pool: Sequence[str], gate: str = "layer",
+                 temperature: float = 1.0, entropy_weight: float = 0.0, seeds: int = 1):
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}")
@@ -462,51 +295,52 @@ class MixtureActivation(nn.Module):
         self.temperature = float(temperature)
         self.entropy_weight = float(entropy_weight)
         k = len(self.pool)
-        self.candidates = nn.ModuleList(ACTIVATIONS[n].module() for n in self.pool)
-        self.head = nn.Linear(units, k) if gate == "input" else None
+        self.candidates = candidates(self.pool, seeds)
+        self.head = SeedLinear(units, k, seeds) if gate == "input" else None
         self.weights: nn.Parameter | None
         if gate == "input":
             self.register_parameter("weights", None)
         else:
-            shape = (units, k) if gate == "neuron" else (k,)
+            shape = (seeds, units, k) if gate == "neuron" else (seeds, k)
             self.weights = nn.Parameter(torch.zeros(shape))
-        self.register_buffer("gate_mean", torch.full((k,), 1.0 / k))
+        self.register_buffer("gate_mean", torch.full((seeds, k), 1.0 / k))
         self._entropy: Tensor | None = None
 
+    def init_seed(self, s: int, gen: torch.Generator) -> None:
+        if self.weights is not None:
+            with torch.no_grad():
+                self.weights[s].zero_()
+
     def gates(self, x: Tensor) -> Tensor:
-        """``[K]`` (layer), ``[units, K]`` (neuron) or ``[batch, K]`` (input) gate weights."""
+        """``[S, K]`` (layer), ``[S, units, K]`` (neuron) or ``[S, batch, K]`` (input)."""
         if self.head is not None:
-            z = self.head(x.mean(dim=tuple(range(2, x.dim()))) if x.dim() > 2 else x)
+            z = self.head(x.mean(dim=tuple(range(3, x.dim()))) if x.dim() > 3 else x)
         else:
             z = self.weights
         return torch.softmax(z / self.temperature, dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
         g = self.gates(x)
-        ent = -(g * torch.log(g.clamp_min(1e-12))).sum(-1).mean()
+        seeds = g.shape[0]
+        ent = -(g * torch.log(g.clamp_min(1e-12))).sum(-1).reshape(seeds, -1).mean(1)
         self._entropy = ent if self.entropy_weight else None
         with torch.no_grad():
-            self.gate_mean.copy_(g.reshape(-1, g.shape[-1]).mean(0))
+            self.gate_mean.copy_(g.reshape(seeds, -1, g.shape[-1]).mean(1))
         out = torch.zeros_like(x)
+        dim = 1 if self.gate == "input" else 2
         for k, act in enumerate(self.candidates):
-            w = g[..., k]
-            if self.gate == "layer":
-                out = out + w * act(x)
-            elif self.gate == "neuron":
-                out = out + _per_unit(w, x) * act(x)
-            else:  # per-sample weights: [batch] -> [batch, 1, ...]
-                out = out + w.reshape(-1, *([1] * (x.dim() - 1))) * act(x)
+            out = out + per_seed(g[..., k], x, dim) * act(x)
         return out
 
     def aux_loss(self) -> Tensor | None:
         """The entropy term of the last forward pass (``None`` when the weight is 0)."""
         if self._entropy is None:
             return None
-        return -self.entropy_weight * self._entropy
+        return -self.entropy_weight * self._entropy.sum()
 
-    def dominant(self) -> str:
+    def dominant(self, seed: int = 0) -> str:
         """The highest-weight activation (mean gate of the last forward pass), AdAct's export."""
-        return self.pool[int(self.gate_mean.argmax())]
+        return self.pool[int(self.gate_mean[seed].argmax())]
 
     def extra_repr(self) -> str:
         return (
@@ -520,3 +354,4 @@ def gate_entropy(g: Tensor) -> float:
     g = g.reshape(-1, g.shape[-1])
     ent = -(g * torch.log(g.clamp_min(1e-12))).sum(-1).mean()
     return float(ent) / math.log(g.shape[-1])
+

@@ -7,16 +7,17 @@ runs on the same backbone.  Outputs are logits: the loss is cross-entropy on log
 
 from __future__ import annotations
 
+import copy
 import math
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smartmixed_core.errors import ConfigError
-from smartmixed_core.layers import InferencePlan, MixedActivation, SelectiveActivation
+from smartmixed_core.layers import flat_units, unflat_units
+from smartmixed_core.seeded import SeedBatchNorm2d, SeedConv2d, SeedLinear, SeedNoise
 
 SlotFactory = Callable[[int, int], nn.Module]
 
@@ -91,184 +92,142 @@ def parse_arch(spec: str | Sequence[int], field: str = "arch") -> tuple[int, ...
     return widths
 
 
+def _gather(t: Tensor, dim: int, perm: Tensor) -> None:
+    """Reorder ``t`` (leading seeds dimension) along ``dim`` by each seed's ``perm[s]``."""
+    shape = [1] * t.dim()
+    shape[0], shape[dim] = perm.shape
+    t.copy_(t.gather(dim, perm.reshape(shape).expand_as(t)))
+
+
 class Backbone(nn.Module):
-    """A network whose hidden activations live in ``self.acts`` (one slot per hidden layer)."""
+    """S networks of one architecture as one module (:mod:`smartmixed_core.seeded`).
+
+    ``forward`` takes ``[S, batch, *features]`` (each seed its own batch) and returns
+    ``[S, batch, classes]`` logits; :meth:`shared` takes one batch for every seed.  The hidden
+    activations live in ``self.acts`` (one slot per hidden layer).
+    """
 
     acts: nn.ModuleList
+    head: SeedLinear
+
+    @property
+    def seeds(self) -> int:
+        return self.head.weight.shape[0]
+
+    def shared(self, x: Tensor) -> Tensor:
+        """Logits ``[S, batch, classes]`` of every seed for the one batch ``x``."""
+        return self(x.expand(self.seeds, *x.shape))
 
     def permute_units(self, layer: int, perm: Tensor) -> None:
-        """Reorder hidden layer ``layer``'s units by ``perm`` without changing the function:
-        rows of the producing weights, columns of the consuming ones."""
+        """Reorder hidden layer ``layer``'s units of seed ``s`` by ``perm[s]`` (``[S, units]``)
+        without changing the function: rows of the producing weights, columns of the
+        consuming ones."""
         raise NotImplementedError
 
-    def reset_parameters(self) -> None:
-        """Re-initialise every weight (phase-2 ``reinit``)."""
+    def reset_parameters(self, generators: Sequence[torch.Generator] | None = None) -> None:
+        """Initialise every seed's weights from its own generator (default: seeded 0..S-1)."""
+        gens = generators or [torch.Generator().manual_seed(s) for s in range(self.seeds)]
+        for s, gen in enumerate(gens):
+            for m in self.modules():
+                if hasattr(m, "init_seed"):
+                    m.init_seed(s, gen)
+
+    def use_noise(self, noise: SeedNoise) -> None:
+        """Make every slot draw its noise from ``noise`` (one generator per seed)."""
         for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+            if hasattr(m, "noise"):
+                m.noise = noise
 
+    def use_compiled_forms(self, on: bool) -> None:
+        """Slots in their ``torch.compile``-friendly form (masks, no data-dependent shapes)."""
+        for m in self.modules():
+            if hasattr(m, "compiled"):
+                m.compiled = on
 
-_MAX_PLANS = 4  # e.g. a full and a last partial eval batch, in two threads
-
-
-def _units_first(slot: nn.Module) -> bool:
-    """Whether an MLP slot takes ``[units, batch]`` (``forward_units_first``)."""
-    return isinstance(slot, MixedActivation) or (
-        isinstance(slot, SelectiveActivation) and slot.fused)
-
-
-@dataclass
-class _MLPInference:
-    """A mixed MLP's inference buffers and views for one (batch, device, dtype, thread)."""
-
-    sources: list[tuple[dict, str, Tensor, int]]  # (module params, name, param, data_ptr)
-    layers: list[tuple[Tensor, Tensor, InferencePlan]]  # (weight, bias, slot buffer)
-    head: tuple[Tensor, Tensor]  # (weight transposed, bias)
-
-    def current(self) -> bool:
-        """The module still holds these parameters, on the same storage."""
-        return all(
-            params.get(name) is param and param.data_ptr() == ptr
-            for params, name, param, ptr in self.sources
-        )
+    def select_seeds(self, idx: Sequence[int]) -> Backbone:
+        """A copy holding only the seeds ``idx`` (in that order)."""
+        out = copy.deepcopy(self)
+        idx = list(idx)
+        with torch.no_grad():
+            for m in out.modules():
+                for name, p in m._parameters.items():
+                    if p is not None:
+                        m._parameters[name] = nn.Parameter(p[idx].clone(), p.requires_grad)
+                for name, b in m._buffers.items():
+                    if b is not None and name not in m._non_persistent_buffers_set:
+                        m._buffers[name] = b[idx].clone()
+                if hasattr(m, "select_seeds") and m is not out:
+                    m.select_seeds(idx)
+        return out
 
 
 class MLP(Backbone):
     """Fully connected network: ``in -> hidden[0] -> ... -> hidden[-1] -> classes`` (logits)."""
 
-    def __init__(
-        self, in_features: int, hidden: Sequence[int], num_classes: int, make_slot: SlotFactory
-    ):
+    def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int,
+                 make_slot: SlotFactory, seeds: int = 1):
         super().__init__()
         widths = [in_features, *hidden]
         self.hidden = tuple(hidden)
-        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
+        self.linears = nn.ModuleList(SeedLinear(a, b, seeds) for a, b in zip(widths, widths[1:]))
         self.acts = nn.ModuleList(make_slot(i, w) for i, w in enumerate(hidden))
-        self.head = nn.Linear(widths[-1], num_classes)
-        self._plans: dict[tuple, _MLPInference] = {}
+        self.head = SeedLinear(widths[-1], num_classes, seeds)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.flatten(1)
-        if self.acts and all(_units_first(a) for a in self.acts):
-            return self._forward_units_first(x)
+        h = x.flatten(2)
         for linear, act in zip(self.linears, self.acts):
-            x = act(linear(x))
-        return self.head(x)
-
-    def _forward_units_first(self, x: Tensor) -> Tensor:
-        """Phases 1 and 2: hidden states as ``[units, batch]`` (``h' = W h + b``), so each
-        activation group of a mixed slot is a contiguous block, and sorting a selective slot's
-        units gathers whole rows.  Same function, same weights."""
-        h = x.t()
-        phase2 = all(isinstance(a, MixedActivation) for a in self.acts)
-        plan = None if not phase2 or torch.is_grad_enabled() else self._inference_plan(
-            h.shape[1], h)
-        if plan is not None:
-            for weight, bias, slot in plan.layers:
-                h = slot.linear(weight, bias, h)
-            head_w, head_b = plan.head
-            return torch.addmm(head_b, h.t(), head_w)
-        for linear, act in zip(self.linears, self.acts):
-            h = act.linear_units_first(linear.weight, linear.bias, h)
-        return torch.addmm(self.head.bias, h.t(), self.head.weight.t())
-
-    def _inference_plan(self, batch: int, like: Tensor) -> _MLPInference | None:
-        """Reusable buffers and parameter views for phase-2 inference, or None when a slot
-        cannot run in place.  At small batches allocating outputs, slicing groups and reading
-        module attributes cost more than the activations themselves, so all of it is done once
-        per (batch, device, dtype, thread) and reused; the parameters are checked on every call,
-        so replaced weights or new storage (``.data = ...``) rebuild it."""
-        key = (batch, like.device, like.dtype, threading.get_ident())
-        plan = self._plans.get(key)
-        if plan is not None and plan.current():
-            return plan
-        slots = [act.inference_plan(batch, like) for act in self.acts]
-        if None in slots:
-            return None
-        params = [m._parameters for m in (*self.linears, self.head)]
-        plan = _MLPInference(
-            [(p, name, p[name], p[name].data_ptr()) for p in params for name in ("weight", "bias")],
-            [(lin.weight, lin.bias, slot) for lin, slot in zip(self.linears, slots)],
-            (self.head.weight.t(), self.head.bias),
-        )
-        while len(self._plans) >= _MAX_PLANS:
-            del self._plans[next(iter(self._plans))]
-        self._plans[key] = plan
-        return plan
-
-    def _apply(self, fn, recurse=True):  # .to() / .cuda() / .double(): buffers are stale
-        self._plans.clear()
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict:  # copies and pickles carry no buffers
-        return {**super().__getstate__(), "_plans": {}}
+            h = act(linear(h))
+        return self.head(h)
 
     @torch.no_grad()
     def permute_units(self, layer: int, perm: Tensor) -> None:
         lin = self.linears[layer]
-        lin.weight.copy_(lin.weight[perm])
-        lin.bias.copy_(lin.bias[perm])
+        _gather(lin.weight, 1, perm)
+        _gather(lin.bias, 1, perm)
         nxt = self.linears[layer + 1] if layer + 1 < len(self.linears) else self.head
-        nxt.weight.copy_(nxt.weight[:, perm])
+        _gather(nxt.weight, 2, perm)
 
 
 class ConvNet(Backbone):
     """AdAct's ConvNet: 4 x (conv3x3 -> BatchNorm -> activation -> 2x2 max-pool), one linear head.
 
-    Pooling uses ``ceil_mode`` so small images (8x8 digits) survive four halvings.
+    The seeds run folded into the channels (``[batch, S * C, H, W]``, grouped convolutions);
+    the slots see ``[S, batch, C, H, W]``.  Pooling uses ``ceil_mode`` so small images (8x8
+    digits) survive four halvings.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        image_size: tuple[int, int],
-        num_classes: int,
-        make_slot: SlotFactory,
-        channels: Sequence[int] = (32, 64, 128, 256),
-    ):
+    def __init__(self, in_channels: int, image_size: tuple[int, int], num_classes: int,
+                 make_slot: SlotFactory, channels: Sequence[int] = (32, 64, 128, 256),
+                 seeds: int = 1):
         super().__init__()
         chans = [in_channels, *channels]
         self.hidden = tuple(channels)
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans, chans[1:]))
-        self.norms = nn.ModuleList(nn.BatchNorm2d(c) for c in channels)
+        self.convs = nn.ModuleList(SeedConv2d(a, b, seeds) for a, b in zip(chans, chans[1:]))
+        self.norms = nn.ModuleList(SeedBatchNorm2d(c, seeds) for c in channels)
         self.acts = nn.ModuleList(make_slot(i, c) for i, c in enumerate(channels))
-        self.pool = nn.MaxPool2d(2, ceil_mode=True)
         h, w = image_size
         for _ in channels:
             h, w = math.ceil(h / 2), math.ceil(w / 2)
         self.spatial = h * w
-        self.head = nn.Linear(channels[-1] * self.spatial, num_classes)
-        self._init_convs()
-
-    def _init_convs(self) -> None:
-        for conv in self.convs:
-            nn.init.kaiming_uniform_(conv.weight, nonlinearity="relu")
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        self._init_convs()
+        self.head = SeedLinear(channels[-1] * self.spatial, num_classes, seeds)
 
     def forward(self, x: Tensor) -> Tensor:
+        seeds = x.shape[0]
+        h = flat_units(x)
         for conv, norm, act in zip(self.convs, self.norms, self.acts):
-            x = self.pool(act(norm(conv(x))))
-        return self.head(x.flatten(1))
+            h = flat_units(act(unflat_units(norm(conv(h)), seeds)))
+            h = F.max_pool2d(h, 2, ceil_mode=True)
+        return self.head(unflat_units(h, seeds).flatten(2))
 
     @torch.no_grad()
     def permute_units(self, layer: int, perm: Tensor) -> None:
         conv, norm = self.convs[layer], self.norms[layer]
-        for t in (
-            conv.weight,
-            conv.bias,
-            norm.weight,
-            norm.bias,
-            norm.running_mean,
-            norm.running_var,
-        ):
-            t.copy_(t[perm])
+        for t in (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean,
+                  norm.running_var):
+            _gather(t, 1, perm)
         if layer + 1 < len(self.convs):
-            nxt = self.convs[layer + 1].weight
-            nxt.copy_(nxt[:, perm])
+            _gather(self.convs[layer + 1].weight, 2, perm)
         else:  # the head sees channels x spatial positions, flattened channel-major
             w = self.head.weight
-            c = len(perm)
-            w.copy_(w.view(w.shape[0], c, self.spatial)[:, perm].reshape_as(w))
+            view = w.view(w.shape[0], w.shape[1], len(perm[0]), self.spatial)
+            _gather(view, 2, perm)

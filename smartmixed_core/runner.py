@@ -1,6 +1,8 @@
 """Train one configuration for one or several seeds: every method through :func:`fit`.
 
 SmartMixed = ``fit(selective, transition_epoch)`` -> :func:`freeze` -> ``fit(mixed, rest)``.
+Several seeds train together as one model with a seeds dimension
+(:mod:`smartmixed_core.seeded`); one seed is the case S = 1 of the same path.
 """
 
 from __future__ import annotations
@@ -10,78 +12,53 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from smartmixed_core.activations import ACTIVATIONS
-from smartmixed_core.config import RunConfig
-from smartmixed_core.data import Splits, load_dataset
-from smartmixed_core.freeze import dominant_activations, freeze, selection_counts, unit_choices
-from smartmixed_core.layers import (
-    MixedActivation,
-    MixtureActivation,
-    SelectiveActivation,
-    gate_entropy,
+from smartmixed_core.build import (
+    CHECKPOINT_FORMAT,
+    build_model,
+    load_checkpoint,
+    load_data,
+    model_from_slots,
+    resolve_device,
+    save_checkpoint,
+    slot_factory,
+    slot_layout,
 )
+from smartmixed_core.config import RunConfig
+from smartmixed_core.data import Splits
+from smartmixed_core.freeze import dominant_activations, freeze, selection_counts, unit_choices
+from smartmixed_core.layers import MixtureActivation, SelectiveActivation, gate_entropy
 from smartmixed_core.metrics import classification_metrics, count_parameters
-from smartmixed_core.models import MLP, Backbone, ConvNet, SlotFactory
+from smartmixed_core.models import Backbone
+from smartmixed_core.seeded import BATCHES, INIT, NOISE, REINIT, SeedNoise, seed_generator
 from smartmixed_core.training import FitConfig, FitState, fit, predict
 
-if TYPE_CHECKING:
-    from smartmixed_core.batched import BatchedState
+__all__ = [  # the run's building blocks live in build.py; re-exported for callers
+    "CHECKPOINT_FORMAT", "RunState", "SeedOutcome", "build_model", "load_checkpoint",
+    "load_data", "model_from_slots", "resolve_device", "save_checkpoint", "slot_factory",
+    "slot_layout", "summarize", "temperature_at", "train_seed", "train_seeds", "train_together",
+]
 
 CallbackFactory = Callable[[int], Sequence[object]]
 """``seed -> callbacks`` for that seed's :func:`fit` calls."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def slot_factory(cfg: RunConfig, kind: str | None = None) -> SlotFactory:
-    """The activation slot of every hidden layer for ``cfg``'s method (or ``kind``)."""
-    method = cfg.parsed_method
-    kind = kind or method.kind
-    pool = cfg.pool_names
-    if kind == "fixed":
-        acts = method.activations
-        return lambda layer, units: ACTIVATIONS[acts[layer if len(acts) > 1 else 0]].module()
-    if kind in ("smartmixed", "selective"):
-        return lambda layer, units: SelectiveActivation(units, pool, cfg.temperature, cfg.fused)
-    if kind == "adact":
-        gate = cfg.gate if cfg.gate != "input" else "layer"
-        return lambda layer, units: MixtureActivation(units, pool, gate)
-    if kind == "gated":
-        return lambda layer, units: MixtureActivation(
-            units, pool, cfg.gate, cfg.gate_temperature, cfg.entropy_weight
-        )
-    raise ValueError(kind)
-
-
-def build_model(
-    cfg: RunConfig,
-    input_shape: Sequence[int],
-    num_classes: int,
-    make_slot: SlotFactory | None = None,
-) -> Backbone:
-    """The backbone of ``cfg`` with its method's slots (or ``make_slot``)."""
-    make_slot = make_slot or slot_factory(cfg)
-    if cfg.model == "convnet":
-        c, h, w = input_shape
-        return ConvNet(c, (h, w), num_classes, make_slot, cfg.hidden)
-    return MLP(int(np.prod(input_shape)), cfg.hidden, num_classes, make_slot)
+def use_compile(cfg: RunConfig) -> bool:
+    """``cfg.compile``, with ``auto`` on for CUDA only: on this project's 2-core CPU compiling
+    a small selective MLP took minutes against seconds for a whole quick-preset trial
+    (docs/performance.md)."""
+    if cfg.compile == "auto":
+        return resolve_device(cfg.device).type == "cuda"
+    return cfg.compile == "on"
 
 
 def fit_config(cfg: RunConfig) -> FitConfig:
     """The :class:`FitConfig` of ``cfg`` for all of its epochs."""
     return FitConfig(
+        compile=use_compile(cfg),
         epochs=cfg.epochs,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
@@ -104,15 +81,16 @@ def temperature_at(cfg: RunConfig, epoch: int) -> float:
 
 
 class SelectionTracker:
-    """Phase-1 callback: sets tau each epoch, records selection counts and switches."""
+    """Phase-1 callback of seed ``index``: sets tau each epoch, records its selection counts
+    and how many units switched."""
 
-    def __init__(self, cfg: RunConfig, model: nn.Module):
-        self.cfg = cfg
+    def __init__(self, cfg: RunConfig, model: nn.Module, index: int):
+        self.cfg, self.index = cfg, index
         self.previous = self._choices(model)
 
-    @staticmethod
-    def _choices(model: nn.Module) -> list[torch.Tensor]:
-        return [s.choices().clone() for s in model.acts if isinstance(s, SelectiveActivation)]
+    def _choices(self, model: nn.Module) -> list[torch.Tensor]:
+        return [s.choices()[self.index].clone() for s in model.acts
+                if isinstance(s, SelectiveActivation)]
 
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
         tau = temperature_at(self.cfg, epoch)
@@ -123,7 +101,7 @@ class SelectionTracker:
         now = self._choices(model)
         record["phase"] = 1
         record["tau"] = model.acts[0].tau
-        record["selection"] = selection_counts(model)
+        record["selection"] = selection_counts(model, self.index)
         record["changed"] = {
             f"layer_{i + 1}": int((a != b).sum())
             for i, (a, b) in enumerate(zip(now, self.previous))
@@ -141,7 +119,7 @@ class _PhaseTag:
 
 @dataclass
 class SeedOutcome:
-    """Everything one seed produced: the JSON-ready summary and the trained model."""
+    """Everything one seed produced: the JSON-ready summary and its trained (one-seed) model."""
 
     summary: dict[str, Any]
     model: Backbone
@@ -149,79 +127,151 @@ class SeedOutcome:
 
 
 @dataclass
-class SeedState:
-    """Where :func:`train_seed` stands: a mid-run checkpoint of one seed.
+class RunState:
+    """Where :func:`train_together` stands: a mid-run checkpoint of all its seeds.
 
-    Given as ``train_seed(..., state=s)``, ``s`` is kept current after every epoch (before
-    the epoch-end callbacks run); :meth:`snapshot` copies it.  ``train_seed`` given a copy
-    (``SeedState.restore(d)``) continues after its epoch with the same numbers as an
-    uninterrupted run, bit for bit on the same device.
+    Given as ``train_together(..., state=s)``, ``s`` is kept current after every epoch (a
+    *round*), before ``on_round`` runs, so ``on_round`` can copy it with :meth:`snapshot`.
+    ``train_together`` given ``RunState.restore(d)`` continues after that round with the same
+    numbers as an uninterrupted run, bit for bit on the same device, for the same seeds.
     """
 
     phase: int = 0
     """The fit in progress: 1 = phase 1 (or the only one), 2 = SmartMixed phase 2; 0 = none."""
     fit: FitState = field(default_factory=FitState)
-    out: dict[str, Any] = field(default_factory=dict)
-    """Summary fields of the finished phases (phase-1 results, selection)."""
-    history: list[dict] = field(default_factory=list)
-    """History of the finished phases."""
+    round: int = -1
+    """Epochs completed over all phases, minus one; -1 before the first."""
+    outs: list[dict[str, Any]] = field(default_factory=list)
+    """Per seed: summary fields of the finished phases."""
+    histories: list[list[dict]] = field(default_factory=list)
+    """Per seed: history of the finished phases."""
     seconds: float = 0.0
-    model: nn.Module | None = None
-    """The live model (not part of a snapshot: its weights and slot layout are)."""
-    model_state: dict | None = None
-    slots: list[dict] | None = None
-    _t0: float = 0.0
+    """Training time before the latest restore."""
+    restored: dict[str, Any] | None = None
+    """Seeds, weights, slot layout and generators of a snapshot, read by the resumed run."""
+    model: Backbone | None = None
+    generators: list[tuple[torch.Generator, torch.Generator]] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    _t0: float = field(default_factory=time.perf_counter)
 
-    @property
-    def epoch(self) -> int:
-        """Last completed epoch (-1: none)."""
-        return self.fit.epoch if self.phase else -1
+    def elapsed(self) -> float:
+        """Training time so far, over every restore."""
+        return self.seconds + time.perf_counter() - self._t0
 
     def snapshot(self) -> dict[str, Any]:
         """A resumable deep copy as plain data (``torch.save``-able)."""
         assert self.model is not None
         return {
-            "phase": self.phase,
-            "fit": self.fit.snapshot(),
-            "out": copy.deepcopy(self.out),
-            "history": copy.deepcopy(self.history),
-            "seconds": time.perf_counter() - self._t0,
+            "phase": self.phase, "fit": self.fit.snapshot(), "round": self.round,
+            "outs": copy.deepcopy(self.outs), "histories": copy.deepcopy(self.histories),
+            "seconds": self.elapsed(), "seeds": list(self.seeds),
+            "slots": slot_layout(self.model, all_seeds=True),
             "model_state": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            "slots": slot_layout(self.model),
+            "generators": [[b.get_state(), n.get_state()] for b, n in self.generators],
         }
 
     @classmethod
-    def restore(cls, snap: dict[str, Any]) -> SeedState:
-        return cls(**{**snap, "fit": FitState(**snap["fit"])})
+    def restore(cls, snap: dict[str, Any]) -> RunState:
+        keys = ("phase", "round", "outs", "histories", "seconds")
+        return cls(**{k: snap[k] for k in keys}, fit=FitState.restore(snap["fit"]),
+                   restored={k: snap[k] for k in ("seeds", "slots", "model_state",
+                                                  "generators")})
 
 
-def slot_layout(model: nn.Module) -> list[dict[str, Any]]:
-    """Each hidden layer's slot: ``{"type": "mixed", "counts": [...]}`` or its class name."""
-    return [
-        {"type": "mixed", "counts": s.counts}
-        if isinstance(s, MixedActivation)
-        else {"type": type(s).__name__}
-        for s in model.acts
-    ]
-
-
-def model_from_slots(
-    cfg: RunConfig, input_shape: Sequence[int], num_classes: int, slots: list[dict[str, Any]]
-) -> Backbone:
-    """``cfg``'s backbone with the slot layout of :func:`slot_layout` (untrained weights)."""
-    base = slot_factory(cfg)
-
-    def make_slot(layer: int, units: int) -> nn.Module:
-        if slots[layer]["type"] == "mixed":
-            return MixedActivation(cfg.pool_names, slots[layer]["counts"])
-        return base(layer, units)
-
-    return build_model(cfg, input_shape, num_classes, make_slot)
-
-
-def evaluate(model: nn.Module, data: Splits, split: str) -> dict[str, Any]:
+def evaluate(model: nn.Module, data: Splits, split: str) -> list[dict[str, Any]]:
+    """Every seed's classification metrics on ``split``."""
     x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-    return classification_metrics(predict(model, x), y, data.num_classes)
+    return [classification_metrics(logits, y, data.num_classes) for logits in predict(model, x)]
+
+
+def _start(cfg: RunConfig, seeds: list[int], data: Splits, state: RunState) -> Backbone:
+    """The model of a new run, or of ``state``'s snapshot with its generators restored."""
+    shape, classes, device = data.input_shape, data.num_classes, data.x_train.device
+    state.generators = [(seed_generator(s, BATCHES), seed_generator(s, NOISE)) for s in seeds]
+    state.seeds = seeds
+    if state.restored is None:
+        model = build_model(cfg, shape, classes, seeds=len(seeds))
+        model.reset_parameters([seed_generator(s, INIT) for s in seeds])
+        state.phase = 1
+        state.outs, state.histories = [{} for _ in seeds], [[] for _ in seeds]
+        return model.to(device)
+    snap, state.restored = state.restored, None
+    if list(snap["seeds"]) != seeds:
+        raise ValueError("the run state was saved for other seeds")
+    model = model_from_slots(cfg, shape, classes, snap["slots"], len(seeds))
+    model.load_state_dict(snap["model_state"])
+    for gens, saved in zip(state.generators, snap["generators"]):
+        for g, st in zip(gens, saved):
+            g.set_state(st)
+    return model.to(device)
+
+
+def train_together(
+    cfg: RunConfig,
+    seeds: Sequence[int],
+    data: Splits,
+    callbacks: Sequence[Sequence[object]] = (),
+    state: RunState | None = None,
+    on_round: Callable[[int], object] | None = None,
+) -> list[SeedOutcome]:
+    """Train ``cfg`` for every seed at once (one model, seeds dimension S), then evaluate each.
+
+    Seed ``s`` owns its initialisation, batch order, noise, clipping and early stopping, so
+    its numbers do not depend on the other seeds.  ``data`` must be on the training device.
+    ``state`` (optional) is kept current after every round; then ``on_round(round)`` runs.
+    A restored state continues after its round (see :class:`RunState`).  ``train_seconds``
+    is each seed's share of the joint time.
+    """
+    seeds = list(seeds)
+    state = state if state is not None else RunState()
+    model = state.model = _start(cfg, seeds, data, state)
+    kind = cfg.parsed_method.kind
+    selective = kind in ("smartmixed", "selective")
+    noise = SeedNoise([n for _, n in state.generators])
+    model.use_noise(noise)
+    user = [list(c) for c in callbacks] + [[] for _ in range(len(seeds) - len(callbacks))]
+
+    def rounds() -> None:
+        state.round += 1
+        if on_round is not None:
+            on_round(state.round)
+
+    def run(model: Backbone, epochs: int, cbs: list[list[object]], starts: list[int]) -> list:
+        return fit(model, data, replace(fit_config(cfg), epochs=epochs),
+                   generators=[b for b, _ in state.generators], noise=noise, callbacks=cbs,
+                   start_epochs=starts, seed_ids=seeds, state=state.fit, on_round=rounds)
+
+    if state.phase == 1:
+        cbs = [[SelectionTracker(cfg, model, i), *c] if selective else c
+               for i, c in enumerate(user)]
+        results = run(model, cfg.phase1_epochs if selective else cfg.epochs, cbs,
+                      [0] * len(seeds))
+        for i, r in enumerate(results):
+            state.histories[i] += r.history
+            state.outs[i]["best_epoch"] = r.best_epoch
+            if selective:
+                state.outs[i]["selection"] = selection_counts(model, i)
+        if kind == "smartmixed":
+            val1, test1 = evaluate(model, data, "val"), evaluate(model, data, "test")
+            reinit = [seed_generator(s, REINIT) for s in seeds]
+            model = state.model = freeze(model, cfg.phase2_init, reinit)  # type: ignore[arg-type]
+            test2 = evaluate(model, data, "test")
+            for i, r in enumerate(results):
+                state.outs[i]["phase1"] = {
+                    "val_accuracy": val1[i]["accuracy"], "test_accuracy": test1[i]["accuracy"],
+                    "epochs": len(r.history), "best_epoch": r.best_epoch}
+                state.outs[i]["phase2_start_test_accuracy"] = test2[i]["accuracy"]
+            state.phase, state.fit = 2, FitState()
+    if state.phase == 2:
+        results = run(model, cfg.epochs - cfg.transition_epoch,
+                      [[_PhaseTag(2), *c] for c in user],
+                      [o["phase1"]["epochs"] for o in state.outs])
+        for i, r in enumerate(results):
+            state.histories[i] += r.history
+            state.outs[i]["best_epoch"] = r.best_epoch
+    seconds = state.elapsed() / len(seeds)
+    return [finish_seed(cfg, model.select_seeds([i]), data, {"seed": s, **state.outs[i]},
+                        state.histories[i], seconds) for i, s in enumerate(seeds)]
 
 
 def train_seed(
@@ -229,80 +279,11 @@ def train_seed(
     seed: int,
     data: Splits | None = None,
     callbacks: Sequence[object] = (),
-    state: SeedState | None = None,
+    state: RunState | None = None,
 ) -> SeedOutcome:
-    """Train ``cfg`` once with ``seed`` (init, Gumbel noise and batch order all follow it).
-
-    ``data`` must be on the training device; loaded from ``cfg`` when omitted.  ``state``
-    (optional) is kept current after every epoch; one restored from a snapshot makes the
-    run continue after the snapshot's epoch (see :class:`SeedState`).
-    """
+    """Train ``cfg`` once with ``seed``: :func:`train_together` with one seed."""
     data = data if data is not None else load_data(cfg)
-    device = data.x_train.device
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    kind = cfg.parsed_method.kind
-    resume = state is not None and state.phase > 0
-    if resume:
-        assert state is not None and state.slots is not None and state.model_state is not None
-        model = model_from_slots(cfg, data.input_shape, data.num_classes, state.slots)
-        model.load_state_dict(state.model_state)
-        model.to(device)
-    else:
-        model = build_model(cfg, data.input_shape, data.num_classes).to(device)
-    if state is None:
-        state = SeedState()  # kept current but not read back: same path either way
-    state.model = model
-    fit_cfg = fit_config(cfg)
-    out: dict[str, Any] = {"seed": seed, **(state.out if resume else {})}
-    history: list[dict] = list(state.history) if resume else []
-    t0 = time.perf_counter() - (state.seconds if resume else 0.0)
-    state._t0 = t0
-    if not resume:
-        state.phase = 1
-    if kind in ("smartmixed", "selective") and state.phase == 1:
-        tracker = SelectionTracker(cfg, model)
-        r1 = fit(
-            model,
-            data,
-            replace(fit_cfg, epochs=cfg.phase1_epochs),
-            generator=generator,
-            callbacks=[tracker, *callbacks],
-            state=state.fit,
-        )
-        history += r1.history
-        out["selection"] = selection_counts(model)
-        if kind == "smartmixed":
-            val1, test1 = evaluate(model, data, "val"), evaluate(model, data, "test")
-            out["phase1"] = {
-                "val_accuracy": val1["accuracy"],
-                "test_accuracy": test1["accuracy"],
-                "epochs": len(r1.history),
-                "best_epoch": r1.best_epoch,
-            }
-            model = freeze(model, cfg.phase2_init)  # type: ignore[arg-type]
-            out["phase2_start_test_accuracy"] = evaluate(model, data, "test")["accuracy"]
-            state.phase, state.fit, state.model = 2, FitState(), model
-            state.out, state.history = {k: v for k, v in out.items() if k != "seed"}, history
-        else:
-            out["best_epoch"] = r1.best_epoch
-    if kind == "smartmixed" and state.phase == 2:
-        r2 = fit(
-            model,
-            data,
-            replace(fit_cfg, epochs=cfg.epochs - cfg.transition_epoch),
-            generator=generator,
-            callbacks=[_PhaseTag(2), *callbacks],
-            start_epoch=out["phase1"]["epochs"],
-            state=state.fit,
-        )
-        history += r2.history
-        out["best_epoch"] = r2.best_epoch
-    elif kind not in ("smartmixed", "selective"):
-        r = fit(model, data, fit_cfg, generator=generator, callbacks=callbacks, state=state.fit)
-        history += r.history
-        out["best_epoch"] = r.best_epoch
-    return finish_seed(cfg, model, data, out, history, time.perf_counter() - t0)
+    return train_together(cfg, [seed], data, [callbacks], state)[0]
 
 
 def finish_seed(
@@ -317,7 +298,7 @@ def finish_seed(
     mixture exports, history (``out`` holds what the phases recorded)."""
     kind = cfg.parsed_method.kind
     out["train_seconds"] = seconds
-    val, test = evaluate(model, data, "val"), evaluate(model, data, "test")
+    (val,), (test,) = evaluate(model, data, "val"), evaluate(model, data, "test")
     out.update(
         {
             "val_accuracy": val["accuracy"],
@@ -368,50 +349,6 @@ def summarize(seeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def load_data(cfg: RunConfig) -> Splits:
-    """``cfg``'s dataset split, on ``cfg``'s device."""
-    return load_dataset(
-        cfg.dataset,
-        cfg.data_dir,
-        val_fraction=cfg.val_fraction,
-        split_seed=cfg.split_seed,
-        download=cfg.download,
-        normalize_images=cfg.model == "convnet",
-    ).to(resolve_device(cfg.device))
-
-
-def use_batched(cfg: RunConfig, n_seeds: int) -> bool:
-    """The ``auto`` choice: batch the seeds when there are several and ``cfg`` qualifies
-    (:func:`~smartmixed_core.batched.batchable`).  On any device: fewer, larger kernels pay on
-    a CPU too (README, Performance)."""
-    from smartmixed_core.batched import batchable
-
-    return n_seeds > 1 and batchable(cfg) is None
-
-
-def train_batched(
-    cfg: RunConfig,
-    seeds: Sequence[int],
-    data: Splits,
-    callbacks: Sequence[Sequence[object]] = (),
-    state: BatchedState | None = None,
-    on_round: Callable[[int], object] | None = None,
-) -> list[SeedOutcome]:
-    """``seeds`` trained as one batched model
-    (:func:`~smartmixed_core.batched.train_seeds_batched`, which explains ``state`` and
-    ``on_round``), then each seed's final evaluation; ``train_seconds`` is each seed's share
-    of the joint time."""
-    from smartmixed_core.batched import BatchedState, train_seeds_batched
-
-    state = state if state is not None else BatchedState()
-    trained = train_seeds_batched(cfg, seeds, data, callbacks, state, on_round)
-    seconds = state.elapsed() / len(seeds)
-    return [
-        finish_seed(cfg, model, data, {"seed": seed, **out}, history, seconds)
-        for seed, (model, out, history) in zip(seeds, trained)
-    ]
-
-
 def train_seeds(
     cfg: RunConfig,
     seeds: Sequence[int],
@@ -421,47 +358,18 @@ def train_seeds(
 ) -> tuple[dict[str, Any], list[SeedOutcome]]:
     """Train ``cfg`` for every seed; returns the result.json document and the outcomes.
 
-    ``batched``: train the seeds together as one batched model
-    (:mod:`smartmixed_core.batched`); ``None`` does so when there are several seeds and the
-    configuration allows it (:func:`use_batched`).  Results match one-by-one training up to
-    float rounding.
+    ``batched`` (default): the seeds train together (:func:`train_together`); ``False``: one
+    after another (less memory, the same numbers).
     """
     data = data if data is not None else load_data(cfg)
-    if batched is None:
-        batched = use_batched(cfg, len(seeds))
-    if batched:
-        outcomes = train_batched(cfg, seeds, data, [callbacks(s) if callbacks else ()
-                                                    for s in seeds])
+    cbs = [callbacks(s) if callbacks else () for s in seeds]
+    if batched is False:
+        outcomes = [o for s, c in zip(seeds, cbs) for o in train_together(cfg, [s], data, [c])]
     else:
-        outcomes = [train_seed(cfg, s, data, callbacks(s) if callbacks else ()) for s in seeds]
+        outcomes = train_together(cfg, seeds, data, cbs)
     doc = {
         "config": cfg.to_dict(),
         "seeds": [o.summary for o in outcomes],
         "summary": summarize([o.summary for o in outcomes]),
     }
     return doc, outcomes
-
-
-def save_checkpoint(path: str | Path, cfg: RunConfig, outcome: SeedOutcome) -> None:
-    """One structured checkpoint: config, seed, slot layout, per-unit choices and weights."""
-    torch.save(
-        {
-            "config": cfg.to_dict(),
-            "seed": outcome.summary["seed"],
-            "slots": slot_layout(outcome.model),
-            "choices": outcome.choices,
-            "state_dict": outcome.model.state_dict(),
-        },
-        path,
-    )
-
-
-def load_checkpoint(
-    path: str | Path, input_shape: Sequence[int], num_classes: int
-) -> tuple[RunConfig, Backbone]:
-    """Rebuild the trained network saved by :func:`save_checkpoint` (on CPU)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = RunConfig(**ckpt["config"])
-    model = model_from_slots(cfg, input_shape, num_classes, ckpt["slots"])
-    model.load_state_dict(ckpt["state_dict"])
-    return cfg, model

@@ -1,7 +1,8 @@
-"""The one training loop, :func:`fit`, used by every method and both SmartMixed phases.
+"""The one training loop, :func:`fit`, used by every method, both SmartMixed phases and any
+number of seeds (the model's seeds dimension, :mod:`smartmixed_core.seeded`).
 
 Data live on the training device as whole tensors; each epoch draws one index permutation
-from the run's own generator, so batch order is seeded per run.
+per seed from that seed's own generator, so batch order is seeded per seed.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smartmixed_core.data import Splits
+from smartmixed_core.seeded import SeedNoise
 
 
 class NonFiniteLossError(RuntimeError):
@@ -60,38 +62,52 @@ class FitConfig:
     """Load the best-validation-loss weights at the end."""
     eval_batch_size: int = 4096
     """Batch size for validation/test passes (memory only; results do not depend on it)."""
+    compile: bool = False
+    """Train through ``torch.compile`` of the model (slots in their mask forms); evaluation
+    stays eager."""
+
+
+@dataclass
+class SeedFit:
+    """One seed's part of a :func:`fit` call."""
+
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_loss: float = math.inf
+    best_state: dict[str, Tensor] | None = None
+    """That seed's slice of the model's state at its best epoch (or where it stopped)."""
+    since_best: int = 0
+    stopped: bool = False
+    stopped_early: bool = False
+    """Stopped by patience (a callback's stop request sets only ``stopped``)."""
 
 
 @dataclass
 class FitState:
     """Where a :func:`fit` call stands after its latest completed epoch: a resume point.
 
-    Given as ``fit(..., state=s)``, ``s`` is updated in place after every epoch, before the
-    epoch-end callbacks run, so a callback (or a thread a callback waits for) can copy it
-    with :meth:`snapshot`.  A ``fit`` given a state whose ``epoch`` is not -1 continues after
-    that epoch with the same numbers as an uninterrupted run (weights are the caller's: load
-    them into the model first).  A stop requested by a callback at that epoch is not kept.
+    Given as ``fit(..., state=s)``, ``s`` is updated in place after every epoch, after the
+    epoch-end callbacks and before ``on_round``, which can copy it with :meth:`snapshot`.  A
+    ``fit`` given a state whose ``step`` is not -1 continues after that epoch with the same
+    numbers as an uninterrupted run (weights and generators are the caller's: restore them
+    first).
     """
 
-    epoch: int = -1
-    """Last completed epoch (absolute numbering); -1 before the first."""
-    history: list[dict] = field(default_factory=list)
-    best_epoch: int = -1
-    best_val_loss: float = math.inf
-    best_state: dict | None = None
-    since_best: int = 0
+    step: int = -1
+    """Last completed epoch of this fit, counted from 0; -1 before the first."""
+    seeds: list[SeedFit] = field(default_factory=list)
     seconds: float = 0.0
     optimizer: dict | None = None
-    generator: Tensor | None = None
-    """State of the batch-order generator."""
-    rng: Tensor | None = None
-    """torch's global CPU generator (Gumbel noise, dropout)."""
-    cuda_rng: Tensor | None = None
-    """The training device's CUDA generator, when training on CUDA."""
 
     def snapshot(self) -> dict:
-        """A deep copy as a plain dict (``torch.save``-able; ``FitState(**d)`` restores)."""
-        return copy.deepcopy(self.__dict__)
+        """A deep copy as plain data (``torch.save``-able; :meth:`restore` reads it)."""
+        d = copy.deepcopy(self.__dict__)
+        d["seeds"] = [s.__dict__ for s in d["seeds"]]
+        return d
+
+    @classmethod
+    def restore(cls, d: dict) -> FitState:
+        return cls(**{**d, "seeds": [SeedFit(**s) for s in d["seeds"]]})
 
 
 @dataclass
@@ -103,29 +119,96 @@ class FitResult:
     seconds: float = 0.0
 
 
+def seed_state(model: nn.Module, s: int) -> dict[str, Tensor]:
+    """Seed ``s``'s slice of every entry of ``model``'s state (all carry a seeds dimension)."""
+    return {k: v[s].detach().clone() for k, v in model.state_dict().items()}
+
+
+@torch.no_grad()
+def load_seed_state(model: nn.Module, s: int, state: dict[str, Tensor]) -> None:
+    for k, v in model.state_dict().items():
+        v[s].copy_(state[k])
+
+
+def clip_per_seed(params: Sequence[Tensor], max_norm: float) -> None:
+    """``clip_grad_norm_`` for every seed on its own (each seed's slice of every gradient).
+    Each seed's norm is computed on its own slices, so it does not depend on the others."""
+    grads = [p.grad for p in params if p.grad is not None]
+    seeds = grads[0].shape[0]
+    norms = torch.stack([torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(g[s]) for g in grads])) for s in range(seeds)])
+    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
+
+
+def seed_losses(logits: Tensor, target: Tensor) -> Tensor:
+    """``[S]``: each seed's mean cross-entropy of ``logits`` ``[S, batch, classes]``."""
+    return torch.stack([F.cross_entropy(lg, t) for lg, t in zip(logits, target)])
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
-    """Eval-mode logits for ``x`` (mode restored afterwards)."""
+    """Eval-mode logits ``[S, len(x), classes]`` of every seed (mode restored afterwards)."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    out = torch.cat([model.shared(x[i : i + batch_size]) for i in range(0, len(x), batch_size)],
+                    dim=1)
     model.train(was_training)
     return out
+
+
+class _SeedwiseFused:
+    """Adam/AdamW with torch's fused kernel, each seed's slice of a parameter updated as a
+    tensor of its own.  The fused CPU kernel runs a vector loop and a scalar tail that round
+    differently, so over a whole ``[S, ...]`` parameter a seed's last elements would get
+    other bits than alone; slice by slice every seed gets exactly its one-seed update."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:
+        assert closure is None
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            avgs: list[Tensor] = []
+            sqs: list[Tensor] = []
+            steps: list[Tensor] = []
+            self._init_group(group, params, grads, avgs, sqs, [], steps)  # type: ignore[attr-defined]
+            torch._foreach_add_(steps, 1)
+            split = [[t[s] for t in ts for s in range(t.shape[0])]
+                     for ts in (params, grads, avgs, sqs)]
+            seed_steps = [st for p, st in zip(params, steps) for _ in range(p.shape[0])]
+            kernel = (torch._fused_adamw_ if group.get("decoupled_weight_decay")
+                      else torch._fused_adam_)
+            kernel(*split, [], seed_steps, amsgrad=False, lr=group["lr"],
+                   beta1=group["betas"][0], beta2=group["betas"][1],
+                   weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                   grad_scale=None, found_inf=None)
+
+
+class SeedAdam(_SeedwiseFused, torch.optim.Adam):
+    pass
+
+
+class SeedAdamW(_SeedwiseFused, torch.optim.AdamW):
+    pass
 
 
 def make_optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
     """``cfg``'s optimizer (Adam or AdamW) over ``model``'s parameters.
 
-    The fused implementation (one kernel for all parameters) where torch has it for the
-    parameters' device: on a 2-core CPU its step over the paper net takes 1.4 ms against
-    5.2 ms for the default per-parameter loop, a sixth of a phase-1 train step at batch 128.
+    torch's fused implementation (one kernel for all parameters) where it has one for the
+    parameters' device, seed by seed (:class:`SeedAdam`): on a 2-core CPU its step over the
+    paper net takes 1.4 ms against 5.2 ms for the per-parameter loop.  Elsewhere the plain
+    implementation.
     """
-    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    fused = {"adam": SeedAdam, "adamw": SeedAdamW}[cfg.optimizer]
     params = list(model.parameters())
     try:
-        return opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    except RuntimeError:  # no fused kernel for this device (e.g. CPU before torch 2.4)
-        return opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return fused(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except RuntimeError:  # no fused kernel for this device
+        plain = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+        return plain(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def aux_loss(modules: Sequence[nn.Module]) -> Tensor | None:
@@ -134,101 +217,131 @@ def aux_loss(modules: Sequence[nn.Module]) -> Tensor | None:
     return torch.stack(terms).sum() if terms else None
 
 
+def _callbacks(callbacks: Sequence[Sequence[object]], seeds: int) -> list[list[object]]:
+    out = [list(c) for c in callbacks]
+    return out + [[] for _ in range(seeds - len(out))]
+
+
 def fit(
     model: nn.Module,
     data: Splits,
     cfg: FitConfig,
     *,
-    generator: torch.Generator,
-    callbacks: Sequence[object] = (),
-    start_epoch: int = 0,
+    generators: Sequence[torch.Generator],
+    noise: SeedNoise | None = None,
+    callbacks: Sequence[Sequence[object]] = (),
+    start_epochs: Sequence[int] | None = None,
+    seed_ids: Sequence[int] | None = None,
     state: FitState | None = None,
-) -> FitResult:
-    """Train ``model`` on ``data`` (already on the model's device) for ``cfg.epochs`` epochs.
+    on_round: Callable[[], object] | None = None,
+) -> list[FitResult]:
+    """Train every seed of ``model`` on ``data`` (on the model's device) for ``cfg.epochs``.
 
-    Epochs are numbered from ``start_epoch`` (phase 2 continues phase 1's numbering).  Each
-    history record holds ``epoch``, ``train_loss``, ``val_loss``, ``val_accuracy``, ``lr`` and
-    whatever callbacks add.  Raises :class:`NonFiniteLossError` on a NaN/inf loss.
-    ``state`` (optional): kept current after every epoch, and resumed from when it already
-    holds a completed epoch (see :class:`FitState`).
+    Seed ``s`` draws its batch order from ``generators[s]`` and its noise from ``noise``;
+    its loss, gradient, clipping and early stopping are its own, so its numbers do not depend
+    on the other seeds.  A seed that stops (patience, or a callback's ``on_epoch_end``
+    returning True) stops recording and drawing from its generators; the others go on.
+    Epochs of seed ``s`` are numbered from ``start_epochs[s]`` (phase 2 continues phase 1's
+    numbering).  Each history record holds ``epoch``, ``train_loss``, ``val_loss``,
+    ``val_accuracy``, ``seconds`` and whatever ``callbacks[s]`` add.  Raises
+    :class:`NonFiniteLossError` on a NaN/inf loss.  ``state`` is kept current after every
+    epoch, then ``on_round()`` runs; a state with a completed epoch is resumed from (see
+    :class:`FitState`).  Returns one :class:`FitResult` per seed.
     """
+    seeds = len(generators)
+    ids = list(seed_ids) if seed_ids is not None else [None] * seeds
+    starts = list(start_epochs) if start_epochs is not None else [0] * seeds
+    cbs = _callbacks(callbacks, seeds)
     opt = make_optimizer(model, cfg)
     aux_modules = [m for m in model.modules() if hasattr(m, "aux_loss")]
-    result = FitResult()
-    best_state = None
-    since_best = 0
-    n = len(data.x_train)
-    device = data.x_train.device
-    first, elapsed = start_epoch, 0.0
-    if state is not None and state.epoch >= 0:  # continue after a completed epoch
-        opt.load_state_dict(state.optimizer)
-        generator.set_state(state.generator)
-        torch.set_rng_state(state.rng)
-        if state.cuda_rng is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(state.cuda_rng, device)
-        result.history = list(state.history)
-        result.best_epoch, result.best_val_loss = state.best_epoch, state.best_val_loss
-        best_state, since_best, elapsed = state.best_state, state.since_best, state.seconds
-        first = state.epoch + 1
-        if cfg.patience is not None and since_best >= cfg.patience:
-            result.stopped_early, first = True, start_epoch + cfg.epochs
+    forward = model
+    if cfg.compile:
+        model.use_compiled_forms(True)  # type: ignore[operator]
+        # A worker trains many configurations in one process: each architecture (and each
+        # train/eval mode) is an entry in dynamo's cache for the same code; torch's default
+        # of 8 would silently fall back to eager after a few.
+        cache = torch._dynamo.config
+        cache.recompile_limit = max(cache.recompile_limit, 256)
+        cache.accumulated_recompile_limit = max(cache.accumulated_recompile_limit, 4096)
+        forward = torch.compile(model)
+    st = state if state is not None else FitState()
+    n, device = len(data.x_train), data.x_train.device
+    first, elapsed = 0, 0.0
+    if st.step >= 0:  # continue after a completed epoch
+        opt.load_state_dict(st.optimizer)
+        first, elapsed = st.step + 1, st.seconds
+    else:
+        st.seeds = [SeedFit() for _ in range(seeds)]
     t0 = time.perf_counter() - elapsed
-    for epoch in range(first, start_epoch + cfg.epochs):
-        for cb in callbacks:
-            if hasattr(cb, "on_epoch_start"):
-                cb.on_epoch_start(epoch, model)
+    for step in range(first, cfg.epochs):
+        active = [not r.stopped for r in st.seeds]
+        if not any(active):
+            break
+        if noise is not None:
+            noise.active = active
+        for s in range(seeds):
+            for cb in cbs[s] if active[s] else ():
+                if hasattr(cb, "on_epoch_start"):
+                    cb.on_epoch_start(starts[s] + step, model)
         model.train()
-        order = torch.randperm(n, generator=generator).to(data.x_train.device)
-        total = torch.zeros((), device=data.x_train.device)
+        order = torch.stack([torch.randperm(n, generator=g) if a else torch.arange(n)
+                             for g, a in zip(generators, active)]).to(device)
+        weight = torch.tensor(active, dtype=data.x_train.dtype, device=device)
+        total = torch.zeros(seeds, device=device)
         for i in range(0, n, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-            total += loss.detach() * len(idx)
+            idx = order[:, i : i + cfg.batch_size]
+            losses = seed_losses(forward(data.x_train[idx]), data.y_train[idx])
+            total += losses.detach() * idx.shape[1]
+            loss = (losses * weight).sum()
             extra = aux_loss(aux_modules)
             if extra is not None:
                 loss = loss + extra
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                clip_per_seed(list(model.parameters()), cfg.grad_clip)
             opt.step()
-        train_loss = float(total) / n
-        if not math.isfinite(train_loss):
-            raise NonFiniteLossError(epoch, train_loss)
+        train_loss = (total / n).tolist()
         logits = predict(model, data.x_val, cfg.eval_batch_size)
-        val_loss = float(F.cross_entropy(logits, data.y_val))
-        record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_accuracy": float((logits.argmax(1) == data.y_val).float().mean()),
-            "seconds": time.perf_counter() - t0,
-        }
-        if val_loss < result.best_val_loss:
-            result.best_val_loss, result.best_epoch, since_best = val_loss, epoch, 0
-            if cfg.restore_best:
-                best_state = copy.deepcopy(model.state_dict())
-        else:
-            since_best += 1
-        if state is not None:
-            state.epoch, state.history = epoch, [*result.history, record]
-            state.best_epoch, state.best_val_loss = result.best_epoch, result.best_val_loss
-            state.best_state, state.since_best = best_state, since_best
-            state.seconds = record["seconds"]
-            state.optimizer, state.generator = opt.state_dict(), generator.get_state()
-            state.rng = torch.get_rng_state()
-            state.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        stop = False
-        for cb in callbacks:
-            if hasattr(cb, "on_epoch_end"):
-                stop = bool(cb.on_epoch_end(epoch, record, model)) or stop
-        result.history.append(record)
-        if stop:
-            break
-        if cfg.patience is not None and since_best >= cfg.patience:
-            result.stopped_early = True
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    result.seconds = time.perf_counter() - t0
-    return result
+        seconds = time.perf_counter() - t0
+        for s, run in enumerate(st.seeds):
+            if not active[s]:
+                continue
+            epoch = starts[s] + step
+            if not math.isfinite(train_loss[s]):
+                raise NonFiniteLossError(epoch, train_loss[s], ids[s])
+            val_loss = float(F.cross_entropy(logits[s], data.y_val))
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss[s],
+                "val_loss": val_loss,
+                "val_accuracy": float((logits[s].argmax(1) == data.y_val).float().mean()),
+                "seconds": seconds,
+            }
+            if val_loss < run.best_val_loss:
+                run.best_val_loss, run.best_epoch, run.since_best = val_loss, epoch, 0
+                if cfg.restore_best:
+                    run.best_state = seed_state(model, s)
+            else:
+                run.since_best += 1
+            stop = False
+            for cb in cbs[s]:
+                if hasattr(cb, "on_epoch_end"):
+                    stop = bool(cb.on_epoch_end(epoch, record, model)) or stop
+            run.history.append(record)
+            run.stopped_early = cfg.patience is not None and run.since_best >= cfg.patience
+            if stop or run.stopped_early:
+                run.stopped = True
+                if not cfg.restore_best:
+                    run.best_state = seed_state(model, s)
+        st.step, st.seconds, st.optimizer = step, seconds, opt.state_dict()
+        if on_round is not None:
+            on_round()
+    for s, run in enumerate(st.seeds):
+        if run.best_state is not None:
+            load_seed_state(model, s, run.best_state)
+    if noise is not None:
+        noise.active = None
+    seconds = time.perf_counter() - t0
+    return [FitResult(r.history, r.best_epoch, r.best_val_loss, r.stopped_early, seconds)
+            for r in st.seeds]

@@ -2,8 +2,8 @@
 
 Reads a finished sweep's trial configurations back from MLflow and trains every
 (configuration, seed) in this process with the core alone (no Ray, no MLflow logging), twice:
-each trial's seeds the way the sweep trains them (batched where the trial batches, see
-``batch_seeds``), then one seed at a time (``train_seed``, the reference code's way):
+each trial's seeds the way the sweep trains them (together, one model with a seeds
+dimension), then one seed at a time (the reference code's way):
 
     python -m sweeps.sequential ./ray_results/quick-digits [--threads N]
 """
@@ -33,14 +33,14 @@ def trial_params(name_or_path: str) -> tuple[Any, list[dict[str, Any]]]:
 
 
 def run_sequential(spec: Any, params: list[dict[str, Any]], batched: bool = True) -> float:
-    """Train every trial in turn, its seeds batched as the sweep's trial does (``batched``)
+    """Train every trial in turn, its seeds together as the sweep's trial does (``batched``)
     or one at a time; returns the wall time in seconds."""
     from smartmixed_core.runner import load_data, train_seeds
 
     t0 = time.perf_counter()
     for p in params:
         cfg = spec.run_config(p)
-        train_seeds(cfg, spec.seeds, data=load_data(cfg), batched=batched and spec.batches(cfg))
+        train_seeds(cfg, spec.seeds, data=load_data(cfg), batched=batched)
     return time.perf_counter() - t0
 
 

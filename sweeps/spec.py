@@ -242,8 +242,8 @@ class SweepSpec(_Strict):
     max_failures: int = Field(2, ge=0, le=1000)
     """Retries of a crashed trial (finished seeds are not retrained)."""
     batch_seeds: Literal["auto", "off"] = "auto"
-    """``auto``: a trial trains its seeds as one batched model when it has several and its
-    configuration qualifies; ``off``: one by one in lockstep."""
+    """Kept so that older specs validate; it has no effect: a trial always trains its seeds
+    together, as one model with a seeds dimension (the numbers equal one seed at a time)."""
 
     @field_validator("batch_seeds", mode="before")
     @classmethod
@@ -312,13 +312,6 @@ class SweepSpec(_Strict):
     def base_method(self) -> str:
         """The method of a trial whose space has none: ``fixed.method`` or the default."""
         return str(self.base().get("method", RunConfig.method))
-
-    def batches(self, cfg: RunConfig) -> bool:
-        """Whether a trial of ``cfg`` trains its seeds as one batched model."""
-        from smartmixed_core.runner import use_batched
-
-        return self.batch_seeds == "auto" and use_batched(cfg, len(self.seeds))
-
 
 def _path(loc: tuple[Any, ...]) -> str:
     out = ""

@@ -1,21 +1,14 @@
 """One trial = one configuration x every seed of the spec.
 
-Seeds train either **batched** (``batch_seeds: auto`` and a configuration that
-:func:`~smartmixed_core.batched.batchable` accepts, several seeds): one batched model, and
-after every batched epoch (a round) the trial reports the seed means; or in **lockstep**:
-each seed in its own thread, but only one thread runs at a time: they take turns of one
-epoch each (a round), and after every round the trial's own thread aggregates the seeds'
-records and reports the seed means (to Ray, so ASHA can stop the trial, and to MLflow).
-Why turns instead of free-running threads: the core draws Gumbel noise from torch's global
-generator, which threads would share; each seed's generator state is swapped in and out at
-its turn boundaries, so every seed's numbers equal a standalone ``train_seed(cfg, seed)``
-bit for bit.  Parallelism comes from running trials side by side (one CPU each), which for
-these small networks beats intra-trial threads that would fight over the GIL anyway.
+The trial trains its seeds the way ``smartmixed train`` does: together, as one model with a
+seeds dimension (:func:`~smartmixed_core.runner.train_together`), every seed with its own
+generators, so each seed's numbers equal ``smartmixed train --seeds <that seed>``.  After
+every epoch (a round) the trial reports the seed means (to Ray, so ASHA can stop the trial,
+and to MLflow).  Parallelism comes from running trials side by side (one CPU each).
 
 Fault handling (docs/sweeps.md, "Failure handling"): seeds with a FINISHED MLflow run are
-not retrained; the others continue from the trial's latest mid-run checkpoint (every seed's
-:class:`~smartmixed_core.runner.SeedState`, or the
-:class:`~smartmixed_core.batched.BatchedState`, at one round boundary, reported to Ray with
+not retrained; the others continue from the trial's latest mid-run checkpoint (the
+:class:`~smartmixed_core.runner.RunState` at a round boundary, reported to Ray with
 ``tune.report(..., checkpoint=...)`` and read back with ``tune.get_checkpoint()``), bit for
 bit as if uninterrupted.  A non-finite loss fails the trial with the reason tagged on its
 runs, and its retries fail at once without training.
@@ -25,7 +18,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -35,24 +27,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from smartmixed_core.batched import BatchedState
 from smartmixed_core.errors import ConfigError
-from smartmixed_core.runner import (
-    SeedState,
-    load_data,
-    summarize,
-    train_batched,
-    train_seed,
-)
+from smartmixed_core.runner import RunState, load_data, summarize, train_together
 from smartmixed_core.training import NonFiniteLossError
 from sweeps import schema, tracking
 from sweeps.space import decode
 from sweeps.spec import SweepSpec, parse_spec
 
-REPORTER = "reporter"
 CHECKPOINT_FILE = "trial_state.pt"
-"""The file inside a Ray checkpoint of a trial (``torch.save`` of :meth:`TrialRun._checkpoint`)."""
-CHECKPOINT_VERSION = 1
+"""The file inside a Ray checkpoint of a trial (``torch.save`` of what
+:meth:`TrialRun._train` reports)."""
+CHECKPOINT_VERSION = 2
+"""1: before the seeds dimension (per-seed or batched states); not resumed from."""
 CHECKPOINT_ENV = "SMARTMIXED_CHECKPOINT_SECONDS"
 DEFAULT_CHECKPOINT_SECONDS = 60.0
 CHECKPOINT_OVERHEAD = 20
@@ -101,57 +87,6 @@ class TrialFailed(RuntimeError):
     """The trial cannot produce a result (e.g. a seed hit a non-finite loss)."""
 
 
-class _Aborted(Exception):
-    """Raised inside a seed thread to unwind it when the trial is failing."""
-
-
-class Turns:
-    """Round-robin token among members; a member leaves when done."""
-
-    def __init__(self, members: list[Any]):
-        self._order = list(members)
-        self._current = 0
-        self._cond = threading.Condition()
-
-    def wait(self, member: Any) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._order[self._current] == member)
-
-    def pass_on(self, member: Any) -> None:
-        with self._cond:
-            self._current = (self._order.index(member) + 1) % len(self._order)
-            self._cond.notify_all()
-
-    def leave(self, member: Any) -> None:
-        with self._cond:
-            i = self._order.index(member)
-            self._order.pop(i)
-            self._current = i % len(self._order) if self._order else 0
-            self._cond.notify_all()
-
-    def members(self) -> list[Any]:
-        with self._cond:
-            return list(self._order)
-
-
-class _RngState:
-    """Swap torch's global generator state(s) in and out for one seed."""
-
-    def __init__(self) -> None:
-        self.cpu: torch.Tensor | None = None
-        self.cuda: list[torch.Tensor] | None = None
-
-    def save(self) -> None:
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-
-    def load(self) -> None:
-        if self.cpu is not None:
-            torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
-
-
 def _row(record: dict[str, Any]) -> dict[str, float]:
     """What a trial keeps of a seed's history record: the epoch and its reported metrics."""
     return {k: record[k] for k in ("epoch", *schema.EPOCH_METRICS)}
@@ -165,23 +100,6 @@ class _Record:
 
     def on_epoch_end(self, epoch: int, record: dict, model: object) -> None:
         self.trial.records[self.seed].append(_row(record))
-
-
-class _Yield(_Record):
-    """Lockstep seed callback: records the epoch, then yields the turn until the next round."""
-
-    def __init__(self, trial: TrialRun, seed: int):
-        super().__init__(trial, seed)
-        self.rng = _RngState()
-
-    def on_epoch_end(self, epoch: int, record: dict, model: object) -> None:
-        super().on_epoch_end(epoch, record, model)
-        self.rng.save()
-        self.trial.turns.pass_on(self.seed)
-        self.trial.turns.wait(self.seed)
-        self.rng.load()
-        if self.trial.abort_reason:
-            raise _Aborted(self.trial.abort_reason)
 
 
 def _mean(values: list[float]) -> float:
@@ -198,7 +116,6 @@ class TrialRun:
                  report: Report, resume: dict[str, Any] | None = None):
         self.ctx, self.trial_id, self.report = ctx, trial_id, report
         self.resume = resume
-        self.states: dict[int, SeedState] = {}
         self.seed_runs: dict[int, str] = {}
         self.interval = checkpoint_seconds()
         self._last_checkpoint, self._checkpoint_cost = time.monotonic(), 0.0
@@ -216,9 +133,7 @@ class TrialRun:
         self.summaries: dict[int, dict[str, Any]] = {}
         self.errors: dict[int, BaseException] = {}
         self.abort_reason = ""
-        self.turns = Turns([])
-        self.batched = self.spec.batches(self.cfg)
-        self.batched_state: BatchedState | None = None
+        self.state: RunState | None = None
         self._report_error: BaseException | None = None
 
     # -- MLflow helpers ------------------------------------------------------------------
@@ -243,15 +158,12 @@ class TrialRun:
         for seed, summary in self.summaries.items():
             self.records[seed] = [_row(r) for r in summary["history"]]
         todo = [s for s in self.spec.seeds if s not in self.summaries]
-        restore = self._restore_batched if self.batched else self._restore
-        self.resumed_after = restore(todo)
+        self.resumed_after = self._restore(todo)
         if self.resumed_after >= 0:
             self.client.set_tag(self.run_id, schema.TAG_RESUMED, str(self.resumed_after))
         try:
-            if self.batched and todo:
-                self._train_batched(todo, last_step)
-            else:
-                self._lockstep(todo, last_step)
+            if todo:
+                self._train(todo, last_step)
         finally:
             self._flush()  # also after a failure: the epochs it trained stay visible
         if self.errors:
@@ -265,47 +177,25 @@ class TrialRun:
 
     # -- checkpoints ---------------------------------------------------------------------
     def _restore(self, todo: list[int]) -> int:
-        """Load the unfinished seeds' states from the checkpoint; the epoch it had completed,
-        or -1 (no usable checkpoint: the unfinished seeds start from epoch 0)."""
-        ckpt = self._usable_checkpoint(todo, batched=False)
-        if ckpt is None:
-            return -1
-        seeds = ckpt.get("seeds", {})
-        if any(s not in seeds for s in todo):
-            return -1
-        epoch = int(ckpt["epoch"])
-        for s in todo:
-            state = SeedState.restore(seeds[s]["state"])
-            if state.epoch != epoch:
-                self.states.clear()
-                return -1
-            self.states[s], self.seed_runs[s] = state, seeds[s]["run_id"]
-        for s in todo:
-            st = self.states[s]
-            self.records[s] = [_row(r) for r in (*st.history, *st.fit.history)]
-        return epoch
-
-    def _restore_batched(self, todo: list[int]) -> int:
-        """:meth:`_restore` for batched training: the checkpoint must hold exactly ``todo``
-        (a batched state continues the seeds it was saved with)."""
-        ckpt = self._usable_checkpoint(todo, batched=True)
+        """Load the unfinished seeds' state from the checkpoint; the epoch it had completed,
+        or -1 (no usable checkpoint: they start from epoch 0).  The checkpoint must hold
+        exactly ``todo`` (a state continues the seeds it was saved with)."""
+        ckpt = self._usable_checkpoint(todo)
         if ckpt is None or list(ckpt.get("seeds", {})) != todo:
             return -1
-        state = BatchedState.restore(ckpt["batched"])
-        assert state.restored is not None
+        state = RunState.restore(ckpt["state"])
         for i, s in enumerate(todo):
             self.seed_runs[s] = ckpt["seeds"][s]["run_id"]
             self.records[s] = [_row(r) for r in (*state.histories[i],
-                                                 *state.restored["runs"][i]["history"])]
-        self.batched_state = state
+                                                 *state.fit.seeds[i].history)]
+        self.state = state
         return int(ckpt["epoch"])
 
-    def _usable_checkpoint(self, todo: list[int], batched: bool) -> dict[str, Any] | None:
-        """The checkpoint to resume from, if there is one of this version and mode and
-        seeds are left to train."""
+    def _usable_checkpoint(self, todo: list[int]) -> dict[str, Any] | None:
+        """The checkpoint to resume from, if there is one of this version and seeds are left
+        to train."""
         ckpt = self.resume
-        if (not ckpt or not todo or ckpt.get("version") != CHECKPOINT_VERSION
-                or ("batched" in ckpt) != batched):
+        if not ckpt or not todo or ckpt.get("version") != CHECKPOINT_VERSION:
             return None
         return ckpt
 
@@ -327,40 +217,6 @@ class TrialRun:
         wait = max(self.interval, CHECKPOINT_OVERHEAD * self._checkpoint_cost)
         return time.monotonic() - self._last_checkpoint >= wait
 
-    def _checkpoint(self, epoch: int) -> dict[str, Any] | None:
-        """Every training seed's state after ``epoch`` (all of them wait at that boundary)."""
-        live = [s for s in self.turns.members() if s != REPORTER]
-        if not live or any(s not in self.states or s not in self.seed_runs for s in live):
-            return None
-        return {"version": CHECKPOINT_VERSION, "trial": self.trial_id, "epoch": epoch,
-                "seeds": {s: {"run_id": self.seed_runs[s], "state": self.states[s].snapshot()}
-                          for s in live}}
-
-    # -- lockstep ------------------------------------------------------------------------
-    def _lockstep(self, todo: list[int], last_step: int) -> None:
-        data = load_data(self.cfg) if todo else None
-        self.turns = Turns([*todo, REPORTER])
-        for seed in todo:
-            self.records.setdefault(seed, [])
-        threads = [threading.Thread(target=self._seed_main, args=(seed, data), daemon=True,
-                                    name=f"seed-{seed}") for seed in todo]
-        for t in threads:
-            t.start()
-        epoch = self.resumed_after + 1
-        while True:
-            self.turns.wait(REPORTER)
-            if self.errors and not self.abort_reason:
-                seed, exc = next(iter(self.errors.items()))
-                self.abort_reason = f"seed {seed}: {exc}"
-            if self.turns.members() == [REPORTER]:
-                break
-            if not self.abort_reason and any(len(self.records[s]) > epoch for s in todo):
-                self._end_round(epoch, last_step, self._checkpoint)
-                epoch += 1
-            self.turns.pass_on(REPORTER)
-        for t in threads:
-            t.join()
-
     def _open_seed_run(self, seed: int, resumed_after: int) -> str:
         """The seed's run: the checkpoint's run reopened, or a new one."""
         c, exp, name = self.client, self.ctx.experiment_id, self.spec.name
@@ -374,12 +230,12 @@ class TrialRun:
         self.seed_runs[seed] = run_id
         return run_id
 
-    # -- batched ------------------------------------------------------------------------
-    def _train_batched(self, todo: list[int], last_step: int) -> None:
-        """Train ``todo`` as one batched model (docs/sweeps.md, "How a trial runs"): report
-        and checkpoint after every batched epoch (a round), one seed run per seed."""
+    # -- training ----------------------------------------------------------------------
+    def _train(self, todo: list[int], last_step: int) -> None:
+        """Train ``todo`` together (docs/sweeps.md, "How a trial runs"): report and
+        checkpoint after every round, one seed run per seed."""
         data = load_data(self.cfg)
-        state = self.batched_state or BatchedState()
+        state = self.state or RunState()
         for seed in todo:
             self.records.setdefault(seed, [])
         runs: dict[int, str] = {}
@@ -387,14 +243,14 @@ class TrialRun:
         def on_round(r: int) -> None:
             self._end_round(r, last_step, lambda epoch: {
                 "version": CHECKPOINT_VERSION, "trial": self.trial_id, "epoch": epoch,
-                "seeds": {s: {"run_id": runs[s]} for s in todo}, "batched": state.snapshot()},
+                "seeds": {s: {"run_id": runs[s]} for s in todo}, "state": state.snapshot()},
                 latest=todo)
 
         try:
             for seed in todo:
                 runs[seed] = self._open_seed_run(seed, self.resumed_after)
-            outcomes = train_batched(self.cfg, todo, data, [[_Record(self, s)] for s in todo],
-                                     state=state, on_round=on_round)
+            outcomes = train_together(self.cfg, todo, data, [[_Record(self, s)] for s in todo],
+                                      state=state, on_round=on_round)
         except NonFiniteLossError as exc:
             culprit = exc.seed if exc.seed in runs else todo[0]
             self.errors[culprit] = exc
@@ -403,7 +259,7 @@ class TrialRun:
                 self._fail(run_id, f"{tracking.NONFINITE} loss: {exc}" if seed == culprit
                            else f"aborted: {self.abort_reason}")
             return
-        except Exception as exc:  # a crash: fails the trial as a crashing seed thread does
+        except Exception as exc:  # a crash: fails the trial with the reason on its runs
             if exc is self._report_error:  # e.g. Ray stopping the trial
                 raise
             self.errors[todo[0]] = exc
@@ -415,35 +271,10 @@ class TrialRun:
             tracking.finish_seed_run(self.client, runs[seed], self.cfg, outcome)
             self.summaries[seed] = outcome.summary
 
-    def _seed_main(self, seed: int, data: Any) -> None:
-        self.turns.wait(seed)
-        run_id = None
-        try:
-            state = self.states.setdefault(seed, SeedState())
-            run_id = self._open_seed_run(seed, self.resumed_after)
-            outcome = train_seed(self.cfg, seed, data, callbacks=[_Yield(self, seed)],
-                                 state=state)
-            tracking.finish_seed_run(self.client, run_id, self.cfg, outcome)
-            self.summaries[seed] = outcome.summary
-        except _Aborted as exc:
-            self.errors[seed] = exc
-            if run_id:
-                self._fail(run_id, f"aborted: {exc}")
-        except NonFiniteLossError as exc:
-            self.errors[seed] = exc
-            if run_id:
-                self._fail(run_id, f"{tracking.NONFINITE} loss: {exc}")
-        except BaseException as exc:  # report any crash through the trial, never hang
-            self.errors[seed] = exc
-            if run_id:
-                self._fail(run_id, f"{type(exc).__name__}: {exc}")
-        finally:
-            self.turns.leave(seed)
-
     def _report_round(self, epoch: int, logged: bool,
                       checkpoint: dict[str, Any] | None = None,
                       latest: Collection[int] = ()) -> None:
-        """Seed means of this epoch (for the seeds in ``latest``, training batched: their
+        """Seed means of this epoch (for the seeds in ``latest``, those in training: their
         latest record); seeds that stopped early carry their last record.
 
         Sent at most every :func:`report_seconds` (the MLflow metrics are buffered, never

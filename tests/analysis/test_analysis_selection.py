@@ -167,11 +167,15 @@ def test_switching_dynamics(store, runs):
     assert switching_dynamics(empty, runs).empty  # no histories at all (a fixed-only sweep)
 
 
-def test_group_weight_sums_by_hand():
+@pytest.mark.parametrize("seeds_dim", [False, True], ids=["format-1", "format-2"])
+def test_group_weight_sums_by_hand(seeds_dim):
+    """Checkpoints of format 2 carry a leading seeds dimension of size 1; format 1 none."""
     import torch
 
     w = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # rows = targets, columns = sources
     sd = {"linears.0.weight": torch.zeros(2, 5), "linears.1.weight": w}
+    if seeds_dim:
+        sd = {k: v[None] for k, v in sd.items()}
     got = group_weight_sums(sd, {"layer_1": ["relu", "elu"], "layer_2": ["elu", "relu"]})
     got = got.set_index(["source", "target"])["sum"].to_dict()
     assert got == {("relu", "elu"): 1, ("elu", "elu"): 2, ("relu", "relu"): 3,

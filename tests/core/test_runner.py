@@ -108,9 +108,16 @@ def test_checkpoint_roundtrip(tmp_path, digits):
     cfg2, model = load_checkpoint(tmp_path / "c.pt", digits.input_shape, digits.num_classes)
     assert cfg2 == cfg
     x = digits.x_test[:50]
-    torch.testing.assert_close(model.eval()(x), out.model.eval()(x))
+    torch.testing.assert_close(model.eval().shared(x), out.model.eval().shared(x))
     ckpt = torch.load(tmp_path / "c.pt", weights_only=False)
     assert ckpt["choices"]["layer_1"] == out.choices["layer_1"] and len(ckpt["choices"]) == 2
+    assert ckpt["slots"][0]["type"] == "mixed" and sum(ckpt["slots"][0]["counts"]) == 16
+    # A checkpoint of the previous version (no format) is refused in one line.
+    del ckpt["format"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.raises(ConfigError, match="older smartmixed") as err:
+        load_checkpoint(tmp_path / "old.pt", digits.input_shape, digits.num_classes)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -145,3 +152,45 @@ def test_config_defaults_and_unknown_keys():
     assert RunConfig(method="fixed:relu", transition_epoch=99).epochs == 40  # not checked
     with pytest.raises(ConfigError, match="unknown setting"):
         RunConfig.from_dict({"epochs": 3, "epoch": 3})
+
+
+def test_compile_decision_by_device():
+    from smartmixed_core.runner import use_compile
+
+    assert not use_compile(RunConfig(device="cpu"))  # auto: compiling does not pay on a CPU
+    assert use_compile(RunConfig(device="cpu", compile="on"))
+    assert not use_compile(RunConfig(device="cuda", compile="off"))
+    assert use_compile(RunConfig(device="cuda"))
+    with pytest.raises(ConfigError, match="compile"):
+        RunConfig(compile="yes")
+
+
+@pytest.mark.parametrize("kind", ["selective", "mixed", "fixed"])
+def test_compile_forms_equal_the_eager_forms(kind):
+    """What torch.compile traces (masks, no data-dependent shapes) computes what the eager
+    slots compute: outputs, input and logit gradients."""
+    from smartmixed_core.activations import POOLS
+    from smartmixed_core.layers import Activation, MixedActivation, SelectiveActivation
+    from smartmixed_core.seeded import SeedNoise
+
+    torch.manual_seed(0)
+    pool = POOLS["paper"]
+    if kind == "selective":
+        slot = SelectiveActivation(9, pool, seeds=2).double()
+        slot.logits.data.normal_()
+    elif kind == "mixed":
+        slot = MixedActivation(pool, [[1, 2, 0, 3, 2, 1], [0, 0, 4, 1, 0, 4]])
+    else:
+        slot = Activation("selu", 2)
+    x = torch.randn(2, 7, 9, dtype=torch.float64)
+    results = []
+    for compiled in (False, True):
+        slot.compiled = compiled
+        slot.noise = SeedNoise.of([3, 4])
+        slot.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        out = slot(xi)
+        (out * torch.arange(9.0, dtype=torch.float64)).sum().backward()
+        results.append([out.detach(), xi.grad, *(p.grad for p in slot.parameters())])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

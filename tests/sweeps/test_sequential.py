@@ -5,7 +5,7 @@ from sweeps.sequential import run_sequential
 from sweeps.spec import parse_spec
 
 
-def test_sequential_baseline_batches_exactly_where_the_trial_does(monkeypatch):
+def test_sequential_baseline_trains_seeds_together_as_the_trial_does(monkeypatch):
     doc = {"name": "s", "seeds": [0, 1],
            "fixed": {"epochs": 2, "transition_epoch": 1, "architecture": "8", "device": "cpu"},
            "search": {"algorithm": "grid",
@@ -20,8 +20,8 @@ def test_sequential_baseline_batches_exactly_where_the_trial_does(monkeypatch):
     monkeypatch.setattr(runner, "train_seeds", spy)
     params = [{"method": "smartmixed"}, {"method": "adact"}]
     assert run_sequential(parse_spec(doc), params, batched=True) > 0
-    assert calls == [("smartmixed", [0, 1], True), ("adact", [0, 1], False)]
+    # every method trains its seeds together, as the trial does
+    assert calls == [("smartmixed", [0, 1], True), ("adact", [0, 1], True)]
     calls.clear()
-    run_sequential(parse_spec({**doc, "batch_seeds": "off"}), params, batched=True)
     run_sequential(parse_spec(doc), params, batched=False)
-    assert [c[2] for c in calls] == [False] * 4
+    assert [c[2] for c in calls] == [False] * 2

@@ -31,7 +31,7 @@ def test_grid_sweep_on_sqlite_writes_the_run_tree(tmp_path, ray_local, capsys):
     path = c.download_artifacts(seed_run.info.run_id, schema.ARTIFACT_CHECKPOINT, str(tmp_path))
     data = load_data(RunConfig(dataset="digits", device="cpu"))
     _, model = load_checkpoint(path, data.input_shape, data.num_classes)
-    acc = float((predict(model, data.x_test).argmax(1) == data.y_test).float().mean())
+    acc = float((predict(model, data.x_test)[0].argmax(1) == data.y_test).float().mean())
     assert acc == pytest.approx(seed_run.data.metrics["test_accuracy"])
     path = c.download_artifacts(seed_run.info.run_id, schema.ARTIFACT_CHOICES, str(tmp_path))
     choices = json.loads(Path(path).read_text())

@@ -1,6 +1,6 @@
-"""A trial outside Ray, with its seeds batched (``batch_seeds: auto``) and one by one in
-lockstep (``off``): seeds equal standalone runs, seed-level resume, mid-run checkpoints, NaN
-handling, and tracking calls that ride out a server outage."""
+"""A trial outside Ray (its seeds trained together, as ``smartmixed train`` trains them):
+seeds equal standalone runs, seed-level resume, mid-run checkpoints, NaN handling, and
+tracking calls that ride out a server outage."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from smartmixed_core.config import RunConfig
-from smartmixed_core.runner import SeedState, load_data, train_seed, train_seeds
+from smartmixed_core.runner import RunState, load_data, train_seeds, train_together
 from smartmixed_core.training import NonFiniteLossError
 from sweeps import schema, tracking
 from sweeps import trial as trial_mod
 from sweeps.spec import parse_spec, spec_doc
-from sweeps.trial import SweepContext, TrialFailed, TrialRun, Turns
+from sweeps.trial import SweepContext, TrialFailed, TrialRun
 
 DOC = {"name": "tr", "seeds": [0, 1, 2],
        "fixed": {"epochs": 3, "transition_epoch": 1, "architecture": "16", "device": "cpu"},
@@ -31,8 +31,9 @@ def every_epoch(monkeypatch):
     monkeypatch.setenv(trial_mod.REPORT_ENV, "0")
 
 
-@pytest.fixture(params=["auto", "off"], ids=["batched", "lockstep"])
+@pytest.fixture(params=["auto", "off"], ids=["batch-seeds-auto", "batch-seeds-off"])
 def ctx(tmp_path, request):
+    """``batch_seeds`` is kept for older specs and changes nothing: both values run here."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     c = tracking.client(uri)
     exp = tracking.ensure_experiment(c, "e", uri)
@@ -41,31 +42,27 @@ def ctx(tmp_path, request):
                         sweep)
 
 
-def batched(ctx):
-    return ctx.spec["batch_seeds"] == "auto"
-
-
-def standalone(ctx):
-    """The three seeds trained outside the sweep the way the trial trains them."""
+def standalone(ctx, batched=False):
+    """The three seeds trained outside the sweep, one at a time (``smartmixed train
+    --batch-seeds off``) or together."""
     cfg = parse_spec(DOC).run_config({})
-    _, outcomes = train_seeds(cfg, [0, 1, 2], data=load_data(cfg), batched=batched(ctx))
+    _, outcomes = train_seeds(cfg, [0, 1, 2], data=load_data(cfg), batched=batched)
     return [o.summary for o in outcomes]
 
 
 def count_training(ctx, monkeypatch, fail=False):
-    """Record (or refuse) every training call of the trial: per call, the epoch (lockstep)
-    or round (batched) it continues after, -1 for a fresh start."""
+    """Record (or refuse) every training call of the trial: per call, the round it
+    continues after, -1 for a fresh start."""
     calls = []
-    name = "train_batched" if batched(ctx) else "train_seed"
-    real = getattr(trial_mod, name)
+    real = trial_mod.train_together
 
     def spy(*a, **k):
         if fail:
             pytest.fail("retrained")
-        calls.append(k["state"].round if batched(ctx) else k["state"].epoch)
+        calls.append(k["state"].round)
         return real(*a, **k)
 
-    monkeypatch.setattr(trial_mod, name, spy)
+    monkeypatch.setattr(trial_mod, "train_together", spy)
     return calls
 
 
@@ -112,12 +109,16 @@ def test_trial_seeds_equal_standalone_runs_and_report_means(ctx):
     reports = Reports()
     final = TrialRun(ctx, {}, "t1", reports).run()
     assert [r["epoch"] for r in reports[:-1]] == [0, 1, 2] and reports[-1]["final"]
-    alone = standalone(ctx)
+    alone = standalone(ctx, batched=True)
     assert final["val_accuracy"] == pytest.approx(sum(a["val_accuracy"] for a in alone) / 3)
     for epoch in range(3):  # per-epoch report = mean of the standalone histories
         mean = sum(a["history"][epoch]["val_loss"] for a in alone) / 3
         assert reports[epoch]["val_loss"] == pytest.approx(mean, abs=1e-12)
     assert len(_seed_runs(ctx, "FINISHED")) == 3
+    one_by_one = standalone(ctx)  # float32 and two threads: equal to rounding
+    for r in _seed_runs(ctx, "FINISHED"):
+        mine = one_by_one[int(r.data.tags[schema.TAG_SEED])]
+        assert r.data.metrics["val_accuracy"] == pytest.approx(mine["val_accuracy"], abs=0.01)
 
 
 def test_finished_seeds_are_not_trained_again(ctx, monkeypatch):
@@ -142,26 +143,19 @@ def test_stale_running_seed_run_is_closed_before_retraining(ctx):
 
 
 def test_nonfinite_loss_fails_the_trial_once_and_retries_stop_early(ctx, monkeypatch):
-    real, real_batched = trial_mod.train_seed, trial_mod.train_batched
+    real = trial_mod.train_together
 
-    def explode(cfg, seed, data, callbacks=(), state=None):
-        if seed == 1:
-            raise NonFiniteLossError(0, float("nan"))
-        return real(cfg, seed, data, callbacks, state)
-
-    def explode_batched(cfg, seeds, data, callbacks=(), state=None, on_round=None):
+    def explode(cfg, seeds, data, callbacks=(), state=None, on_round=None):
         def on_round_then_nan(r):
             on_round(r)
             raise NonFiniteLossError(r + 1, float("nan"), seed=1)
-        return real_batched(cfg, seeds, data, callbacks, state, on_round_then_nan)
+        return real(cfg, seeds, data, callbacks, state, on_round_then_nan)
 
-    monkeypatch.setattr(trial_mod, "train_seed", explode)
-    monkeypatch.setattr(trial_mod, "train_batched", explode_batched)
+    monkeypatch.setattr(trial_mod, "train_together", explode)
     reports = Reports()
     with pytest.raises(TrialFailed, match="non-finite"):
         TrialRun(ctx, {}, "t1", reports).run()
-    # batched: epoch 0 was reported before the NaN; lockstep: seed 1 failed before any round
-    assert [r["epoch"] for r in reports] == ([0] if batched(ctx) else [])
+    assert [r["epoch"] for r in reports] == [0]  # epoch 0 was reported before the NaN
     assert not any(r.get("final") for r in reports)
     failed = _seed_runs(ctx, "FAILED")
     assert any(r.data.tags[schema.TAG_STATUS_REASON].startswith("non-finite") for r in failed)
@@ -178,7 +172,7 @@ def test_a_crashing_seed_fails_the_trial_and_its_runs(ctx, monkeypatch):
     def crash(*a, **k):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(trial_mod, "train_batched" if batched(ctx) else "train_seed", crash)
+    monkeypatch.setattr(trial_mod, "train_together", crash)
     with pytest.raises(TrialFailed, match="boom"):  # Ray retries it (max_failures)
         TrialRun(ctx, {}, "t1", Reports()).run()
     c = tracking.client(ctx.tracking_uri)
@@ -188,18 +182,6 @@ def test_a_crashing_seed_fails_the_trial_and_its_runs(ctx, monkeypatch):
     seeds = _seed_runs(ctx)
     assert seeds and all(r.info.status == "FAILED" for r in seeds)
     assert any("RuntimeError: boom" in r.data.tags[schema.TAG_STATUS_REASON] for r in seeds)
-
-
-def test_turns_rotate_and_skip_members_that_left():
-    turns = Turns(["a", "b", "r"])
-    turns.wait("a")
-    turns.pass_on("a")
-    turns.wait("b")
-    turns.leave("b")
-    turns.wait("r")
-    turns.pass_on("r")
-    turns.wait("a")
-    assert turns.members() == ["a", "r"]
 
 
 def _strip_times(summary):
@@ -214,31 +196,31 @@ def _strip_times(summary):
     ("smartmixed", 4),  # phase 2
     ("gated", 2),
 ])
-def test_train_seed_continues_bit_for_bit_from_a_snapshot(method, at):
+def test_a_seed_continues_bit_for_bit_from_a_snapshot(method, at):
     cfg = RunConfig(dataset="digits", arch="16", method=method, epochs=6, transition_epoch=4,
                     device="cpu")
     data = load_data(cfg)
-    alone = train_seed(cfg, 5, data).summary
-    state, snaps = SeedState(), []
+    (alone,) = (o.summary for o in train_together(cfg, [5], data))
+    state, snaps = RunState(), []
 
-    class Snap:
-        def on_epoch_end(self, epoch, record, model):
-            if epoch == at:
-                snaps.append(state.snapshot())
+    def snap(r):
+        if r == at:
+            snaps.append(state.snapshot())
 
-    tracked = train_seed(cfg, 5, data, callbacks=[Snap()], state=state).summary
+    (tracked,) = (o.summary for o in train_together(cfg, [5], data, state=state, on_round=snap))
     buf = io.BytesIO()
     torch.save(snaps[0], buf)  # what a checkpoint holds: plain data, tensors
     buf.seek(0)
-    restored = SeedState.restore(torch.load(buf, weights_only=True))
-    assert restored.epoch == at
+    restored = RunState.restore(torch.load(buf, weights_only=True))
+    assert restored.round == at
     seen = []
 
     class Epochs:
         def on_epoch_end(self, epoch, record, model):
             seen.append(epoch)
 
-    resumed = train_seed(cfg, 5, data, callbacks=[Epochs()], state=restored).summary
+    (resumed,) = (o.summary for o in train_together(cfg, [5], data, [[Epochs()]],
+                                                     state=restored))
     assert seen == list(range(at + 1, 6))  # only the epochs after the snapshot were trained
     assert _strip_times(tracked) == _strip_times(alone)
     assert _strip_times(resumed) == _strip_times(alone)
@@ -258,7 +240,7 @@ def test_trial_continues_from_its_checkpoint_after_a_crash(ctx, monkeypatch):
     calls = count_training(ctx, monkeypatch)
     second = Reports()
     final = TrialRun(ctx, {}, "t1", second, resume=first.checkpoints[-1]).run()
-    assert calls == ([1] if batched(ctx) else [1, 1, 1])  # every seed continued after epoch 1
+    assert calls == [1]  # the seeds continued together after epoch 1
     assert [r["epoch"] for r in second[:-1]] == [2] and second[-1]["final"]
     seeds = _seed_runs(ctx)
     assert {r.info.run_id for r in seeds} == {r.info.run_id for r in running}  # same runs
@@ -272,7 +254,7 @@ def test_trial_continues_from_its_checkpoint_after_a_crash(ctx, monkeypatch):
     assert trial_run.data.tags[schema.TAG_RESUMED] == "1"
     steps = [m.step for m in c.get_metric_history(trial_run.info.run_id, "val_accuracy")]
     assert sorted(steps) == [0, 1, 2]  # per-epoch seed means logged once each
-    alone = standalone(ctx)
+    alone = standalone(ctx, batched=True)
     assert final["val_accuracy"] == pytest.approx(sum(a["val_accuracy"] for a in alone) / 3,
                                                   abs=1e-12)
     for r in seeds:
