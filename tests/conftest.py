@@ -14,6 +14,17 @@ def _single_thread_determinism():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """Exact equality of seeds trained together and alone holds per thread count: with
+    several threads a batched matmul or reduction may split its sums differently from a
+    single one (see docs/contracts.md, --batch-seeds)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits():
     return load_dataset("digits")

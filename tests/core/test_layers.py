@@ -202,7 +202,7 @@ def test_basis_matrix_follows_the_module_but_stays_out_of_checkpoints():
 
 
 @pytest.mark.parametrize("kind", ["selective", "mixed", "fixed"])
-def test_seeds_of_a_slot_equal_each_seed_alone_bit_for_bit(kind):
+def test_seeds_of_a_slot_equal_each_seed_alone_bit_for_bit(kind, one_thread):
     """A slot of three seeds gives every seed exactly the output and gradients of a one-seed
     slot holding that seed's logits (or choices) and noise."""
     from smartmixed_core.layers import Activation

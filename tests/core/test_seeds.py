@@ -24,16 +24,6 @@ def data64():
     return dataclasses.replace(d, **wide)
 
 
-@pytest.fixture
-def one_thread():
-    """Exact equality holds per thread count: with several threads a batched matmul may split
-    its sums differently from a single one (see docs/contracts.md, --batch-seeds)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def config(**kw):
     base = dict(dataset="digits", arch="16-8", epochs=5, transition_epoch=3, batch_size=128,
                 temperature=0.5, temperature_end=0.2, lr=3e-3, device="cpu")
