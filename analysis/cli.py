@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from smartmixed_core.errors import ConfigError
 from sweeps.schema import DEFAULT_TRACKING_URI
 
 
@@ -33,10 +32,14 @@ def analyze(
     """Aggregate seeds, rank methods, test significance and selection consistency; write
     OUT/index.html and the CSV/PNG files; log them to the sweep's MLflow parent run."""
     from analysis.report import build_report, log_report, write_report
+    from smartmixed_core.errors import check_output_dir
     from sweeps.redact import redact_uri, use_credentials
+    from sweeps.tracking import check_tracking
 
-    if out.exists() and not out.is_dir():
-        raise ConfigError("out", f"{out} exists and is not a directory")
+    # Every input is checked before any analysis: the output folder (a file on the way,
+    # /proc, no permission), then the server (a dead one answers within seconds, not minutes).
+    check_output_dir("out", out)
+    check_tracking(tracking_uri)
     # http(s) user/password go to MLFLOW_TRACKING_USERNAME/PASSWORD; the report (HTML, also
     # logged to MLflow) shows the URI with its password masked.
     rep = build_report(experiment, sweep, use_credentials(tracking_uri), weights=weights,

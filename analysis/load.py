@@ -116,6 +116,11 @@ def load_runs(experiment: str, sweep: str | None = None,
     exp = get_experiment(client, experiment)
     raw = _search(client, exp.experiment_id, _tag_filter(schema.KIND_SEED, sweep))
     where = f"experiment {experiment!r}" + (f", sweep {sweep!r}" if sweep else "")
+    if raw.empty and sweep is not None:
+        names = sweep_names(client, exp.experiment_id)
+        if sweep not in names:
+            raise ConfigError("sweep", f"no sweep named {sweep!r} in experiment {experiment!r}; "
+                              f"found: {', '.join(names) or 'none'}")
     if raw.empty:
         raise ConfigError("experiment", f"no seed runs in {where}")
     n_total = len(raw)
@@ -223,6 +228,12 @@ def sweep_runs(client, experiment_id: str, sweeps: list[str] | None) -> pd.DataF
     if sweeps is not None:
         df = df[df["sweep"].isin(sweeps)]
     return df.sort_values("start_time", ascending=False)
+
+
+def sweep_names(client, experiment_id: str) -> list[str]:
+    """The sweep names of an experiment (tag ``smartmixed.sweep`` of its sweep runs)."""
+    df = sweep_runs(client, experiment_id, None)
+    return sorted(set(df["sweep"]) - {""}) if not df.empty else []
 
 
 def metric_histories(client, run_ids: list[str], keys: list[str]) -> pd.DataFrame:

@@ -119,6 +119,50 @@ def test_out_is_a_file(cli_report, tmp_path, capsys):
     assert rc == 2 and "out:" in err
 
 
+def _tree(root):
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_out_unusable_fails_before_analysis(where, tmp_path, capsys):
+    """--out under a regular file or under /proc: one line naming `out`, exit 2, and the
+    analysis never starts (the store is not even opened: no -wal/-shm, no report)."""
+    st = Store(tmp_path / "store")
+    st.run("seed", "s", params={"architecture": "8", "method": "smartmixed"},
+           tags={"smartmixed.seed": "0"}, metrics={"test_accuracy": 0.9})
+    capsys.readouterr()
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" / "report" if where == "under-a-file" else "/proc/smartmixed-report"
+    before = _tree(tmp_path)
+    rc, err = run_cli(["--experiment", EXP, "--tracking-uri", st.uri, "--out", str(out),
+                       "--no-log"], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("smartmixed: error: out: ")
+    assert _tree(tmp_path) == before
+
+
+def test_dead_tracking_server_fails_fast(tmp_path, capsys):
+    """Nothing listens on port 9: one line naming tracking_uri within 10 s, nothing written."""
+    import time
+
+    start = time.monotonic()
+    rc, err = run_cli(["--experiment", EXP, "--tracking-uri", "http://127.0.0.1:9", "--out",
+                       str(tmp_path / "o")], capsys)
+    assert time.monotonic() - start < 10
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("smartmixed: error: tracking_uri: cannot reach the MLflow tracking "
+                          "server at http://127.0.0.1:9")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_sweep_lists_the_sweeps(cli_report, tmp_path, capsys):
+    rc, err = run_cli(["--experiment", EXP, "--sweep", "nope", "--tracking-uri",
+                       cli_report[0].uri, "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and err == ("smartmixed: error: sweep: no sweep named 'nope' in experiment "
+                               "'exp'; found: s1, s2")
+    assert not (tmp_path / "o").exists()
+
+
 def test_package_loads_lazily():
     """`smartmixed` attaches the analyze command without loading pandas/SciPy/matplotlib (a
     `sweep run` must not pay seconds for them); every public name still resolves."""
