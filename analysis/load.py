@@ -236,16 +236,45 @@ def sweep_names(client, experiment_id: str) -> list[str]:
     return sorted(set(df["sweep"]) - {""}) if not df.empty else []
 
 
-def metric_histories(client, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
-    """Per-step values of ``keys`` for each run: columns run_id, key, step, value."""
+BULK_CHUNK = 500
+"""Run ids per bulk history query (SQLite allows 32,766 bound variables; 500 keeps the
+statements small)."""
+
+
+def metric_histories(client, run_ids: list[str], keys: list[str], *,
+                     runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per-step values of ``keys`` for each run: columns run_id, key, step, value.
+
+    With ``runs`` (:func:`load_runs`), a run's history of a key is fetched only when the run
+    logged that key (its latest value is in ``runs``): most runs have few of the keys seen in
+    any run (a fixed-activation run has no ``switched/*``, a one-layer net one).  Database
+    stores (``sqlite:``, ``postgresql:``, ...) answer one query per key for up to
+    :data:`BULK_CHUNK` runs (the store's ``get_metric_history_bulk``, the call MLflow's own
+    server uses); a tracking server is asked run by run (``get_metric_history``).
+    """
+    wanted = {key: _runs_with(run_ids, key, runs) for key in keys}
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    bulk = getattr(store, "get_metric_history_bulk", None)
     rows = []
-    for run_id in run_ids:
-        for key in keys:
+    for key, ids in wanted.items():
+        if bulk is not None:
+            for i in range(0, len(ids), BULK_CHUNK):
+                for m in bulk(ids[i:i + BULK_CHUNK], key, None):
+                    rows.append((m.run_id, key, int(m.step), float(m.value), m.timestamp))
+            continue
+        for run_id in ids:
             for m in client.get_metric_history(run_id, key):
                 rows.append((run_id, key, int(m.step), float(m.value), m.timestamp))
     df = pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"])
     # A metric re-logged at the same step (retry): the last write wins.
-    df = df.sort_values("timestamp").drop_duplicates(["run_id", "key", "step"], keep="last")
+    df = df.sort_values("timestamp", kind="stable").drop_duplicates(
+        ["run_id", "key", "step"], keep="last")
     return df.drop(columns="timestamp").sort_values(["run_id", "key", "step"]).reset_index(
         drop=True)
 
+
+def _runs_with(run_ids: list[str], key: str, runs: pd.DataFrame | None) -> list[str]:
+    if runs is None or key not in runs.columns:
+        return list(run_ids)
+    have = set(runs.loc[runs[key].notna(), "run_id"])
+    return [r for r in run_ids if r in have]

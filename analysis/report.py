@@ -182,7 +182,8 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     t["selection"], t["selection_consistency"] = sel, selection_consistency(runs)
     t["depth_trend"] = depth_trend(runs)
     keys = switch_metric_keys(runs)
-    hist = metric_histories(client, list(runs["run_id"]), keys) if keys else pd.DataFrame()
+    hist = (metric_histories(client, list(runs["run_id"]), keys, runs=runs) if keys
+            else pd.DataFrame())
     t["switching"] = switching_dynamics(hist, runs)
     selective = list(selection_long(runs)["run_id"].unique())
     if weights and selective:

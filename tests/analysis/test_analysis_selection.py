@@ -167,6 +167,30 @@ def test_switching_dynamics(store, runs):
     assert switching_dynamics(empty, runs).empty  # no histories at all (a fixed-only sweep)
 
 
+def test_metric_histories_fetch_only_what_runs_have(store, runs):
+    """The bulk store path and the run-by-run path (a tracking server) give the same frame;
+    with ``runs`` a run is asked only for the keys it logged (3 of the 8 runs have switched/*;
+    every call the fallback makes is for a key its run has)."""
+    keys = ["switched/layer_1", "switched/layer_2"]
+    client = client_for(store.uri)
+    bulk = metric_histories(client, list(runs["run_id"]), keys)
+    assert len(bulk) == 2 * 3 * 3  # 2 layers x 3 seeds x 3 epochs
+    assert metric_histories(client, list(runs["run_id"]), keys, runs=runs).equals(bulk)
+
+    class PerRun:  # what a client of a tracking server offers: no bulk store call
+        def __init__(self):
+            self.calls = []
+
+        def get_metric_history(self, run_id, key):
+            self.calls.append((run_id, key))
+            return client.get_metric_history(run_id, key)
+
+    slow = PerRun()
+    got = metric_histories(slow, list(runs["run_id"]), keys, runs=runs)
+    pd.testing.assert_frame_equal(got, bulk)
+    assert len(slow.calls) == 6 and {r for r, _ in slow.calls} == set(bulk["run_id"])
+
+
 def test_group_weight_sums_by_hand():
     import torch
 
