@@ -9,7 +9,8 @@ from conftest import EXP, Store
 from smartmixed_core.cli import main
 
 PLOTS = ("mrr", "rank_distribution", "accuracy", "cd_diagram", "performance_profile",
-         "selection", "depth_trend", "switching", "weight_heatmap")
+         "selection", "depth_trend", "switching", "weight_heatmap", "importances",
+         "parallel_coordinates")
 
 
 def test_report_files(cli_report):
@@ -33,6 +34,13 @@ def test_report_files(cli_report):
                   "budgets", "validation", "wilcoxon", "nemenyi", "assumptions", "top3",
                   "selection_consistency", "depth_trend", "switching", "weights", "runs"):
         assert (out / f"{extra}.csv").is_file()
+    best = pd.read_csv(out / "best_configs.csv")
+    assert len(best) == 8 and {"configuration", "test_accuracy", "lr", "temperature",
+                               "val_accuracy", "decided_by"} <= set(best.columns)
+    assert (best.loc[best["method"] == "smartmixed", "configuration"].str.startswith(
+        "smartmixed · ")).all()
+    seeds = pd.read_csv(out / "runs.csv")
+    assert seeds["start_time"].str.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$").all()
     html = (out / "index.html").read_text()
     assert html.count("data:image/png;base64,") == len(PLOTS)
     assert "<script" not in html and "http://" not in html and "https://" not in html
@@ -70,6 +78,11 @@ def test_protocol_and_budgets(cli_report):
 def test_headline_printed(cli_report):
     stdout = cli_report[3]
     assert "smartmixed" in stdout and "0.8333" in stdout  # MRR of smartmixed
+    assert "mean_test_accuracy" in stdout and "…" not in stdout  # header not truncated
+    row = next(line for line in stdout.splitlines() if "fixed:elu" in line)
+    cells = [c.strip() for c in row.split("│") if c.strip()]
+    # method, mrr, mean_rank, first, n_architectures, mean_test_accuracy, n_trials
+    assert cells[4] == "2" and cells[6] == "2", cells  # counts as integers, not 2.0000
     assert "index.html" in stdout and "logged to sweep run" in stdout
 
 
