@@ -248,12 +248,15 @@ def metric_histories(client, run_ids: list[str], keys: list[str], *,
     With ``runs`` (:func:`load_runs`), a run's history of a key is fetched only when the run
     logged that key (its latest value is in ``runs``): most runs have few of the keys seen in
     any run (a fixed-activation run has no ``switched/*``, a one-layer net one).  Database
-    stores (``sqlite:``, ``postgresql:``, ...) answer one query per key for up to
-    :data:`BULK_CHUNK` runs (the store's ``get_metric_history_bulk``, the call MLflow's own
-    server uses); a tracking server is asked run by run (``get_metric_history``).
+    stores (``sqlite:``, ``postgresql:``, ...) answer one select per key for up to
+    :data:`BULK_CHUNK` runs on MLflow's ``metrics`` table (through the store's engine);
+    a store without an engine but with ``get_metric_history_bulk`` one call per key and
+    chunk; a tracking server is asked run by run (``get_metric_history``).
     """
     wanted = {key: _runs_with(run_ids, key, runs) for key in keys}
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    if getattr(store, "engine", None) is not None:
+        return _tidy(_histories_sql(store, wanted))
     bulk = getattr(store, "get_metric_history_bulk", None)
     rows = []
     for key, ids in wanted.items():
@@ -265,7 +268,35 @@ def metric_histories(client, run_ids: list[str], keys: list[str], *,
         for run_id in ids:
             for m in client.get_metric_history(run_id, key):
                 rows.append((run_id, key, int(m.step), float(m.value), m.timestamp))
-    df = pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"])
+    return _tidy(pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"]))
+
+
+def _histories_sql(store, wanted: dict[str, list[str]]) -> pd.DataFrame:
+    """The rows of MLflow's ``metrics`` table for each key and its runs, read with one
+    SQLAlchemy Core select per key and chunk of runs (through the store's own engine and
+    table model): building an ORM entity per value was most of the time at scale."""
+    import sqlalchemy as sa
+    from mlflow.store.tracking.dbmodels.models import SqlMetric
+
+    t = SqlMetric.__table__
+    frames = []
+    with store.engine.connect() as con:
+        for key, ids in wanted.items():
+            for i in range(0, len(ids), BULK_CHUNK):
+                q = sa.select(t.c.run_uuid, t.c.key, t.c.step, t.c.value, t.c.timestamp,
+                              t.c.is_nan).where(t.c.key == key,
+                                                t.c.run_uuid.in_(ids[i:i + BULK_CHUNK]))
+                frames.append(pd.DataFrame(con.execute(q).all(),
+                                           columns=["run_id", "key", "step", "value",
+                                                    "timestamp", "is_nan"]))
+    if not frames:
+        return pd.DataFrame(columns=["run_id", "key", "step", "value", "timestamp"])
+    df = pd.concat(frames, ignore_index=True)
+    df["value"] = df["value"].astype(float).where(~df["is_nan"].astype(bool), float("nan"))
+    return df.drop(columns="is_nan").astype({"step": int})
+
+
+def _tidy(df: pd.DataFrame) -> pd.DataFrame:
     # A metric re-logged at the same step (retry): the last write wins.
     df = df.sort_values("timestamp", kind="stable").drop_duplicates(
         ["run_id", "key", "step"], keep="last")

@@ -16,7 +16,7 @@ from analysis.rank import architecture_order
 
 
 def plot_param_importances(imp: pd.DataFrame) -> Figure:
-    """One panel per method: fANOVA importance of each searched param (bars sum to 1)."""
+    """One panel per method: importance of each searched param (bars sum to 1)."""
     if imp.empty:
         return _empty("Parameter importances", "no method searched >= 2 values of a param "
                       "over >= 3 configurations")
@@ -33,7 +33,7 @@ def plot_param_importances(imp: pd.DataFrame) -> Figure:
         ax.invert_yaxis()
         ax.set_title(f"{m} ({int(g['n_configs'].max())} configs)", fontsize="small")
         ax.tick_params(labelsize="x-small")
-    fig.supxlabel("importance (optuna fANOVA, objective: seed-mean val accuracy)",
+    fig.supxlabel("importance (optuna, mean decrease impurity; objective: seed-mean val accuracy)",
                   fontsize="small")
     return fig
 

@@ -99,9 +99,9 @@ TABLES = {
                     "the same block, stratified-bootstrap 95% CI"),
     "assumptions": ("Test assumptions and minimum sample sizes", ""),
     "configs": ("Configurations", "seed aggregates per configuration"),
-    "importances": ("Parameter importances", "per method, optuna's fANOVA importance of each "
-                    "searched parameter for the seed-mean validation accuracy (importances "
-                    "of a method sum to 1)"),
+    "importances": ("Parameter importances", "per method, optuna's mean-decrease-impurity "
+                    "importance of each searched parameter for the seed-mean validation "
+                    "accuracy (importances of a method sum to 1)"),
     "parameters": ("Searched parameters", "one row per configuration: its searched "
                    "parameters and seed-mean validation accuracy (the parallel coordinates)"),
     "selection": ("Selection per layer", "fraction of units per activation, across seeds"),
