@@ -114,7 +114,7 @@ def plot_accuracy(rankings: pd.DataFrame) -> Figure:
                         ms=4, capsize=2, color=method_color(m))
         ax.set_xticks(x, methods, rotation=60, ha="right", fontsize="x-small")
         ax.set_xlim(-0.6, len(methods) - 0.4)
-        ax.set_title(arch, fontsize="small")
+        ax.set_title(_wrap(arch, 30), fontsize="small")  # long paper nets: two lines
         ax.tick_params(axis="y", labelsize="x-small")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("test accuracy\n(seed mean, 95% CI)", fontsize="small")
