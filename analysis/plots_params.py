@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
@@ -66,8 +67,11 @@ def plot_parallel_coordinates(table: pd.DataFrame) -> Figure:
         lo, hi = g[OBJECTIVE].min(), g[OBJECTIVE].max()
         y = np.column_stack([_positions(g[p], p)[0] for p in cols]
                             + [((g[OBJECTIVE] - lo) / ((hi - lo) or 1.0)).to_numpy()])
-        for row, score in sorted(zip(y, g[OBJECTIVE], strict=True), key=lambda t: t[1]):
-            ax.plot(range(len(cols) + 1), row, color=cmap(norm(score)), alpha=0.7, lw=1)
+        order = np.argsort(g[OBJECTIVE].to_numpy(), kind="stable")  # best drawn last
+        xs = np.arange(len(cols) + 1)
+        ax.add_collection(LineCollection([np.column_stack([xs, y[i]]) for i in order],
+                                         colors=cmap(norm(g[OBJECTIVE].to_numpy()[order])),
+                                         alpha=0.7, linewidths=1))
         for i, p in enumerate(cols):
             ax.axvline(i, color="grey", lw=0.6)
             _, order = _positions(g[p], p)
