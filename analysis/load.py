@@ -77,12 +77,16 @@ def get_experiment(client, experiment: str):
     return exp
 
 
+PAGE = 1000
+"""Runs per search page: a page's run entities are freed before the next is read."""
+
+
 def _search(client, experiment_id: str, filter_string: str) -> pd.DataFrame:
     """All runs matching ``filter_string`` as a flat DataFrame (paged)."""
     rows, token = [], None
     while True:
         page = client.search_runs([experiment_id], filter_string=filter_string,
-                                  max_results=5000, page_token=token)
+                                  max_results=PAGE, page_token=token)
         for r in page:
             row = {"run_id": r.info.run_id, "status": r.info.status,
                    "start_time": r.info.start_time, "end_time": r.info.end_time}
