@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 
-from analysis._stats import CONFIDENCE, join_notes, mean_ci, std
+from analysis._stats import CONFIDENCE, join_notes, mean_ci_groups
 from analysis.load import config_columns
 
 SCORE_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc", "val_accuracy")
@@ -33,27 +32,26 @@ def aggregate_seeds(runs: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS,
     """
     cols = config_columns(runs)
     present = [m for m in metrics if m in runs.columns and runs[m].notna().any()]
-    rows = []
-    for config_id, g in runs.groupby("config_id", sort=True):
-        row: dict = {"config_id": int(config_id)}
-        row.update({c: g[c].iloc[0] for c in cols})
-        row["n_seeds"] = len(g)
-        row["seeds"] = " ".join(str(s) for s in sorted(g["seed"]))
-        notes = []
-        for m in present:
-            x = g[m].to_numpy(dtype=float)
-            finite = x[np.isfinite(x)]
-            low, high, note, how = mean_ci(finite, confidence)
-            row.update({f"{m}_mean": float(np.mean(finite)) if len(finite) else np.nan,
-                        f"{m}_std": std(finite), f"{m}_ci_low": low, f"{m}_ci_high": high,
-                        f"{m}_ci_method": how})
-            if len(finite) < len(x):
-                notes.append(f"{m}: {len(x) - len(finite)} seed(s) without a value")
-            if note and m == present[0]:
-                notes.append(f"{m}: {note}")
-        for m in MEAN_METRICS:
-            if m in runs.columns and runs[m].notna().any():
-                row[f"{m}_mean"] = float(g[m].mean())
-        row["note"] = join_notes(*notes)
-        rows.append(row)
-    return pd.DataFrame(rows)
+    by = runs.groupby("config_id", sort=True)
+    out = by[cols].first()
+    out["n_seeds"] = by.size()
+    out["seeds"] = by["seed"].agg(lambda s: " ".join(str(x) for x in sorted(s)))
+    notes = pd.DataFrame(index=out.index)
+    for m in present:
+        ci = mean_ci_groups(runs, ["config_id"], m, confidence)
+        out[f"{m}_mean"], out[f"{m}_std"] = ci["mean"], ci["std"]
+        out[f"{m}_ci_low"], out[f"{m}_ci_high"] = ci["ci_low"], ci["ci_high"]
+        out[f"{m}_ci_method"] = ci["ci_method"]
+        missing = out["n_seeds"] - ci["n"]
+        notes[f"{m}:missing"] = [f"{m}: {k} seed(s) without a value" if k else ""
+                                 for k in missing]
+        if m == present[0]:
+            notes[f"{m}:ci"] = [f"{m}: {t}" if t else "" for t in ci["note"]]
+    for m in MEAN_METRICS:
+        if m in runs.columns and runs[m].notna().any():
+            out[f"{m}_mean"] = by[m].mean()
+    # notes in the order of the metrics: first metric's missing values, then its CI note
+    order = [c for m in present for c in (f"{m}:missing", f"{m}:ci") if c in notes.columns]
+    out["note"] = [join_notes(*row) for row in notes[order].itertuples(index=False)] \
+        if order else ""
+    return out.reset_index().assign(config_id=lambda d: d["config_id"].astype(int))

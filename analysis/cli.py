@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from smartmixed_core.errors import ConfigError
 from sweeps.schema import DEFAULT_TRACKING_URI
 
 
@@ -33,10 +32,14 @@ def analyze(
     """Aggregate seeds, rank methods, test significance and selection consistency; write
     OUT/index.html and the CSV/PNG files; log them to the sweep's MLflow parent run."""
     from analysis.report import build_report, log_report, write_report
+    from smartmixed_core.errors import check_output_dir
     from sweeps.redact import redact_uri, use_credentials
+    from sweeps.tracking import check_tracking
 
-    if out.exists() and not out.is_dir():
-        raise ConfigError("out", f"{out} exists and is not a directory")
+    # Every input is checked before any analysis: the output folder (a file on the way,
+    # /proc, no permission), then the server (a dead one answers within seconds, not minutes).
+    check_output_dir("out", out)
+    check_tracking(tracking_uri)
     # http(s) user/password go to MLFLOW_TRACKING_USERNAME/PASSWORD; the report (HTML, also
     # logged to MLflow) shows the URI with its password masked.
     rep = build_report(experiment, sweep, use_credentials(tracking_uri), weights=weights,
@@ -51,16 +54,33 @@ def analyze(
     typer.echo(f"report: {out / 'index.html'}{where}")
 
 
+def _cell(column: str, value) -> str:
+    """Counts as integers (``2``, not ``2.0000``; a tie-split count keeps its fraction),
+    scores with 4 decimals."""
+    if isinstance(value, float) and value != value:
+        return "-"
+    if column.startswith("n_") or column == "first":
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _print_headline(table, notes: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title="Methods over architectures (test accuracy)")
-    for col in table.columns:
-        t.add_column(col, justify="left" if col == "method" else "right")
-    for row in table.itertuples(index=False):
-        t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    cells = [[_cell(c, v) for c, v in zip(table.columns, row, strict=True)]
+             for row in table.itertuples(index=False)]
+    for i, col in enumerate(table.columns):
+        # no_wrap + min_width: a header is never cut to `mean_test_accu…`
+        t.add_column(col, justify="left" if col == "method" else "right", no_wrap=True,
+                     min_width=max([len(col), *(len(r[i]) for r in cells)]))
+    for row in cells:
+        t.add_row(*row)
     console = Console()
+    need = sum(c.min_width + 3 for c in t.columns) + 1
+    if console.width < need:  # a pipe or a narrow terminal: widen rather than truncate
+        console = Console(width=need)
     console.print(t)
     for n in notes:
         console.print(n, markup=False, highlight=False)

@@ -77,12 +77,16 @@ def get_experiment(client, experiment: str):
     return exp
 
 
+PAGE = 1000
+"""Runs per search page: a page's run entities are freed before the next is read."""
+
+
 def _search(client, experiment_id: str, filter_string: str) -> pd.DataFrame:
     """All runs matching ``filter_string`` as a flat DataFrame (paged)."""
     rows, token = [], None
     while True:
         page = client.search_runs([experiment_id], filter_string=filter_string,
-                                  max_results=5000, page_token=token)
+                                  max_results=PAGE, page_token=token)
         for r in page:
             row = {"run_id": r.info.run_id, "status": r.info.status,
                    "start_time": r.info.start_time, "end_time": r.info.end_time}
@@ -116,6 +120,11 @@ def load_runs(experiment: str, sweep: str | None = None,
     exp = get_experiment(client, experiment)
     raw = _search(client, exp.experiment_id, _tag_filter(schema.KIND_SEED, sweep))
     where = f"experiment {experiment!r}" + (f", sweep {sweep!r}" if sweep else "")
+    if raw.empty and sweep is not None:
+        names = sweep_names(client, exp.experiment_id)
+        if sweep not in names:
+            raise ConfigError("sweep", f"no sweep named {sweep!r} in experiment {experiment!r}; "
+                              f"found: {', '.join(names) or 'none'}")
     if raw.empty:
         raise ConfigError("experiment", f"no seed runs in {where}")
     n_total = len(raw)
@@ -225,16 +234,82 @@ def sweep_runs(client, experiment_id: str, sweeps: list[str] | None) -> pd.DataF
     return df.sort_values("start_time", ascending=False)
 
 
-def metric_histories(client, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
-    """Per-step values of ``keys`` for each run: columns run_id, key, step, value."""
+def sweep_names(client, experiment_id: str) -> list[str]:
+    """The sweep names of an experiment (tag ``smartmixed.sweep`` of its sweep runs)."""
+    df = sweep_runs(client, experiment_id, None)
+    return sorted(set(df["sweep"]) - {""}) if not df.empty else []
+
+
+BULK_CHUNK = 500
+"""Run ids per bulk history query (SQLite allows 32,766 bound variables; 500 keeps the
+statements small)."""
+
+
+def metric_histories(client, run_ids: list[str], keys: list[str], *,
+                     runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per-step values of ``keys`` for each run: columns run_id, key, step, value.
+
+    With ``runs`` (:func:`load_runs`), a run's history of a key is fetched only when the run
+    logged that key (its latest value is in ``runs``): most runs have few of the keys seen in
+    any run (a fixed-activation run has no ``switched/*``, a one-layer net one).  Database
+    stores (``sqlite:``, ``postgresql:``, ...) answer one select per key for up to
+    :data:`BULK_CHUNK` runs on MLflow's ``metrics`` table (through the store's engine);
+    a store without an engine but with ``get_metric_history_bulk`` one call per key and
+    chunk; a tracking server is asked run by run (``get_metric_history``).
+    """
+    wanted = {key: _runs_with(run_ids, key, runs) for key in keys}
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    if getattr(store, "engine", None) is not None:
+        return _tidy(_histories_sql(store, wanted))
+    bulk = getattr(store, "get_metric_history_bulk", None)
     rows = []
-    for run_id in run_ids:
-        for key in keys:
+    for key, ids in wanted.items():
+        if bulk is not None:
+            for i in range(0, len(ids), BULK_CHUNK):
+                for m in bulk(ids[i:i + BULK_CHUNK], key, None):
+                    rows.append((m.run_id, key, int(m.step), float(m.value), m.timestamp))
+            continue
+        for run_id in ids:
             for m in client.get_metric_history(run_id, key):
                 rows.append((run_id, key, int(m.step), float(m.value), m.timestamp))
-    df = pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"])
+    return _tidy(pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"]))
+
+
+def _histories_sql(store, wanted: dict[str, list[str]]) -> pd.DataFrame:
+    """The rows of MLflow's ``metrics`` table for each key and its runs, read with one
+    SQLAlchemy Core select per key and chunk of runs (through the store's own engine and
+    table model): building an ORM entity per value was most of the time at scale."""
+    import sqlalchemy as sa
+    from mlflow.store.tracking.dbmodels.models import SqlMetric
+
+    t = SqlMetric.__table__
+    frames = []
+    with store.engine.connect() as con:
+        for key, ids in wanted.items():
+            for i in range(0, len(ids), BULK_CHUNK):
+                q = sa.select(t.c.run_uuid, t.c.key, t.c.step, t.c.value, t.c.timestamp,
+                              t.c.is_nan).where(t.c.key == key,
+                                                t.c.run_uuid.in_(ids[i:i + BULK_CHUNK]))
+                frames.append(pd.DataFrame(con.execute(q).all(),
+                                           columns=["run_id", "key", "step", "value",
+                                                    "timestamp", "is_nan"]))
+    if not frames:
+        return pd.DataFrame(columns=["run_id", "key", "step", "value", "timestamp"])
+    df = pd.concat(frames, ignore_index=True)
+    df["value"] = df["value"].astype(float).where(~df["is_nan"].astype(bool), float("nan"))
+    return df.drop(columns="is_nan").astype({"step": int})
+
+
+def _tidy(df: pd.DataFrame) -> pd.DataFrame:
     # A metric re-logged at the same step (retry): the last write wins.
-    df = df.sort_values("timestamp").drop_duplicates(["run_id", "key", "step"], keep="last")
+    df = df.sort_values("timestamp", kind="stable").drop_duplicates(
+        ["run_id", "key", "step"], keep="last")
     return df.drop(columns="timestamp").sort_values(["run_id", "key", "step"]).reset_index(
         drop=True)
 
+
+def _runs_with(run_ids: list[str], key: str, runs: pd.DataFrame | None) -> list[str]:
+    if runs is None or key not in runs.columns:
+        return list(run_ids)
+    have = set(runs.loc[runs[key].notna(), "run_id"])
+    return [r for r in run_ids if r in have]

@@ -51,47 +51,74 @@ def plot_mrr(mrr: pd.DataFrame) -> Figure:
     return fig
 
 
+RANK_CMAP = "cividis"
+"""Sequential, so rank colours read as an order and are never a method's colour."""
+MAX_PANEL_COLUMNS = 6
+
+
+def _grid(fig: Figure, n: int, ncols: int = MAX_PANEL_COLUMNS, **kw) -> list:
+    """``n`` axes in a grid of at most ``ncols`` columns (unused cells hidden)."""
+    ncols = max(1, min(n, ncols))
+    nrows = -(-n // ncols)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, **kw)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return list(axes[:n])
+
+
 def plot_rank_distribution(dist: pd.DataFrame) -> Figure:
-    """Stacked bars: how often each method finished 1st, 2nd, ... (ties split)."""
+    """Stacked bars: how often each method finished 1st, 2nd, ... (ties split).  The y axis
+    counts blocks (integer ticks); the legend sits outside the bars."""
+    from matplotlib.ticker import MaxNLocator
+
     if dist.empty:
         return _empty("Rank distribution", "no ranked methods")
-    fig = Figure(figsize=(max(5, 0.8 * len(dist) + 2), 3.5), layout="constrained")
+    fig = Figure(figsize=(max(5, 0.8 * len(dist) + 3), 3.8), layout="constrained")
     ax = fig.subplots()
-    cmap = colormaps["viridis"]
+    cmap = colormaps[RANK_CMAP]
     bottom = np.zeros(len(dist))
     k = len(dist.columns)
     for j, pos in enumerate(dist.columns):
         ax.bar(dist.index, dist[pos], bottom=bottom, label=f"{pos}",
-               color=cmap(j / max(k - 1, 1)))
+               color=cmap(0.05 + 0.9 * j / max(k - 1, 1)), edgecolor="white", linewidth=0.5)
         bottom += dist[pos].to_numpy()
-    ax.set_ylabel("architectures")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("architectures (blocks)")
     ax.set_title("Rank distribution (position 1 = best)")
-    ax.legend(title="rank", fontsize="small", ncols=min(k, 7))
+    ax.legend(title="rank", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1),
+              borderaxespad=0)
     ax.tick_params(axis="x", rotation=30)
     return fig
 
 
 def plot_accuracy(rankings: pd.DataFrame) -> Figure:
-    """Mean test accuracy per architecture and method with 95% bootstrap CIs."""
+    """Small multiples, one panel per architecture (numeric order): each method's seed-mean
+    test accuracy of its chosen configuration with the 95% CI; methods on the x axis, so no
+    legend can hide a whisker."""
     if rankings.empty:
         return _empty("Accuracy per architecture", "no data")
     archs = architecture_order(rankings["architecture"])
     methods = sorted(rankings["method"].unique())
-    fig = Figure(figsize=(max(6, 0.9 * len(archs) * max(1, len(methods) / 4) + 2), 4),
+    ncols = min(len(archs), MAX_PANEL_COLUMNS if len(methods) > 3 else 2 * MAX_PANEL_COLUMNS)
+    nrows = -(-len(archs) // ncols)
+    fig = Figure(figsize=(min(18, ncols * (0.35 * len(methods) + 1.2) + 1), 2.6 * nrows + 0.6),
                  layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / len(methods)
-    for j, m in enumerate(methods):
-        g = rankings[rankings["method"] == m].set_index("architecture").reindex(archs)
-        x = np.arange(len(archs)) + (j - (len(methods) - 1) / 2) * width
+    axes = _grid(fig, len(archs), ncols)
+    x = np.arange(len(methods))
+    for ax, arch in zip(axes, archs, strict=True):
+        g = rankings[rankings["architecture"] == arch].set_index("method").reindex(methods)
         lo = (g["mean"] - g["ci_low"]).clip(lower=0).fillna(0)
         hi = (g["ci_high"] - g["mean"]).clip(lower=0).fillna(0)
-        ax.errorbar(x, g["mean"], yerr=[lo, hi], fmt="o", ms=4, capsize=2,
-                    color=method_color(m), label=m)
-    ax.set_xticks(range(len(archs)), archs, rotation=30, ha="right")
-    ax.set_ylabel("test accuracy (seed mean, 95% CI)")
-    ax.set_title("Accuracy per architecture")
-    ax.legend(fontsize="small")
+        for j, m in enumerate(methods):
+            ax.errorbar(x[j], g["mean"].iloc[j], yerr=[[lo.iloc[j]], [hi.iloc[j]]], fmt="o",
+                        ms=4, capsize=2, color=method_color(m))
+        ax.set_xticks(x, methods, rotation=60, ha="right", fontsize="x-small")
+        ax.set_xlim(-0.6, len(methods) - 0.4)
+        ax.set_title(_wrap(arch, 30), fontsize="small")  # long paper nets: two lines
+        ax.tick_params(axis="y", labelsize="x-small")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("test accuracy\n(seed mean, 95% CI)", fontsize="small")
+    fig.suptitle("Accuracy per architecture (chosen configuration of each method)")
     return fig
 
 
@@ -136,17 +163,34 @@ def plot_performance_profile(profile: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_selection(summary: pd.DataFrame) -> Figure:
-    """Per configuration, stacked bars of the per-layer selection fractions (seed mean) with
-    95% CI whiskers on each segment."""
+MAX_SELECTION_PANELS = 24
+"""Above this many configurations the selection figure shows only the chosen configuration
+of each (architecture, method); selection.csv has them all."""
+
+
+def plot_selection(summary: pd.DataFrame, labels: dict[int, str] | None = None,
+                   chosen: set[int] | None = None) -> Figure:
+    """Small multiples of stacked per-layer selection fractions (seed mean) with 95% CI
+    whiskers: one panel per configuration, titled with its parameters (``labels``), methods
+    in columns and architectures in rows.  With more than :data:`MAX_SELECTION_PANELS`
+    configurations, only the ``chosen`` ones (one per architecture and method)."""
     if summary.empty:
         return _empty("Selection per layer", "no selection metrics (no selective runs)")
-    configs = list(dict.fromkeys(zip(summary["config_id"], summary["architecture"],
-                                     summary["method"], strict=True)))
+    keys = summary.drop_duplicates("config_id")[["config_id", "architecture", "method"]]
+    shown_all = len(keys) <= MAX_SELECTION_PANELS or not chosen
+    if not shown_all:
+        keys = keys[keys["config_id"].isin(chosen)]
+    archs = architecture_order(keys["architecture"])
+    keys = keys.assign(_a=keys["architecture"].map(archs.index)).sort_values(
+        ["_a", "method", "config_id"])
+    methods = sorted(keys["method"].unique())
+    ncols = len(methods) if 1 < len(methods) <= MAX_PANEL_COLUMNS else min(3, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig = Figure(figsize=(4.6 * ncols, 2.4 * nrows + 1.0), layout="constrained")
+    axes = _grid(fig, len(keys), ncols)
     acts = activation_order(summary["activation"])
-    fig = Figure(figsize=(7, 2.8 * len(configs) + 0.5), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(len(configs), 1, squeeze=False)[:, 0])
-    for ax, (cid, arch, method) in zip(axes, configs, strict=True):
+    for ax, (cid, arch, method) in zip(axes, keys[["config_id", "architecture", "method"]]
+                                       .itertuples(index=False), strict=True):
         g = summary[summary["config_id"] == cid]
         layers = sorted(g["layer"].unique())
         bottom = np.zeros(len(layers))
@@ -160,13 +204,26 @@ def plot_selection(summary: pd.DataFrame) -> Figure:
             ax.errorbar(layers, bottom + mean, yerr=[lo, hi], fmt="none", ecolor="black",
                         elinewidth=0.8, capsize=2)
             bottom += mean
-        ax.set_xticks(layers, [f"layer {x}" for x in layers])
+        ax.set_xticks(layers, [str(x) for x in layers], fontsize="x-small")
         ax.set_ylim(0, 1.05)
-        ax.set_ylabel("fraction of units")
-        ax.set_title(f"{method} [{arch}] (config {cid})", fontsize="medium")
-    axes[0].legend(fontsize="small", ncols=min(len(acts), 6), loc="upper center",
-                   bbox_to_anchor=(0.5, 1.45))
+        ax.tick_params(axis="y", labelsize="x-small")
+        title = (labels or {}).get(int(cid), f"{method} · {arch}")
+        ax.set_title(_wrap(title, 48), fontsize="small")
+    for ax in axes[::ncols]:
+        ax.set_ylabel("fraction of units", fontsize="small")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=min(len(acts), 6),
+               fontsize="small")
+    what = ("every configuration" if shown_all
+            else "chosen configuration per architecture and method; all in selection.csv")
+    fig.suptitle(f"Selection per hidden layer (x: layer; {what})", fontsize="medium")
     return fig
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
 
 
 def plot_depth_trend(summary: pd.DataFrame, trend: pd.DataFrame) -> Figure:
@@ -213,25 +270,42 @@ def plot_switching(dynamics: pd.DataFrame) -> Figure:
     return fig
 
 
+MIN_CONNECTIONS = 30
+"""A heatmap cell averages at least this many connections (and 0.1% of all of them) to be
+coloured; fewer would let a handful of weights set the colour scale for thousands."""
+
+
 def plot_weight_heatmap(groups: pd.DataFrame) -> Figure:
-    """Mean connection weight from source-activation units to target-activation units."""
+    """Mean connection weight from source-activation units to target-activation units, with
+    the number of connections n in every cell.  Cells built from too few connections
+    (:data:`MIN_CONNECTIONS`, or under 0.1% of all) are grey and do not set the colour
+    scale."""
     if groups.empty:
         return _empty("Weights by activation", "no checkpoints with >= 2 selective layers")
     order = activation_order(set(groups["source"]) | set(groups["target"]))
     m = groups.pivot(index="source", columns="target", values="mean_weight")
-    m = m.reindex(index=[a for a in order if a in m.index],
-                  columns=[a for a in order if a in m.columns])
-    fig = Figure(figsize=(1.1 * len(m.columns) + 2.5, 0.9 * len(m) + 1.8), layout="constrained")
+    n = groups.pivot(index="source", columns="target", values="n_connections")
+    rows = [a for a in order if a in m.index]
+    cols = [a for a in order if a in m.columns]
+    m, n = m.reindex(index=rows, columns=cols), n.reindex(index=rows, columns=cols).fillna(0)
+    few = n.to_numpy() < max(MIN_CONNECTIONS, 0.001 * float(n.to_numpy().sum()))
+    values = np.ma.masked_array(m.to_numpy(dtype=float), mask=few | m.isna().to_numpy())
+    fig = Figure(figsize=(1.2 * len(cols) + 2.8, 0.9 * len(rows) + 1.9), layout="constrained")
     ax = fig.subplots()
-    v = float(np.nanmax(np.abs(m.to_numpy()))) or 1.0
-    im = ax.imshow(m.to_numpy(), cmap="coolwarm", vmin=-v, vmax=v)
-    ax.set_xticks(range(len(m.columns)), m.columns, rotation=30, ha="right")
-    ax.set_yticks(range(len(m.index)), m.index)
-    for (i, j), val in np.ndenumerate(m.to_numpy()):
-        if val == val:
-            ax.text(j, i, f"{val:.3g}", ha="center", va="center", fontsize="small")
+    v = float(np.abs(values).max()) if values.count() else 1.0
+    cmap = colormaps["coolwarm"].with_extremes(bad="#dddddd")
+    im = ax.imshow(values, cmap=cmap, vmin=-(v or 1.0), vmax=v or 1.0)
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for (i, j), val in np.ndenumerate(m.to_numpy(dtype=float)):
+        count = int(n.iat[i, j])
+        if count == 0:
+            continue
+        text = f"{val:.3g}\nn={count:,}" + ("\n(too few)" if few[i, j] else "")
+        ax.text(j, i, text, ha="center", va="center", fontsize="x-small")
     ax.set_xlabel("target activation (layer l+1)")
     ax.set_ylabel("source activation (layer l)")
-    ax.set_title("Mean weight between neuron groups")
+    ax.set_title("Mean weight between neuron groups (n = connections; grey: too few)",
+                 fontsize="medium")
     fig.colorbar(im, ax=ax)
     return fig

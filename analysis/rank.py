@@ -23,12 +23,12 @@ from smartmixed_core.errors import ConfigError
 
 
 def architecture_order(architectures) -> list[str]:
-    """Architectures sorted by depth, then widths (as the paper lists them); blocks
-    ``dataset/architecture`` by dataset first."""
+    """Architectures sorted by depth, then numerically by widths (``"32"``, ``"64-32"``,
+    ``"128-64"``; never as strings); blocks ``dataset/architecture`` by dataset first."""
     def key(a: str):
         dataset, _, arch = a.rpartition("/")
         w = hidden_widths(arch)
-        return (dataset, len(w), tuple(-x for x in w), a)
+        return (dataset, len(w), w, a)
     return sorted(set(architectures), key=key)
 
 

@@ -19,12 +19,15 @@ from analysis import plots
 from analysis.aggregate import aggregate_seeds
 from analysis.load import (
     client_for,
+    config_columns,
     get_experiment,
     load_runs,
     load_trials,
     metric_histories,
     sweep_runs,
 )
+from analysis.params import config_labels, param_importances, param_table
+from analysis.plots_params import plot_parallel_coordinates, plot_param_importances
 from analysis.protocol import (
     attach_val_loss,
     cell_budgets,
@@ -74,6 +77,9 @@ TABLES = {
                  "significant"),
     "budgets": ("Budgets", "trials per method (each trial = one configuration searched)"),
     "validation": ("Validation resolution", "one validation sample, in accuracy"),
+    "best_configs": ("Chosen configurations", "per architecture and method, the "
+                     "configuration chosen on validation accuracy, in full: its parameters "
+                     "and results"),
     "rankings": ("Rankings", "per architecture, methods ranked by the seed-mean test accuracy "
                  "of the configuration chosen on validation accuracy (tie rule: n_tied, "
                  "decided_by); CI method in ci_method"),
@@ -93,6 +99,11 @@ TABLES = {
                     "the same block, stratified-bootstrap 95% CI"),
     "assumptions": ("Test assumptions and minimum sample sizes", ""),
     "configs": ("Configurations", "seed aggregates per configuration"),
+    "importances": ("Parameter importances", "per method, optuna's mean-decrease-impurity "
+                    "importance of each searched parameter for the seed-mean validation "
+                    "accuracy (importances of a method sum to 1)"),
+    "parameters": ("Searched parameters", "one row per configuration: its searched "
+                   "parameters and seed-mean validation accuracy (the parallel coordinates)"),
     "selection": ("Selection per layer", "fraction of units per activation, across seeds"),
     "selection_consistency": ("Selection consistency across seeds",
                               "Jensen–Shannon distance and chi-square homogeneity"),
@@ -108,7 +119,13 @@ FIGURES = {
     "performance_profile": "Performance profiles",
     "selection": "Selection per layer", "depth_trend": "Depth trend",
     "switching": "Selection dynamics", "weight_heatmap": "Weights by activation",
+    "importances": "Parameter importances per method",
+    "parallel_coordinates": "Parallel coordinates per method",
 }
+MAX_HTML_ROWS = 50
+"""index.html shows at most this many rows of a table (the chosen configurations always in
+full); the linked CSV has them all."""
+FULL_TABLES = ("best_configs",)
 
 
 @dataclass
@@ -164,6 +181,9 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     t["budgets"] = trial_budgets(label_blocks(trials, several))  # per block: dataset/arch
     t["validation"] = validation_resolution(runs)
     t["headline"] = headline(rankings, t["budgets"])
+    labels = config_labels(runs)
+    configs.insert(1, "configuration", configs["config_id"].map(labels))
+    t["best_configs"] = best_configs(rankings, runs, labels)
     t["rankings"], t["mrr"] = rankings, mean_reciprocal_rank(rankings)
     t["rank_distribution"] = rank_distribution(rankings).reset_index()
     t["first_ranks"], t["top3"] = first_rank_counts(rankings), top_k_table(rankings)
@@ -183,7 +203,8 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     t["selection"], t["selection_consistency"] = sel, selection_consistency(runs)
     t["depth_trend"] = depth_trend(runs)
     keys = switch_metric_keys(runs)
-    hist = metric_histories(client, list(runs["run_id"]), keys) if keys else pd.DataFrame()
+    hist = (metric_histories(client, list(runs["run_id"]), keys, runs=runs) if keys
+            else pd.DataFrame())
     t["switching"] = switching_dynamics(hist, runs)
     selective = list(selection_long(runs)["run_id"].unique())
     if weights and selective:
@@ -192,7 +213,9 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
             rep.notes.append("weights: " + note)
     else:
         t["weights"] = weight_groups(client, [])[0]
-    t["runs"] = runs
+    t["importances"] = param_importances(configs, runs)
+    t["parameters"] = param_table(configs, runs)
+    t["runs"] = readable_times(runs)
     rep.summary = summary(t)
     dist = rank_distribution(rankings)
     rep.figures = {
@@ -201,12 +224,37 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
         "cd_diagram": plots.plot_cd_diagram(average_ranks(rankings), nemenyi,
                                             int(t["friedman"]["n_blocks"].iloc[0])),
         "performance_profile": plots.plot_performance_profile(t["performance_profile"]),
-        "selection": plots.plot_selection(sel),
+        "selection": plots.plot_selection(sel, labels, set(rankings["config_id"])),
         "depth_trend": plots.plot_depth_trend(sel, t["depth_trend"]),
         "switching": plots.plot_switching(t["switching"]),
         "weight_heatmap": plots.plot_weight_heatmap(t["weights"]),
+        "importances": plot_param_importances(t["importances"]),
+        "parallel_coordinates": plot_parallel_coordinates(t["parameters"]),
     }
     return rep
+
+
+def best_configs(rankings: pd.DataFrame, runs: pd.DataFrame,
+                 labels: dict[int, str]) -> pd.DataFrame:
+    """The chosen configuration of each (architecture, method): label, every config param,
+    test accuracy (mean, CI), validation accuracy, rank, n_configs and the tie rule used."""
+    cols = ["architecture", "method", "configuration", "rank", "mean", "ci_low", "ci_high",
+            "val_accuracy", "n_seeds", "n_configs", "decided_by", "config_id"]
+    params = [c for c in config_columns(runs) if c not in ("architecture", "method")]
+    first = runs.drop_duplicates("config_id").set_index("config_id")[params]
+    out = rankings.assign(configuration=rankings["config_id"].map(labels))
+    out = out[[c for c in cols if c in out.columns]].join(first, on="config_id")
+    return out.rename(columns={"mean": "test_accuracy"}).reset_index(drop=True)
+
+
+def readable_times(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with start/end times as UTC text (``2026-12-06 20:41:40``), not epoch ms."""
+    out = runs.copy()
+    for c in ("start_time", "end_time"):
+        if c in out.columns:
+            t = pd.to_datetime(pd.to_numeric(out[c], errors="coerce"), unit="ms", utc=True)
+            out[c] = t.dt.strftime("%Y-%m-%d %H:%M:%S UTC").fillna("")
+    return out
 
 
 def _png(fig: Figure) -> bytes:
@@ -233,6 +281,7 @@ def render_html(rep: Report, pngs: dict[str, bytes]) -> str:
         "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in rep.notes) + "</ul>",
     ]
     figs_after = {"headline": ["mrr", "rank_distribution"], "rankings": ["accuracy"],
+                  "importances": ["importances"], "parameters": ["parallel_coordinates"],
                   "nemenyi": ["cd_diagram"], "improvement": ["performance_profile"],
                   "selection": ["selection"],
                   "depth_trend": ["depth_trend"], "switching": ["switching"],
@@ -248,9 +297,13 @@ def render_html(rep: Report, pngs: dict[str, bytes]) -> str:
             if name in pngs:
                 data = base64.b64encode(pngs[name]).decode()
                 parts.append(f"<img alt='{FIGURES[name]}' src='data:image/png;base64,{data}'>")
-        body = (df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="NaN")
+        shown = df if stem in FULL_TABLES else df.head(MAX_HTML_ROWS)
+        body = (shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="NaN")
                 if not df.empty else "<p><em>empty</em></p>")
         parts.append(f"<div class='scroll'>{body}</div>")
+        if len(shown) < len(df):
+            parts.append(f"<p class='more'>First {len(shown)} of {len(df):,} rows; all in "
+                         f"<a href='{stem}.csv'>{stem}.csv</a>.</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

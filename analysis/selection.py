@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from analysis._stats import mean_ci, std
+from analysis._stats import mean_ci_groups
 from analysis.load import hidden_widths
 from smartmixed_core.activations import ACTIVATIONS
 from sweeps import schema
@@ -49,24 +49,35 @@ def selection_long(runs: pd.DataFrame) -> pd.DataFrame:
     if not cols:
         return pd.DataFrame(columns=out_cols)
     acts = activation_order(a for _, a in cols.values())
-    rows = []
-    for _, r in runs.iterrows():
-        widths = hidden_widths(r.get("architecture", ""))
-        layers = sorted({layer for layer, _ in cols.values()})
-        for layer in layers:
-            vals = {a: r.get(schema.selection_metric(layer, a), np.nan) for a in acts}
-            if all(pd.isna(v) for v in vals.values()):
-                continue
-            n_layers = len(widths) or max(layers)
-            width = widths[layer - 1] if layer <= len(widths) else np.nan
-            for a in acts:
-                frac = 0.0 if pd.isna(vals[a]) else float(vals[a])
-                rows.append({**{k: r[k] for k in KEYS}, "seed": r["seed"],
-                             "run_id": r["run_id"], "layer": layer, "n_layers": n_layers,
-                             "relative_depth": layer / n_layers, "width": width,
-                             "activation": a, "fraction": frac,
-                             "count": round(frac * width) if width == width else np.nan})
-    return pd.DataFrame(rows, columns=out_cols)
+    layers = sorted({layer for layer, _ in cols.values()})
+    parts = []
+    for layer in layers:  # vectorised over runs: one block of rows per (layer, activation)
+        names = {a: schema.selection_metric(layer, a) for a in acts}
+        vals = pd.DataFrame({a: runs[c] if c in runs.columns else np.nan
+                             for a, c in names.items()}, index=runs.index)
+        has = vals.notna().any(axis=1)
+        if not has.any():
+            continue
+        r = runs.loc[has]
+        widths = r["architecture"].map(hidden_widths) if "architecture" in r.columns else \
+            pd.Series([()] * len(r), index=r.index)
+        n_layers = widths.map(len).where(widths.map(len) > 0, max(layers))
+        width = widths.map(lambda w, k=layer: w[k - 1] if k <= len(w) else np.nan)
+        for a in acts:
+            frac = vals.loc[has, a].fillna(0.0).astype(float)
+            parts.append(pd.DataFrame({
+                **{k: r[k] for k in KEYS}, "seed": r["seed"], "run_id": r["run_id"],
+                "layer": layer, "n_layers": n_layers, "relative_depth": layer / n_layers,
+                "width": width.astype(float), "activation": a, "fraction": frac,
+                "count": (frac * width.astype(float)).round()}))
+    if not parts:
+        return pd.DataFrame(columns=out_cols)
+    out = pd.concat(parts)
+    # the row order of the former run-by-run loop: run, then layer, then activation
+    out["_run"] = out.index
+    out["_a"] = out["activation"].map(acts.index)
+    out = out.sort_values(["_run", "layer", "_a"], kind="stable")
+    return out[out_cols].reset_index(drop=True)
 
 
 def selection_summary(runs: pd.DataFrame) -> pd.DataFrame:
@@ -74,16 +85,18 @@ def selection_summary(runs: pd.DataFrame) -> pd.DataFrame:
     to 10 seeds, ``ci_method`` names it) of the fraction of units choosing the activation
     (across seeds)."""
     long = selection_long(runs)
-    rows = []
-    for key, g in long.groupby([*KEYS, "layer", "activation"], sort=False):
-        low, high, note, how = mean_ci(g["fraction"])
-        rows.append({**dict(zip([*KEYS, "layer", "activation"], key, strict=True)),
-                     "relative_depth": g["relative_depth"].iloc[0], "n_seeds": len(g),
-                     "mean": g["fraction"].mean(), "std": std(g["fraction"]),
-                     "ci_low": low, "ci_high": high, "ci_method": how, "note": note})
     cols = [*KEYS, "layer", "relative_depth", "activation", "n_seeds", "mean", "std",
             "ci_low", "ci_high", "ci_method", "note"]
-    out = pd.DataFrame(rows, columns=cols)
+    if long.empty:
+        return pd.DataFrame(columns=cols)
+    keys = [*KEYS, "layer", "activation"]
+    ci = mean_ci_groups(long, keys, "fraction").rename(columns={"n": "n_seeds"})
+    first = long.groupby(keys, sort=False)["relative_depth"].first()
+    out = ci.join(first).reset_index()
+    # first-appearance order of the groups (as the former groupby(sort=False)), then stable
+    order = long[keys].drop_duplicates().reset_index(drop=True).reset_index()
+    out = out.merge(order, on=keys).sort_values("index").drop(columns="index")
+    out = out[cols]
     return out.sort_values(["config_id", "layer"], kind="stable").reset_index(drop=True)
 
 
@@ -101,10 +114,14 @@ def selection_consistency(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFra
 
     long = selection_long(runs)
     rows = []
-    for key, g in long.groupby([*KEYS, "layer"], sort=False):
-        wide = g.pivot(index="seed", columns="activation", values="fraction")
-        counts = g.pivot(index="seed", columns="activation", values="count")
-        n = len(wide)
+    n_acts = long["activation"].nunique()
+    # selection_long gives every (run, layer) all activations in one order: a seeds x
+    # activations block per (configuration, layer) is a reshape, no pivot needed
+    long = long.sort_values([*KEYS, "layer", "seed"], kind="stable")
+    for key, idx in long.groupby([*KEYS, "layer"], sort=False).indices.items():
+        fractions = long["fraction"].to_numpy(dtype=float)[idx].reshape(-1, n_acts)
+        counts = long["count"].to_numpy(dtype=float)[idx].reshape(-1, n_acts)
+        n = len(fractions)
         row = {**dict(zip([*KEYS, "layer"], key, strict=True)), "n_seeds": n, "jsd_mean": np.nan,
                "jsd_max": np.nan, "chi2": np.nan, "dof": np.nan, "p_value": np.nan,
                "p_holm": np.nan, "min_expected": np.nan, "note": ""}
@@ -112,16 +129,15 @@ def selection_consistency(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFra
             row["note"] = "one seed: nothing to compare"
             rows.append(row)
             continue
-        d = [jensenshannon(p, q, base=2) for p, q in
-             itertools.combinations(wide.to_numpy(dtype=float), 2)]
+        d = [jensenshannon(p, q, base=2) for p, q in itertools.combinations(fractions, 2)]
         row.update(jsd_mean=float(np.mean(d)), jsd_max=float(np.max(d)))
-        table = counts.loc[:, counts.sum(axis=0) > 0]
-        if table.isna().to_numpy().any():
+        table = counts[:, np.nansum(counts, axis=0) > 0]
+        if np.isnan(table).any():
             row["note"] = "layer width unknown: no chi-square"
         elif table.shape[1] < 2:
             row["note"] = "every seed chose a single activation: chi-square undefined"
         else:
-            res = stats.chi2_contingency(table.to_numpy(dtype=float), correction=False)
+            res = stats.chi2_contingency(table, correction=False)
             row.update(chi2=float(res.statistic), dof=int(res.dof), p_value=float(res.pvalue),
                        min_expected=float(res.expected_freq.min()))
             if row["min_expected"] < 5:
@@ -149,14 +165,34 @@ def _spearman(x, y) -> float:
 
 def _cluster_bootstrap(g: pd.DataFrame, n_resamples: int, rng) -> tuple[float, float]:
     """95% percentile CI of Spearman's rho, resampling whole runs (a network's layers stay
-    together); resamples with constant depth or fraction are dropped."""
-    groups = [(d["relative_depth"].to_numpy(float), d["fraction"].to_numpy(float))
-              for _, d in g.groupby("run_id")]
+    together); resamples with constant depth or fraction are dropped.
+
+    A resample is the data with run i repeated k_i times, so instead of concatenating
+    copies each point carries the weight k_i: ranks with ties averaged are cumulative
+    weights per distinct value, and rho is the weighted Pearson correlation of those ranks,
+    the same number as ``spearmanr`` of the concatenated copies, at O(points) per resample."""
+    run_ids = sorted(g["run_id"].unique())  # the order of groupby("run_id")
+    point_run = g["run_id"].map({r: i for i, r in enumerate(run_ids)}).to_numpy()
+    ux, ix = np.unique(g["relative_depth"].to_numpy(float), return_inverse=True)
+    uy, iy = np.unique(g["fraction"].to_numpy(float), return_inverse=True)
+
+    def ranks(inv, n_unique, w):
+        tot = np.bincount(inv, weights=w, minlength=n_unique)
+        return (np.cumsum(tot) - (tot - 1) / 2)[inv], int((tot > 0).sum())
+
     rhos = []
     for _ in range(n_resamples):
-        pick = rng.integers(len(groups), size=len(groups))
-        rhos.append(_spearman(np.concatenate([groups[i][0] for i in pick]),
-                              np.concatenate([groups[i][1] for i in pick])))
+        pick = rng.integers(len(run_ids), size=len(run_ids))
+        w = np.bincount(pick, minlength=len(run_ids))[point_run].astype(float)
+        rx, nx = ranks(ix, len(ux), w)
+        ry, ny = ranks(iy, len(uy), w)
+        if nx < 2 or ny < 2:
+            rhos.append(float("nan"))
+            continue
+        mx, my = np.average(rx, weights=w), np.average(ry, weights=w)
+        dx, dy = rx - mx, ry - my
+        rhos.append(float(np.sum(w * dx * dy) / np.sqrt(np.sum(w * dx * dx)
+                                                        * np.sum(w * dy * dy))))
     rhos = np.asarray(rhos)
     rhos = rhos[np.isfinite(rhos)]
     if len(rhos) < n_resamples / 2:

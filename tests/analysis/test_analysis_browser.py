@@ -17,6 +17,28 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage
          "--no-first-run")
 
 
+# Draws the image on a canvas (data: URIs do not taint it) and measures its pixels.
+PIXELS = """
+const img = arguments[0];
+const out = {complete: img.complete, width: img.naturalWidth, height: img.naturalHeight,
+             ink: 0, colours: 0};
+if (!img.complete || !img.naturalWidth) return out;
+const c = document.createElement('canvas');
+c.width = img.naturalWidth; c.height = img.naturalHeight;
+const ctx = c.getContext('2d');
+ctx.drawImage(img, 0, 0);
+const d = ctx.getImageData(0, 0, c.width, c.height).data;
+const seen = new Set();
+let ink = 0;
+for (let i = 0; i < d.length; i += 4) {
+  if (d[i] < 240 || d[i + 1] < 240 || d[i + 2] < 240) ink++;
+  if (seen.size < 64) seen.add((d[i] >> 4) * 256 + (d[i + 1] >> 4) * 16 + (d[i + 2] >> 4));
+}
+out.ink = ink / (d.length / 4); out.colours = seen.size;
+return out;
+"""
+
+
 @pytest.fixture(scope="module")
 def browser():
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
@@ -49,10 +71,17 @@ def test_index_renders(browser, cli_report):
     ranking_rows = browser.find_elements(By.CSS_SELECTOR, "#rankings ~ div table tbody tr")
     assert len(ranking_rows) >= 8
     images = browser.find_elements(By.TAG_NAME, "img")
-    assert len(images) == 9
+    assert len(images) == 11
     for img in images:
-        width = browser.execute_script(
-            "return arguments[0].complete && arguments[0].naturalWidth", img)
-        assert width and width > 0, img.get_attribute("alt")
+        alt = img.get_attribute("alt")
+        browser.execute_script("arguments[0].scrollIntoView()", img)
+        info = browser.execute_script(PIXELS, img)
+        assert info["complete"] and info["width"] > 100 and info["height"] > 50, (alt, info)
+        # real content: a plot has ink (non-white pixels) in several colours, not a blank
+        assert info["ink"] > 0.01 and info["colours"] >= 3, (alt, info)
+        shown = browser.execute_script("return arguments[0].getBoundingClientRect().width", img)
+        assert shown > 100, alt  # laid out on the page, not collapsed
+    more = browser.find_elements(By.CSS_SELECTOR, "p.more a")
+    assert [a.get_attribute("href").rsplit("/", 1)[1] for a in more] == []  # all fit: no links
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert errors == []

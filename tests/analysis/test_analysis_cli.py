@@ -9,7 +9,8 @@ from conftest import EXP, Store
 from smartmixed_core.cli import main
 
 PLOTS = ("mrr", "rank_distribution", "accuracy", "cd_diagram", "performance_profile",
-         "selection", "depth_trend", "switching", "weight_heatmap")
+         "selection", "depth_trend", "switching", "weight_heatmap", "importances",
+         "parallel_coordinates")
 
 
 def test_report_files(cli_report):
@@ -33,6 +34,13 @@ def test_report_files(cli_report):
                   "budgets", "validation", "wilcoxon", "nemenyi", "assumptions", "top3",
                   "selection_consistency", "depth_trend", "switching", "weights", "runs"):
         assert (out / f"{extra}.csv").is_file()
+    best = pd.read_csv(out / "best_configs.csv")
+    assert len(best) == 8 and {"configuration", "test_accuracy", "lr", "temperature",
+                               "val_accuracy", "decided_by"} <= set(best.columns)
+    assert (best.loc[best["method"] == "smartmixed", "configuration"].str.startswith(
+        "smartmixed · ")).all()
+    seeds = pd.read_csv(out / "runs.csv")
+    assert seeds["start_time"].str.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$").all()
     html = (out / "index.html").read_text()
     assert html.count("data:image/png;base64,") == len(PLOTS)
     assert "<script" not in html and "http://" not in html and "https://" not in html
@@ -70,6 +78,11 @@ def test_protocol_and_budgets(cli_report):
 def test_headline_printed(cli_report):
     stdout = cli_report[3]
     assert "smartmixed" in stdout and "0.8333" in stdout  # MRR of smartmixed
+    assert "mean_test_accuracy" in stdout and "…" not in stdout  # header not truncated
+    row = next(line for line in stdout.splitlines() if "fixed:elu" in line)
+    cells = [c.strip() for c in row.split("│") if c.strip()]
+    # method, mrr, mean_rank, first, n_architectures, mean_test_accuracy, n_trials
+    assert cells[4] == "2" and cells[6] == "2", cells  # counts as integers, not 2.0000
     assert "index.html" in stdout and "logged to sweep run" in stdout
 
 
@@ -117,6 +130,50 @@ def test_out_is_a_file(cli_report, tmp_path, capsys):
     rc, err = run_cli(["--experiment", EXP, "--tracking-uri", cli_report[0].uri, "--out",
                        str(tmp_path / "f")], capsys)
     assert rc == 2 and "out:" in err
+
+
+def _tree(root):
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_out_unusable_fails_before_analysis(where, tmp_path, capsys):
+    """--out under a regular file or under /proc: one line naming `out`, exit 2, and the
+    analysis never starts (the store is not even opened: no -wal/-shm, no report)."""
+    st = Store(tmp_path / "store")
+    st.run("seed", "s", params={"architecture": "8", "method": "smartmixed"},
+           tags={"smartmixed.seed": "0"}, metrics={"test_accuracy": 0.9})
+    capsys.readouterr()
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" / "report" if where == "under-a-file" else "/proc/smartmixed-report"
+    before = _tree(tmp_path)
+    rc, err = run_cli(["--experiment", EXP, "--tracking-uri", st.uri, "--out", str(out),
+                       "--no-log"], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("smartmixed: error: out: ")
+    assert _tree(tmp_path) == before
+
+
+def test_dead_tracking_server_fails_fast(tmp_path, capsys):
+    """Nothing listens on port 9: one line naming tracking_uri within 10 s, nothing written."""
+    import time
+
+    start = time.monotonic()
+    rc, err = run_cli(["--experiment", EXP, "--tracking-uri", "http://127.0.0.1:9", "--out",
+                       str(tmp_path / "o")], capsys)
+    assert time.monotonic() - start < 10
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("smartmixed: error: tracking_uri: cannot reach the MLflow tracking "
+                          "server at http://127.0.0.1:9")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_sweep_lists_the_sweeps(cli_report, tmp_path, capsys):
+    rc, err = run_cli(["--experiment", EXP, "--sweep", "nope", "--tracking-uri",
+                       cli_report[0].uri, "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and err == ("smartmixed: error: sweep: no sweep named 'nope' in experiment "
+                               "'exp'; found: s1, s2")
+    assert not (tmp_path / "o").exists()
 
 
 def test_package_loads_lazily():

@@ -54,9 +54,10 @@ def test_unknown_experiment(store):
     assert err.value.field == "experiment" and "exp" in err.value.message
 
 
-def test_unknown_sweep_has_no_runs(store):
-    with pytest.raises(ConfigError, match="no seed runs"):
+def test_unknown_sweep_lists_the_sweeps(store):
+    with pytest.raises(ConfigError, match="no sweep named 'nope'") as err:
         load_runs(EXP, sweep="nope", tracking_uri=store.uri)
+    assert err.value.field == "sweep" and err.value.message.endswith("found: s1, s2")
 
 
 def test_no_finished_runs(tmp_path):

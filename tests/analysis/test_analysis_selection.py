@@ -167,6 +167,41 @@ def test_switching_dynamics(store, runs):
     assert switching_dynamics(empty, runs).empty  # no histories at all (a fixed-only sweep)
 
 
+def test_metric_histories_fetch_only_what_runs_have(store, runs):
+    """The SQL path, the bulk store call and the run-by-run path (a tracking server) give the
+    same frame;
+    with ``runs`` a run is asked only for the keys it logged (3 of the 8 runs have switched/*;
+    every call the fallback makes is for a key its run has)."""
+    keys = ["switched/layer_1", "switched/layer_2"]
+    client = client_for(store.uri)
+    bulk = metric_histories(client, list(runs["run_id"]), keys)
+    assert len(bulk) == 2 * 3 * 3  # 2 layers x 3 seeds x 3 epochs
+    assert metric_histories(client, list(runs["run_id"]), keys, runs=runs).equals(bulk)
+
+    class PerRun:  # what a client of a tracking server offers: no bulk store call
+        def __init__(self):
+            self.calls = []
+
+        def get_metric_history(self, run_id, key):
+            self.calls.append((run_id, key))
+            return client.get_metric_history(run_id, key)
+
+    slow = PerRun()
+    got = metric_histories(slow, list(runs["run_id"]), keys, runs=runs)
+    pd.testing.assert_frame_equal(got, bulk)
+    assert len(slow.calls) == 6 and {r for r, _ in slow.calls} == set(bulk["run_id"])
+
+    class BulkOnly:  # a store with MLflow's bulk call but no SQL engine to select from
+        def __init__(self):
+            self.get_metric_history_bulk = client._tracking_client.store.get_metric_history_bulk
+
+    class Client:
+        _tracking_client = type("T", (), {"store": BulkOnly()})()
+
+    got = metric_histories(Client(), list(runs["run_id"]), keys, runs=runs)
+    pd.testing.assert_frame_equal(got, bulk)
+
+
 @pytest.mark.parametrize("seeds_dim", [False, True], ids=["format-1", "format-2"])
 def test_group_weight_sums_by_hand(seeds_dim):
     """Checkpoints of format 2 carry a leading seeds dimension of size 1; format 1 none."""
@@ -196,3 +231,32 @@ def test_weight_groups_from_checkpoints(store, runs):
         assert t.loc[(src, tgt), "mean_weight"] == pytest.approx(weight_value(src, tgt))
         assert t.loc[(src, tgt), "mean_abs_weight"] == pytest.approx(weight_value(src, tgt))
     assert t.loc[("selu", "relu"), "n_runs"] == 1 and t.loc[("relu", "relu"), "n_runs"] == 2
+
+
+def test_cluster_bootstrap_matches_concatenated_copies():
+    """The weighted-rank bootstrap gives spearmanr's rho of the concatenated resample (ties in
+    depth and in fraction included), resample by resample: the same CI as the slow way."""
+    from scipy import stats
+
+    from analysis.selection import _cluster_bootstrap
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for r in range(12):
+        n_layers = int(rng.integers(2, 5))
+        for layer in range(1, n_layers + 1):
+            rows.append({"run_id": f"r{r:02d}", "relative_depth": layer / n_layers,
+                         "fraction": float(rng.choice([0.0, 0.25, 0.5, rng.random()]))})
+    g = pd.DataFrame(rows)
+    groups = [(d["relative_depth"].to_numpy(), d["fraction"].to_numpy())
+              for _, d in g.groupby("run_id")]
+    ref_rng, rhos = np.random.default_rng(7), []
+    for _ in range(200):
+        pick = ref_rng.integers(len(groups), size=len(groups))
+        x = np.concatenate([groups[i][0] for i in pick])
+        y = np.concatenate([groups[i][1] for i in pick])
+        if np.ptp(x) and np.ptp(y):
+            rhos.append(stats.spearmanr(x, y).statistic)
+    expected = (np.percentile(rhos, 2.5), np.percentile(rhos, 97.5))
+    got = _cluster_bootstrap(g, 200, np.random.default_rng(7))
+    assert got == pytest.approx(expected, abs=1e-12)

@@ -144,7 +144,7 @@ def test_top3_table(rankings):
                                           "fixed:relu (0.9300)"]
     assert top.loc["64-32", "rank_2"] == "fixed:elu (0.9100) = fixed:relu (0.9100)"
     assert pd.isna(top.loc["64-32", "rank_3"]) and pd.isna(top.loc["32", "rank_3"])
-    assert list(top.index) == ["32", "128-64", "64-32"]  # by depth, then width
+    assert list(top.index) == ["32", "64-32", "128-64"]  # by depth, then widths as numbers
 
 
 def test_friedman(rankings):
