@@ -279,8 +279,9 @@ def _init_ray(address: str | None, verbose: bool = False) -> bool:
     if ray.is_initialized():
         return _ray_owned
     # Trials find their package through the editable install, not a shipped working dir.
-    # The trials' own output (MLflow's and torch's notices) only with --verbose.
-    kwargs: dict[str, Any] = {"log_to_driver": verbose, "configure_logging": False}
+    # The trials' warnings reach the console (a tracking server that became unreachable);
+    # their INFO notices are kept out by MLFLOW_LOGGING_LEVEL without --verbose.
+    kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
     if remote:
         try:
             ray.init(address=address, **kwargs)
