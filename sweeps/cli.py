@@ -54,7 +54,7 @@ def run(
     smoke_test: Annotated[bool, typer.Option(
         "--smoke-test", help="Shrink to 1-2 trials, 1 seed, 2 epochs, CPU.")] = False,
     verbose: Annotated[bool, typer.Option(
-        "--verbose", help="Ray's own trial tables and the trials' output.")] = False,
+        "--verbose", help="Ray's own trial tables, and MLflow's and Optuna's notices.")] = False,
 ) -> int:
     """Run a sweep described by SPEC."""
     from sweeps.launch import cluster_address, execute, prepare
@@ -82,7 +82,7 @@ def resume(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address.")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(help=TRACKING_AGAIN)] = None,
     verbose: Annotated[bool, typer.Option(
-        "--verbose", help="Ray's own trial tables and the trials' output.")] = False,
+        "--verbose", help="Ray's own trial tables, and MLflow's and Optuna's notices.")] = False,
 ) -> int:
     """Continue an interrupted sweep: finished seeds are kept, the rest is trained."""
     from sweeps.launch import (

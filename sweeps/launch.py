@@ -581,7 +581,7 @@ def check_state(ctx: SweepContext, given: str | None = None) -> None:
 def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | None = None,
             restore: bool = False, verbose: bool = False) -> SweepOutcome:
     """Run (or resume) the Tuner, then close leftover runs and the sweep run.  ``verbose``:
-    Ray's own trial tables and the trials' output instead of :mod:`sweeps.progress`."""
+    Ray's own trial tables instead of :mod:`sweeps.progress`."""
     started = _init_ray(address, verbose)
     c = tracking.client(ctx.tracking_uri)
     c.update_run(ctx.sweep_run_id, status="RUNNING")
