@@ -10,10 +10,12 @@ several FINISHED copies of the same computation; the newest is the most complete
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlparse
 
 import pandas as pd
 
+from smartmixed_core.config import USED_BY, uses
 from smartmixed_core.errors import ConfigError
 from sweeps import schema, tracking
 
@@ -139,6 +141,7 @@ def load_runs(experiment: str, sweep: str | None = None,
     out = deduped.sort_values([*config_cols, "seed"]).reset_index(drop=True)
     out.insert(len(BASE_COLUMNS), "config_id",
                out.groupby(config_cols, sort=True).ngroup().astype(int))
+    out = label_arms(out, arm_keys(client, exp.experiment_id, sweep))
     out.attrs.update(n_seed_runs=n_total, n_not_finished=n_total - len(raw),
                      n_duplicates=len(df) - len(deduped), experiment=experiment, sweep=sweep,
                      tracking_uri=client.tracking_uri, config_columns=config_cols)
@@ -165,13 +168,41 @@ def load_trials(experiment: str, sweep: str | None = None,
         "run_id": raw["run_id"], "status": raw["status"],
         "sweep": raw.get(f"tags.{schema.TAG_SWEEP}", pd.Series("", index=raw.index)),
         "start_time": raw["start_time"]})
-    for p in ("dataset", "architecture", "method"):
+    keys = arm_keys(client, exp.experiment_id, sweep)
+    for p in ("dataset", "architecture", "method", *keys):
         out[p] = raw.get(f"params.{p}", pd.Series("", index=raw.index)).fillna("").astype(str)
+    out = label_arms(out, keys)
     col = "metrics.val_loss_mean"
     out["val_loss_mean"] = (pd.to_numeric(raw[col], errors="coerce") if col in raw.columns
                             else float("nan"))
     out = out.sort_values("start_time").drop_duplicates(["sweep", "trial"], keep="last")
     return out[list(TRIAL_COLUMNS)].reset_index(drop=True)
+
+
+def arm_keys(client, experiment_id: str, sweep: str | None) -> list[str]:
+    """Method-specific settings that name ``search.per`` cells of the sweep(s) (e.g.
+    ``phase2_init``): each of their values is an arm of the comparison of its own."""
+    runs = sweep_runs(client, experiment_id, None if sweep is None else [sweep])
+    keys: list[str] = []
+    for text in runs.get("params.search.per", pd.Series(dtype=str)).dropna():
+        try:
+            per = json.loads(text)
+        except ValueError:
+            continue
+        keys += [k for k in per if k in USED_BY and k not in keys]
+    return keys
+
+
+def label_arms(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``df`` with ``method`` naming the arm: ``smartmixed (reinit)`` for a run whose method
+    uses an :func:`arm_keys` setting (its value in brackets), the method alone otherwise."""
+    if not keys or df.empty:
+        return df
+    def label(row: pd.Series) -> str:
+        kind = str(row["method"]).split(":")[0]
+        vals = [str(row[k]) for k in keys if k in row and row[k] != "" and uses(kind, k)]
+        return f"{row['method']} ({', '.join(vals)})" if vals else str(row["method"])
+    return df.assign(method=df.apply(label, axis=1))
 
 
 def _flatten(raw: pd.DataFrame) -> pd.DataFrame:

@@ -66,6 +66,7 @@ from analysis.significance import (
     nemenyi_test,
     wilcoxon_holm,
 )
+from analysis.transition import transition_table
 from analysis.weights import weight_groups
 from smartmixed_core.errors import ConfigError
 from sweeps import schema
@@ -110,6 +111,11 @@ TABLES = {
     "depth_trend": ("Depth trend", "one slope of share vs relative depth per run, t-test over "
                     "runs, Holm over activations; pooled rho descriptive"),
     "switching": ("Selection dynamics", "fraction of units switching per phase-1 epoch"),
+    "transition": ("Phase transition", "validation accuracy across the phase-1 -> phase-2 "
+                   "hand-off: the sampled and the argmax network at the end of phase 1, the "
+                   "restored start weights, the first phase-2 epoch and the final result; "
+                   "mean over blocks of the chosen configurations' seed means, Student-t 95% "
+                   "CI"),
     "weights": ("Weights by activation", "mean weight between neuron groups"),
     "runs": ("Seed runs", "the deduplicated seed runs analysed"),
 }
@@ -155,6 +161,11 @@ def headline(rankings: pd.DataFrame, budgets: pd.DataFrame | None = None) -> pd.
     return out
 
 
+RESTORE_WORDS = {"val_loss": "the epoch with the lowest validation loss",
+                 "val_accuracy": "the epoch with the highest validation accuracy",
+                 "last": "the last epoch"}
+
+
 def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | None = None,
                  *, weights: bool = True, control: str | None = None) -> Report:
     """Run every stage on the experiment's seed runs (see the module docstrings).
@@ -167,6 +178,10 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     client = client_for(runs.attrs["tracking_uri"])
     rep = Report(experiment, sweep, client.tracking_uri)
     a = runs.attrs
+    restore = sorted(set(runs.get("restore", pd.Series(dtype=str))) - {""}) or ["val_loss"]
+    rep.notes.append("reported weights: those of "
+                     + " / ".join(RESTORE_WORDS.get(r, r) for r in restore)
+                     + " in each phase (setting restore)")
     rep.notes.append(f"{len(runs)} FINISHED seed runs analysed ({a['n_seed_runs']} seed runs "
                      f"found, {a['n_not_finished']} not FINISHED, {a['n_duplicates']} "
                      "duplicate(s) dropped: newest FINISHED run per configuration and seed)")
@@ -202,6 +217,7 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     sel = selection_summary(runs)
     t["selection"], t["selection_consistency"] = sel, selection_consistency(runs)
     t["depth_trend"] = depth_trend(runs)
+    t["transition"] = transition_table(runs, rankings)
     keys = switch_metric_keys(runs)
     hist = (metric_histories(client, list(runs["run_id"]), keys, runs=runs) if keys
             else pd.DataFrame())

@@ -21,6 +21,7 @@ from smartmixed_core.layers import (
     SelectiveActivation,
 )
 from smartmixed_core.models import MLP, Backbone, ConvNet, SlotFactory
+from smartmixed_core.shapes import PadeActivation, SwishBeta
 
 if TYPE_CHECKING:
     from smartmixed_core.runner import SeedOutcome
@@ -41,9 +42,13 @@ def slot_factory(cfg: RunConfig, seeds: int = 1, kind: str | None = None) -> Slo
     method = cfg.parsed_method
     kind = kind or method.kind
     pool = cfg.pool_names
-    if kind == "fixed":
-        acts = method.activations
-        return lambda layer, units: Activation(acts[layer if len(acts) > 1 else 0], seeds)
+    if kind in ("fixed", "perlayer"):
+        acts = cfg.layer_acts
+        return lambda layer, units: Activation(acts[layer], seeds)
+    if kind == "pau":
+        return lambda layer, units: PadeActivation(seeds)
+    if kind == "swish_beta":
+        return lambda layer, units: SwishBeta(seeds)
     if kind in ("smartmixed", "selective"):
         return lambda layer, units: SelectiveActivation(units, pool, cfg.temperature, cfg.fused,
                                                         seeds)
@@ -104,6 +109,7 @@ def load_data(cfg: RunConfig) -> Splits:
         split_seed=cfg.split_seed,
         download=cfg.download,
         normalize_images=cfg.model == "convnet",
+        train_size=cfg.train_size,
     ).to(resolve_device(cfg.device))
 
 

@@ -63,6 +63,8 @@ def train(
         typer.Option(help="Hidden widths '64,32' or a paper architecture 'paper:784-512-10'."),
     ] = None,
     method: Annotated[str, typer.Option(help=METHODS_HELP)] = "smartmixed",
+    layer_activations: Annotated[Optional[str], typer.Option(
+        help="perlayer: one activation per hidden layer, e.g. relu,elu,elu.")] = None,
     model: Annotated[str, typer.Option(help="mlp or convnet.")] = "mlp",
     pool: Annotated[
         Optional[str],
@@ -82,9 +84,14 @@ def train(
     batch_size: int = 64,
     grad_clip: Optional[float] = None,
     patience: Optional[int] = None,
+    restore: Annotated[str, typer.Option(
+        help="Reported weights: best val_loss epoch, best val_accuracy epoch, or last.")
+    ] = "val_loss",
     gate: Annotated[str, typer.Option(help="Mixture gate: layer, neuron or input.")] = "layer",
     gate_temperature: float = 1.0,
     entropy_weight: float = 0.0,
+    train_size: Annotated[Optional[int], typer.Option(
+        help="Train on a stratified subset of this many training examples.")] = None,
     seeds: Annotated[str, typer.Option(help="'0,1,2' or '0-4'.")] = "0",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     compile: Annotated[str, typer.Option(help="torch.compile of the training forward pass: "
@@ -116,6 +123,7 @@ def train(
         model=model,
         arch=arch,
         method=method,
+        layer_activations=layer_activations,
         pool=pool,
         temperature=temperature,
         temperature_end=temperature_end,
@@ -128,6 +136,8 @@ def train(
         batch_size=batch_size,
         grad_clip=grad_clip,
         patience=patience,
+        restore=restore,
+        train_size=train_size,
         phase2_init=phase2_init,
         gate=gate,
         gate_temperature=gate_temperature,

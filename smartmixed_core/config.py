@@ -13,12 +13,15 @@ from smartmixed_core.freeze import PHASE2_INITS
 from smartmixed_core.layers import GATES
 from smartmixed_core.models import canonical_arch, parse_arch
 
-METHOD_KINDS = ("smartmixed", "selective", "fixed", "adact", "gated")
-METHODS_HELP = "smartmixed, selective, fixed:<activation>[,<activation>...], adact, gated"
+METHOD_KINDS = ("smartmixed", "selective", "fixed", "adact", "gated", "perlayer", "pau",
+                "swish_beta")
+METHODS_HELP = ("smartmixed, selective, fixed:<activation>[,<activation>...], adact, gated, "
+                "perlayer (with --layer-activations), pau, swish_beta")
 MODELS = ("mlp", "convnet")
 SCHEDULES = ("exponential", "linear")
 OPTIMIZERS = ("adam", "adamw")
 COMPILE = ("auto", "on", "off")
+RESTORES = ("val_loss", "val_accuracy", "last")
 TABULAR_DATASETS = ("breast_cancer",)
 DEFAULT_CONV_CHANNELS = "32-64-128-256"
 
@@ -32,6 +35,7 @@ USED_BY: dict[str, tuple[str, ...]] = {
     "gate": ("adact", "gated"),
     "gate_temperature": ("gated",),
     "entropy_weight": ("gated",),
+    "layer_activations": ("perlayer",),
 }
 """RunConfig settings that only some method kinds use; every other kind ignores them."""
 
@@ -123,7 +127,12 @@ class RunConfig:
     """Hidden widths (mlp, default 64-32) or conv channels (convnet, default 32-64-128-256),
     stored canonical "w1-w2-..."."""
     method: str = "smartmixed"
-    """smartmixed, selective (phase 1 only), fixed:<act>, adact, gated."""
+    """smartmixed, selective (phase 1 only), fixed:<act>, adact, gated, perlayer (one fixed
+    activation per layer from ``layer_activations``, the per-layer search baseline), pau
+    (Pade activation units) or swish_beta (Swish with a learnable beta), both per layer."""
+    layer_activations: str | None = None
+    """perlayer: the hidden layers' activations, "relu,elu,..." (one per layer, or one for
+    all); a sweep searches each layer's choice."""
     pool: str | None = None
     """Activation pool: a pool name or a comma list (default: adact for adact, else paper)."""
     temperature: float = 0.3
@@ -151,9 +160,16 @@ class RunConfig:
     """Gated mixtures: softmax temperature T of the gates."""
     entropy_weight: float = 0.0
     """Gated mixtures: lambda; the loss gets -lambda * H(gates)."""
+    restore: str = "val_loss"
+    """Which weights a run reports (and patience watches): those of the epoch with the best
+    val_loss, the best val_accuracy (first reached), or the last epoch's.  Per phase."""
     val_fraction: float = 0.1
     split_seed: int = 0
     """Seed of the train/validation split (the same for every training seed)."""
+    train_size: int | None = None
+    """Train on a stratified subset of this many examples of the training split (drawn with
+    split_seed, the same for every seed and method); validation and test stay whole.
+    None: all of it."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     fused: bool = True
@@ -187,6 +203,7 @@ class RunConfig:
                 f"fixed needs 1 or {self.depth} activations "
                 f"(one per hidden layer), got {len(method.activations)}",
             )
+        self._check_layer_activations(method.kind)
         pool = resolve_pool(self.pool)  # validates
         object.__setattr__(
             self, "pool", ",".join(pool) if "," in self.pool else self.pool.strip().lower()
@@ -200,6 +217,8 @@ class RunConfig:
         _positive("gate_temperature", self.gate_temperature, upper=1e6)
         if self.grad_clip is not None:
             _positive("grad_clip", self.grad_clip)
+        if self.train_size is not None:
+            _positive("train_size", self.train_size, integer=True, upper=1e9)
         if self.patience is not None:
             _positive("patience", self.patience, integer=True)
         if not (_number(self.weight_decay) and 0 <= self.weight_decay < 10):
@@ -218,6 +237,7 @@ class RunConfig:
             ("phase2_init", self.phase2_init, PHASE2_INITS),
             ("gate", self.gate, GATES),
             ("compile", self.compile, COMPILE),
+            ("restore", self.restore, RESTORES),
         ):
             if value not in allowed:
                 raise choice_error(name, value, allowed)
@@ -237,6 +257,31 @@ class RunConfig:
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {dev!r}")
         _check_types(self)
+
+    def _check_layer_activations(self, kind: str) -> None:
+        text = self.layer_activations
+        if kind != "perlayer":
+            return
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError("layer_activations", "perlayer needs one activation per hidden "
+                              "layer (or one for all), e.g. relu,elu; allowed: "
+                              + ", ".join(ACTIVATIONS))
+        names = [canonical(a, "layer_activations") for a in text.split(",")]
+        if len(names) not in (1, self.depth):
+            raise ConfigError("layer_activations", f"needs 1 or {self.depth} activations (one "
+                              f"per hidden layer), got {len(names)}")
+        object.__setattr__(self, "layer_activations", ",".join(names * (self.depth // len(names))))
+
+    @property
+    def layer_acts(self) -> tuple[str, ...]:
+        """The activation of every hidden layer for ``fixed`` and ``perlayer`` (else ())."""
+        method = self.parsed_method
+        if method.kind == "perlayer":
+            return tuple((self.layer_activations or "").split(","))
+        if method.kind == "fixed":
+            acts = method.activations
+            return acts * self.depth if len(acts) == 1 else acts
+        return ()
 
     @property
     def parsed_method(self) -> Method:

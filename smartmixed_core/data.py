@@ -257,8 +257,12 @@ def load_dataset(
     split_seed: int = 0,
     download: bool = False,
     normalize_images: bool = False,
+    train_size: int | None = None,
 ) -> Splits:
     """Load ``name`` and split its official train set (stratified, ``split_seed``).
+
+    ``train_size``: train on a stratified subset of that many examples of the training split
+    (drawn with ``split_seed``); validation and test sets stay whole.
 
     Tabular features are standardised with train-split statistics only.  Images are scaled
     to [0, 1]; ``normalize_images`` maps them to [-1, 1] (mean/std 0.5, AdAct's setting).
@@ -282,6 +286,13 @@ def load_dataset(
         raise ConfigError(
             "val_fraction", f"cannot split {name} ({len(raw.y_train)} samples) stratified: {exc}"
         ) from None
+    if train_size is not None and train_size < len(ytr):
+        try:
+            xtr, _, ytr, _ = train_test_split(xtr, ytr, train_size=train_size,
+                                              random_state=split_seed, stratify=ytr)
+        except ValueError as exc:
+            raise ConfigError("train_size", f"cannot draw {train_size} of {name}'s "
+                              f"{len(ytr)} training examples stratified: {exc}") from None
     xs = [np.asarray(x, dtype=np.float32) / raw.scale for x in (xtr, xval, raw.x_test)]
     if raw.standardize:
         mean = xs[0].mean(0, keepdims=True)

@@ -155,6 +155,8 @@ class SelectiveActivation(nn.Module):
         self._forms, matrix = selection_forms(self.pool)
         self.fused = fused and bool(self._forms.fns)  # PReLU/RReLU: the stacked form
         self.compiled = False
+        self.sample_eval = False
+        """Sample in eval mode too (:class:`~smartmixed_core.phase1.SampledEval`)."""
         self.noise: SeedNoise | None = None
         # Not in the state dict; moves with .to() like the logits.
         self.register_buffer("_basis_matrix", matrix, persistent=False)
@@ -181,7 +183,7 @@ class SelectiveActivation(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         eager = self.fused and not self.compiled
-        if not self.training:
+        if not (self.training or self.sample_eval):
             choice = self.choices()
             if eager:
                 fns = self._forms.fns

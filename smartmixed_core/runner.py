@@ -32,9 +32,10 @@ from smartmixed_core.build import (
 from smartmixed_core.config import RunConfig
 from smartmixed_core.data import Splits
 from smartmixed_core.freeze import dominant_activations, freeze, selection_counts, unit_choices
-from smartmixed_core.layers import MixtureActivation, SelectiveActivation, gate_entropy
+from smartmixed_core.layers import MixtureActivation, gate_entropy
 from smartmixed_core.metrics import classification_metrics, count_parameters
 from smartmixed_core.models import Backbone
+from smartmixed_core.phase1 import SampledEval, SelectionTracker, temperature_at
 from smartmixed_core.seeded import BATCHES, INIT, NOISE, REINIT, SeedNoise, seed_generator
 from smartmixed_core.training import FitConfig, FitState, fit, predict
 
@@ -66,47 +67,8 @@ def fit_config(cfg: RunConfig) -> FitConfig:
         batch_size=cfg.batch_size,
         grad_clip=cfg.grad_clip,
         patience=cfg.patience,
+        restore=cfg.restore,
     )
-
-
-def temperature_at(cfg: RunConfig, epoch: int) -> float:
-    """Phase-1 temperature at ``epoch`` (0-based): start -> end over the phase-1 epochs."""
-    start = cfg.temperature
-    end = cfg.temperature if cfg.temperature_end is None else cfg.temperature_end
-    span = max(cfg.phase1_epochs - 1, 1)
-    frac = min(max(epoch / span, 0.0), 1.0)
-    if cfg.temperature_schedule == "linear":
-        return start + (end - start) * frac
-    return start * (end / start) ** frac
-
-
-class SelectionTracker:
-    """Phase-1 callback of seed ``index``: sets tau each epoch, records its selection counts
-    and how many units switched."""
-
-    def __init__(self, cfg: RunConfig, model: nn.Module, index: int):
-        self.cfg, self.index = cfg, index
-        self.previous = self._choices(model)
-
-    def _choices(self, model: nn.Module) -> list[torch.Tensor]:
-        return [s.choices()[self.index].clone() for s in model.acts
-                if isinstance(s, SelectiveActivation)]
-
-    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
-        tau = temperature_at(self.cfg, epoch)
-        for slot in model.acts:
-            slot.tau = tau
-
-    def on_epoch_end(self, epoch: int, record: dict, model: nn.Module) -> None:
-        now = self._choices(model)
-        record["phase"] = 1
-        record["tau"] = model.acts[0].tau
-        record["selection"] = selection_counts(model, self.index)
-        record["changed"] = {
-            f"layer_{i + 1}": int((a != b).sum())
-            for i, (a, b) in enumerate(zip(now, self.previous))
-        }
-        self.previous = now
 
 
 class _PhaseTag:
@@ -242,7 +204,8 @@ def train_together(
                    start_epochs=starts, seed_ids=seeds, state=state.fit, on_round=rounds)
 
     if state.phase == 1:
-        cbs = [[SelectionTracker(cfg, model, i), *c] if selective else c
+        sampled = SampledEval(data, seeds) if selective else None
+        cbs = [[SelectionTracker(cfg, model, i, sampled), *c] if selective else c
                for i, c in enumerate(user)]
         results = run(model, cfg.phase1_epochs if selective else cfg.epochs, cbs,
                       [0] * len(seeds))
@@ -257,9 +220,13 @@ def train_together(
             model = state.model = freeze(model, cfg.phase2_init, reinit)  # type: ignore[arg-type]
             test2 = evaluate(model, data, "test")
             for i, r in enumerate(results):
+                last = r.history[-1]
                 state.outs[i]["phase1"] = {
                     "val_accuracy": val1[i]["accuracy"], "test_accuracy": test1[i]["accuracy"],
-                    "epochs": len(r.history), "best_epoch": r.best_epoch}
+                    "epochs": len(r.history), "best_epoch": r.best_epoch,
+                    "last_val_accuracy": last["val_accuracy"],
+                    "sampled_val_accuracy": last["sampled_val_accuracy"],
+                    "sampled_val_loss": last["sampled_val_loss"]}
                 state.outs[i]["phase2_start_test_accuracy"] = test2[i]["accuracy"]
             state.phase, state.fit = 2, FitState()
     if state.phase == 2:
@@ -269,6 +236,8 @@ def train_together(
         for i, r in enumerate(results):
             state.histories[i] += r.history
             state.outs[i]["best_epoch"] = r.best_epoch
+            if r.history:
+                state.outs[i]["phase2_first_val_accuracy"] = r.history[0]["val_accuracy"]
     seconds = state.elapsed() / len(seeds)
     return [finish_seed(cfg, model.select_seeds([i]), data, {"seed": s, **state.outs[i]},
                         state.histories[i], seconds) for i, s in enumerate(seeds)]

@@ -57,9 +57,11 @@ class FitConfig:
     grad_clip: float | None = None
     """Clip the global gradient norm to this value (the reference code used 1.0)."""
     patience: int | None = None
-    """Stop after this many epochs without a better validation loss (None: never)."""
-    restore_best: bool = True
-    """Load the best-validation-loss weights at the end."""
+    """Stop after this many epochs without a better monitored value (None: never)."""
+    restore: str = "val_loss"
+    """Weights at the end: the epoch with the lowest ``val_loss``, the highest
+    ``val_accuracy`` (the first epoch reaching it), or the ``last`` epoch's.  Patience watches
+    the same value (``val_loss`` for ``last``)."""
     eval_batch_size: int = 4096
     """Batch size for validation/test passes (memory only; results do not depend on it)."""
     compile: bool = False
@@ -74,6 +76,8 @@ class SeedFit:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
     best_val_loss: float = math.inf
+    best_score: float = math.inf
+    """The monitored value at ``best_epoch``, as a loss (``-val_accuracy`` for accuracy)."""
     best_state: dict[str, Tensor] | None = None
     """That seed's slice of the model's state at its best epoch (or where it stopped)."""
     since_best: int = 0
@@ -114,6 +118,7 @@ class FitState:
 class FitResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
+    """The epoch whose weights the model holds at the end (the last one for ``last``)."""
     best_val_loss: float = math.inf
     stopped_early: bool = False
     seconds: float = 0.0
@@ -318,9 +323,11 @@ def fit(
                 "val_accuracy": float((logits[s].argmax(1) == data.y_val).float().mean()),
                 "seconds": seconds,
             }
-            if val_loss < run.best_val_loss:
-                run.best_val_loss, run.best_epoch, run.since_best = val_loss, epoch, 0
-                if cfg.restore_best:
+            score = -record["val_accuracy"] if cfg.restore == "val_accuracy" else val_loss
+            if score < run.best_score:
+                run.best_score, run.best_val_loss, run.best_epoch = score, val_loss, epoch
+                run.since_best = 0
+                if cfg.restore != "last":
                     run.best_state = seed_state(model, s)
             else:
                 run.since_best += 1
@@ -332,7 +339,7 @@ def fit(
             run.stopped_early = cfg.patience is not None and run.since_best >= cfg.patience
             if stop or run.stopped_early:
                 run.stopped = True
-                if not cfg.restore_best:
+                if cfg.restore == "last":
                     run.best_state = seed_state(model, s)
         st.step, st.seconds, st.optimizer = step, seconds, opt.state_dict()
         if on_round is not None:
@@ -343,5 +350,9 @@ def fit(
     if noise is not None:
         noise.active = None
     seconds = time.perf_counter() - t0
+    if cfg.restore == "last":
+        for r in st.seeds:
+            if r.history:
+                r.best_epoch, r.best_val_loss = r.history[-1]["epoch"], r.history[-1]["val_loss"]
     return [FitResult(r.history, r.best_epoch, r.best_val_loss, r.stopped_early, seconds)
             for r in st.seeds]

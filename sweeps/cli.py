@@ -44,7 +44,7 @@ def closing_stores(command: Callable[..., int]) -> Callable[..., int]:
 @closing_stores
 def run(
     spec: Annotated[str, typer.Argument(help="Spec YAML file or preset name "
-                                        "(quick, paper, search, adact, gated).")],
+                                        "(quick, mnist, paper, search, adact, gated).")],
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Override a spec field: dotted.key=value (YAML value); repeatable.")] = None,
     address: Annotated[Optional[str], typer.Option(

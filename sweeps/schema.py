@@ -41,17 +41,22 @@ SEED_PARAMS = (
 )
 EXTRA_PARAMS = (
     "temperature_schedule", "weight_decay", "optimizer", "grad_clip", "patience", "gate",
-    "gate_temperature", "entropy_weight", "split_seed", "n_params",
+    "gate_temperature", "entropy_weight", "split_seed", "train_size", "layer_activations",
+    "restore", "n_params",
 )
 
 # Final metrics of a seed run.
 FINAL_METRICS = (
     "test_accuracy", "val_accuracy", "test_f1_macro", "test_roc_auc",
     "phase1_test_accuracy", "phase1_val_accuracy", "phase2_start_test_accuracy",
+    "phase1_last_val_accuracy", "phase1_sampled_val_accuracy", "phase2_first_val_accuracy",
     "train_seconds", "n_params",
 )
 # Per-epoch metrics (step = epoch, 0-based, continuing across phases).
 EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy")
+# Per-epoch phase-1 metrics of seed runs: one Gumbel sample of the network on validation
+# (val_loss/val_accuracy are the argmax network's, the one phase 2 starts from).
+SAMPLED_METRICS = ("sampled_val_loss", "sampled_val_accuracy")
 # Per-epoch phase-1 metrics: fraction of layer l's units that changed choice since last epoch.
 SWITCH_METRIC = "switched/layer_{layer}"  # step = epoch
 TAU_METRIC = "tau"

@@ -14,16 +14,18 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sweeps.spec import SweepSpec, applies
+from sweeps.spec import LAYER_ACTIVATIONS, SweepSpec, applies
 
 if TYPE_CHECKING:
     import optuna
 
 
 def _order(spec: SweepSpec) -> list[str]:
-    """Space keys with method (and dataset) first: the conditions are known before use."""
+    """Space keys with method (and dataset) first: the conditions are known before use;
+    ``layer_activations`` last, once the architecture (its depth) is known."""
     keys = list(spec.search.space)
-    return sorted(keys, key=lambda k: (k not in ("method", "dataset"), keys.index(k)))
+    return sorted(keys, key=lambda k: (k not in ("method", "dataset"), k == LAYER_ACTIVATIONS,
+                                       keys.index(k)))
 
 
 def _encode(value: Any) -> Any:
@@ -44,17 +46,24 @@ class DefineByRun:
     def __call__(self, trial: optuna.Trial) -> dict[str, Any] | None:
         spec = self.spec
         method = str(self.cell.get("method", spec.base_method()))
+        chosen: dict[str, Any] = dict(self.cell)
         for key in _order(spec):
             dist = spec.search.space[key]
             if key in self.cell or not applies(key, method):
                 continue
             kind, vals = dist.kind, dist.values
+            if key == LAYER_ACTIVATIONS:  # each hidden layer its own categorical parameter
+                depth = spec.run_config({**chosen, key: str(vals[0])}).depth
+                for i in range(1, depth + 1):
+                    trial.suggest_categorical(f"{key}_{i}", [str(v) for v in vals])
+                continue
             if kind == "choice":
                 value = trial.suggest_categorical(key, [_encode(v) for v in vals])
             elif kind == "int":
                 value = trial.suggest_int(key, vals[0], vals[1])
             else:
                 value = trial.suggest_float(key, vals[0], vals[1], log=kind == "loguniform")
+            chosen[key] = value
             if key == "method":
                 method = str(value)
         return {k: _encode(v) for k, v in self.cell.items()} or None
@@ -85,6 +94,11 @@ def decode(params: dict[str, Any]) -> dict[str, Any]:
 def grid(spec: SweepSpec) -> list[dict[str, Any]]:
     """The full factorial of the space's ``choice`` lists, without conditional duplicates."""
     keys = _order(spec)
+    if LAYER_ACTIVATIONS in keys:
+        from smartmixed_core.errors import ConfigError
+
+        raise ConfigError(f"search.space.{LAYER_ACTIVATIONS}", "the per-layer search samples "
+                          "each layer's activation; use algorithm optuna or random")
     for key in keys:
         if spec.search.space[key].kind != "choice":
             from smartmixed_core.errors import ConfigError

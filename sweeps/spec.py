@@ -43,6 +43,9 @@ ARCH_KEYS = ("depth", "width")
 TRANSITION_FRACTION = "transition_fraction"
 """Space-only key: the transition epoch as a fraction of ``epochs`` (rounded, kept in
 [1, epochs - 1]), so a range still fits when ``fixed.epochs`` is overridden."""
+LAYER_ACTIVATIONS = "layer_activations"
+"""Space key of the per-layer search (method perlayer): its ``choice`` list is each hidden
+layer's own categorical parameter, ``layer_activations_1`` ... ``layer_activations_DEPTH``."""
 SPACE_KEYS = (*RUN_FIELDS, *ALIASES, *ARCH_KEYS, TRANSITION_FRACTION)
 
 CONDITIONAL: dict[str, tuple[str, ...]] = {**USED_BY, TRANSITION_FRACTION: ("smartmixed",)}
@@ -176,9 +179,12 @@ class Search(_Strict):
             dist = self.space.get(key)
             if dist is None or dist.kind != "choice":
                 raise ValueError(f"per: {key!r} must be a choice parameter of search.space")
-            if key in CONDITIONAL:
-                raise ValueError(f"per: {key!r} applies to some methods only; allowed: "
-                                 "parameters every trial uses (method, architecture, dataset...)")
+            if key == LAYER_ACTIVATIONS:
+                raise ValueError(f"per: {key!r} is searched layer by layer; it cannot name "
+                                 "cells")
+            if key in CONDITIONAL and "method" not in self.per:
+                raise ValueError(f"per: {key!r} applies to some methods only; it needs method "
+                                 "in per too (methods that do not use it get one cell)")
         if len(set(self.per)) != len(self.per):
             raise ValueError(f"per: repeated keys in {self.per}")
         if self.per and self.algorithm == "grid":
@@ -190,7 +196,13 @@ class Search(_Strict):
         import itertools
 
         values = [self.space[k].values for k in self.per]
-        return [dict(zip(self.per, combo)) for combo in itertools.product(*values)]
+        out: list[dict[str, Any]] = []
+        for combo in itertools.product(*values):
+            cell = {k: v for k, v in zip(self.per, combo)
+                    if applies(k, str(dict(zip(self.per, combo)).get("method", "")))}
+            if cell not in out:  # a method without the conditional key: one cell
+                out.append(cell)
+        return out
 
     @field_validator("space")
     @classmethod
@@ -202,6 +214,10 @@ class Search(_Strict):
             raise ValueError("depth and width go together (they build the architecture)")
         if "depth" in space and ({"arch", "architecture"} & set(space)):
             raise ValueError("give either architecture or depth+width, not both")
+        dist = space.get(LAYER_ACTIVATIONS)
+        if dist is not None and dist.kind != "choice":
+            raise ValueError(f"{LAYER_ACTIVATIONS} needs choice: [activations...] (each hidden "
+                             "layer picks one)")
         if {TRANSITION_FRACTION, "transition_epoch"} <= set(space):
             raise ValueError("give either transition_epoch or transition_fraction, not both")
         return space
@@ -299,6 +315,10 @@ class SweepSpec(_Strict):
         if "depth" in params:
             depth, width = int(params.pop("depth")), int(params.pop("width"))
             params["arch"] = "-".join(str(max(width >> i, 4)) for i in range(depth))
+        layers = sorted((int(k.rsplit("_", 1)[1]), params.pop(k)) for k in list(params)
+                        if re.fullmatch(LAYER_ACTIVATIONS + r"_\d+", k))
+        if layers:
+            params[LAYER_ACTIVATIONS] = ",".join(str(v) for _, v in layers)
         fraction = params.pop(TRANSITION_FRACTION, None)
         for key, value in params.items():
             if value is not None:

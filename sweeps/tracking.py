@@ -559,9 +559,12 @@ def seed_metrics(cfg: RunConfig, summary: dict[str, Any],
     if "phase1" in summary:
         flat["phase1_test_accuracy"] = summary["phase1"]["test_accuracy"]
         flat["phase1_val_accuracy"] = summary["phase1"]["val_accuracy"]
+        for k in ("last_val_accuracy", "sampled_val_accuracy"):
+            flat[f"phase1_{k}"] = summary["phase1"].get(k)
     out = [(k, v, last) for k, v in flat.items() if isinstance(v, (int, float))]
     for rec in summary["history"]:
-        out += [(k, rec[k], rec["epoch"]) for k in schema.EPOCH_METRICS if k in rec]
+        out += [(k, rec[k], rec["epoch"]) for k in (*schema.EPOCH_METRICS,
+                                                     *schema.SAMPLED_METRICS) if k in rec]
         if "tau" in rec:
             out.append((schema.TAU_METRIC, rec["tau"], rec["epoch"]))
         for layer, n in rec.get("changed", {}).items():

@@ -1,0 +1,111 @@
+"""Activations with a learned *shape*, one per hidden layer (comparison baselines).
+
+* :class:`PadeActivation` -- a Padé activation unit (PAU, Molina et al. 2020, "Padé
+  Activation Units", ICLR), the *safe* form with degrees (5, 4)::
+
+      F(x) = (a0 + a1 x + ... + a5 x^5) / (1 + |b1| |x| + |b2| |x|^2 + ... + |b4| |x|^4)
+
+  The denominator is at least 1, so F has no poles.  Coefficients start at a least-squares fit
+  of leaky ReLU (slope 0.01) on [-3, 3], as the paper initialises its units.
+* :class:`SwishBeta` -- Swish with a learnable beta (Ramachandran et al. 2017),
+  ``x * sigmoid(beta * x)``, beta starting at 1 (SiLU).
+
+Plain PyTorch (the ``pau``/``rational_activations`` packages build CUDA extensions against
+particular torch versions and do not install here).  Parameters carry the leading seeds
+dimension of :mod:`smartmixed_core.seeded`; eager forward passes run seed by seed, so a seed
+trained beside others equals the seed alone, bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from smartmixed_core.layers import seed_by_seed
+from smartmixed_core.seeded import per_seed
+
+PAU_NUMERATOR = (0.029833, 0.617899, 2.318571, 3.042791, 1.479796, 0.2499)
+PAU_DENOMINATOR = (1.136231, 4.384481, 0.865946, 0.346007)
+"""Initial (a0..a5) and (b1..b4): leaky ReLU fitted on [-3, 3] (max error 0.03)."""
+
+
+def pade(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """The safe Padé form of one seed: ``a`` (m+1 numerator coefficients), ``b`` (n)."""
+    p = a[-1] * x + a[-2]
+    for coef in a.flip(0)[2:]:
+        p = p * x + coef
+    ax = x.abs()
+    q = b.abs()[-1] * ax
+    for coef in b.abs().flip(0)[1:]:
+        q = (q + coef) * ax
+    return p / (q + 1)
+
+
+class _PerLayer(nn.Module):
+    compiled = False
+
+    def _run(self, fn: Callable[[Tensor, int | None], Tensor], x: Tensor) -> Tensor:
+        return fn(x, None) if self.compiled else seed_by_seed(fn, x)
+
+
+class PadeActivation(_PerLayer):
+    """A PAU shared by the units of one layer, per seed (``numerator [S, 6]``,
+    ``denominator [S, 4]``)."""
+
+    def __init__(self, seeds: int = 1):
+        super().__init__()
+        self.numerator = nn.Parameter(torch.tensor(PAU_NUMERATOR).repeat(seeds, 1))
+        self.denominator = nn.Parameter(torch.tensor(PAU_DENOMINATOR).repeat(seeds, 1))
+
+    def init_seed(self, s: int, gen: torch.Generator) -> None:
+        with torch.no_grad():
+            self.numerator[s] = torch.tensor(PAU_NUMERATOR)
+            self.denominator[s] = torch.tensor(PAU_DENOMINATOR)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.numerator, self.denominator
+
+        def one(xs: Tensor, s: int | None) -> Tensor:
+            if s is not None:
+                return pade(xs, a[s], b[s])
+            # all seeds at once (compiled form): coefficients broadcast per seed
+            return pade_batched(xs, a, b)
+
+        return self._run(one, x)
+
+
+def pade_batched(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """:func:`pade` for ``x`` ``[S, ...]`` with per-seed coefficients ``a [S, m+1]``,
+    ``b [S, n]``."""
+    p = per_seed(a[:, -1], x) * x + per_seed(a[:, -2], x)
+    for j in range(a.shape[1] - 3, -1, -1):
+        p = p * x + per_seed(a[:, j], x)
+    ax, babs = x.abs(), b.abs()
+    q = per_seed(babs[:, -1], x) * ax
+    for j in range(b.shape[1] - 2, -1, -1):
+        q = (q + per_seed(babs[:, j], x)) * ax
+    return p / (q + 1)
+
+
+class SwishBeta(_PerLayer):
+    """``x * sigmoid(beta * x)`` with one learnable beta per layer and seed (``beta [S]``)."""
+
+    def __init__(self, seeds: int = 1):
+        super().__init__()
+        self.beta = nn.Parameter(torch.ones(seeds))
+
+    def init_seed(self, s: int, gen: torch.Generator) -> None:
+        with torch.no_grad():
+            self.beta[s] = 1.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        beta = self.beta
+
+        def one(xs: Tensor, s: int | None) -> Tensor:
+            if s is not None:
+                return xs * torch.sigmoid(beta[s] * xs)
+            return xs * torch.sigmoid(per_seed(beta, xs) * xs)
+
+        return self._run(one, x)
