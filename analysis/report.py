@@ -59,9 +59,9 @@ from analysis.selection import (
 )
 from analysis.significance import (
     ASSUMPTIONS,
-    DEFAULT_CONTROL,
     average_ranks,
     control_holm,
+    default_control,
     friedman_test,
     nemenyi_test,
     wilcoxon_holm,
@@ -207,7 +207,7 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     if control is not None and control not in methods:
         raise ConfigError("control", f"unknown method {control!r}; allowed: "
                           f"{', '.join(methods)}")
-    t["control"] = control_holm(rankings, control or DEFAULT_CONTROL)
+    t["control"] = control_holm(rankings, control or default_control(methods))
     scores = seed_scores(runs, rankings)
     t["iqm"], t["improvement"] = interval_estimates(scores), probability_of_improvement(scores)
     t["performance_profile"] = performance_profile(scores)

@@ -196,6 +196,17 @@ def wilcoxon_holm(rankings: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
 DEFAULT_CONTROL = "smartmixed"
 
 
+def default_control(methods) -> str:
+    """``smartmixed``, or its first arm (``smartmixed (transfer)`` before others) when the
+    sweep split it into arms (:func:`analysis.load.label_arms`)."""
+    names = sorted(methods)
+    if DEFAULT_CONTROL in names:
+        return DEFAULT_CONTROL
+    arms = [m for m in names if m.startswith(DEFAULT_CONTROL + " (")]
+    arms.sort(key=lambda m: ("transfer" not in m, m))
+    return arms[0] if arms else DEFAULT_CONTROL
+
+
 def control_holm(rankings: pd.DataFrame, control: str = DEFAULT_CONTROL,
                  alpha: float = 0.05) -> pd.DataFrame:
     """Every method against ``control`` on the Friedman design (Demšar 2006, sec. 3.2.2).

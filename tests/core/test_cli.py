@@ -122,6 +122,12 @@ BAD = [
     (["--seeds", "1,1"], "seeds"),
     (["--model", "convnet", "--dataset", "breast_cancer"], "model"),
     (["--batch-seeds", "maybe"], "batch_seeds"),
+    (["--method", "perlayer"], "layer_activations"),
+    (["--method", "perlayer", "--layer-activations", "relu,elu,tanh"], "layer_activations"),
+    (["--method", "perlayer", "--layer-activations", "relu,nope"], "layer_activations"),
+    (["--restore", "best"], "restore"),
+    (["--train-size", "0"], "train_size"),
+    (["--train-size", "5"], "train_size"),
 ]
 
 

@@ -211,3 +211,16 @@ def test_check_data_names_the_problem_without_reading(tmp_path):
     blocker.write_text("")
     with pytest.raises(DataError, match="cannot create"):
         check_data("mnist", blocker / "sub", download=True)
+
+
+def test_train_size_draws_a_stratified_subset_and_keeps_val_and_test():
+    full = load_dataset("digits", val_fraction=0.2)
+    small = load_dataset("digits", val_fraction=0.2, train_size=300)
+    assert len(small.x_train) == 300
+    # the same validation and test examples (features standardised with the subset's stats)
+    assert torch.equal(small.y_val, full.y_val) and torch.equal(small.y_test, full.y_test)
+    assert small.x_val.shape == full.x_val.shape and small.x_test.shape == full.x_test.shape
+    counts = torch.bincount(small.y_train, minlength=10)
+    assert counts.min() >= 28 and counts.max() <= 32  # stratified: about 30 per class
+    again = load_dataset("digits", val_fraction=0.2, train_size=300)
+    assert torch.equal(again.x_train, small.x_train)  # drawn with split_seed

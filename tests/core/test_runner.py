@@ -194,3 +194,26 @@ def test_compile_forms_equal_the_eager_forms(kind):
         results.append([out.detach(), xi.grad, *(p.grad for p in slot.parameters())])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_sampled_network_scores_leave_training_untouched(monkeypatch):
+    """The phase-1 sampled evaluation draws from generators of its own: training with it
+    gives the same numbers as training without it (here: replaced by a stub)."""
+    from smartmixed_core import phase1
+
+    cfg = RunConfig(epochs=4, transition_epoch=2, arch="16-8", device="cpu")
+    doc, _ = train_seeds(cfg, [0, 1])
+    s = doc["seeds"][0]
+    hist1 = [r for r in s["history"] if r.get("phase") == 1]
+    assert all(0 <= r["sampled_val_accuracy"] <= 1 and r["sampled_val_loss"] > 0 for r in hist1)
+    assert s["phase1"]["sampled_val_accuracy"] == hist1[-1]["sampled_val_accuracy"]
+    assert s["phase1"]["last_val_accuracy"] == hist1[-1]["val_accuracy"]
+    assert s["phase2_first_val_accuracy"] == s["history"][2]["val_accuracy"]
+    monkeypatch.setattr(phase1.SampledEval, "scores",
+                        lambda self, epoch, model: [(0.0, 0.0)] * len(self.seeds))
+    stub, _ = train_seeds(cfg, [0, 1])
+    drop = ("seconds", "sampled_val_loss", "sampled_val_accuracy")
+    for a, b in zip(doc["seeds"], stub["seeds"]):
+        assert [{k: v for k, v in r.items() if k not in drop} for r in a["history"]] == \
+            [{k: v for k, v in r.items() if k not in drop} for r in b["history"]]
+        assert a["test_accuracy"] == b["test_accuracy"]

@@ -69,8 +69,12 @@ CASES = [
     {"method": "smartmixed", "patience": 1, "epochs": 7, "transition_epoch": 3, "lr": 0.1},
     {"method": "gated", "gate": "input", "entropy_weight": 0.01, "epochs": 3},
     {"method": "smartmixed", "pool": "adact", "epochs": 3, "transition_epoch": 2},
+    {"method": "pau", "epochs": 3, "restore": "val_accuracy"},
+    {"method": "swish_beta", "epochs": 3, "restore": "last"},
+    {"method": "perlayer", "layer_activations": "selu,tanh", "epochs": 3},
 ]
-IDS = ["reinit-clip", "fixed-patience", "smartmixed-patience", "gated-input", "adact-pool"]
+IDS = ["reinit-clip", "fixed-patience", "smartmixed-patience", "gated-input", "adact-pool",
+       "pau-best-accuracy", "swish-beta-last", "perlayer"]
 
 
 @pytest.mark.parametrize("kw", CASES, ids=IDS)

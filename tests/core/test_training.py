@@ -155,3 +155,19 @@ def test_seedwise_fused_step_equals_torchs_step_per_seed(name):
     for s in range(3):
         assert torch.equal(p[s], alone[s])
     assert float(ours.state[p]["step"]) == 20
+
+
+@pytest.mark.parametrize("restore", ["val_accuracy", "last"])
+def test_restore_chooses_the_reported_weights(data, restore):
+    net = relu_net(data)
+    (r,) = fit(net, data, FitConfig(epochs=6, lr=5e-2, restore=restore), generators=gens())
+    logits = predict(net, data.x_val)[0]
+    accuracy = float((logits.argmax(1) == data.y_val).float().mean())
+    loss = float(torch.nn.functional.cross_entropy(logits, data.y_val))
+    if restore == "last":
+        expected = r.history[-1]
+    else:  # the first epoch with the highest validation accuracy
+        expected = max(r.history, key=lambda h: (h["val_accuracy"], -h["epoch"]))
+    assert r.best_epoch == expected["epoch"]
+    assert accuracy == pytest.approx(expected["val_accuracy"], abs=1e-9)
+    assert loss == pytest.approx(expected["val_loss"], rel=1e-5)

@@ -20,7 +20,7 @@ def _spec(**changes):
 
 
 def test_every_preset_validates_and_shrinks():
-    assert preset_names() == ["adact", "gated", "paper", "quick", "search"]
+    assert preset_names() == ["adact", "gated", "mnist", "paper", "quick", "search"]
     for name in preset_names():
         spec = load_spec(name)
         small = load_spec(name, smoke_test=True)
@@ -161,3 +161,43 @@ def test_search_per_names_choice_parameters_every_trial_uses():
             "method": {"choice": ["smartmixed", "fixed:relu"]}}})
     small = load_spec("quick", ["search.per=[method, architecture]"], smoke_test=True)
     assert small.search.num_samples == 1 and len(small.search.cells()) == 2
+
+
+def test_per_layer_search_samples_one_activation_per_hidden_layer():
+    spec = load_spec("mnist")
+    acts = spec.search.space["layer_activations"].choice
+    for arch, depth in (("paper:784-512-10", 1), ("paper:784-512-256-128-64-10", 4)):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
+        trial = study.ask()
+        define_by_run(spec, {"method": "perlayer", "architecture": arch})(trial)
+        keys = sorted(k for k in trial.params if k.startswith("layer_activations"))
+        assert keys == [f"layer_activations_{i}" for i in range(1, depth + 1)]
+        assert "temperature" not in trial.params and "lr" in trial.params
+        cfg = spec.run_config({"method": "perlayer", "architecture": arch, **trial.params})
+        assert cfg.layer_acts == tuple(trial.params[k] for k in keys)
+        assert set(cfg.layer_acts) <= set(acts)
+    with pytest.raises(ConfigError, match="optuna or random") as err:
+        grid(_spec(search={"algorithm": "grid", "space": {
+            "method": {"choice": ["perlayer"]}, "layer_activations": {"choice": ["relu"]}}}))
+    assert err.value.field == "search.space.layer_activations"
+    with pytest.raises(ConfigError, match="choice"):
+        _spec(search={"space": {"method": {"choice": ["perlayer"]},
+                                "layer_activations": {"uniform": [0, 1]}}})
+    with pytest.raises(ConfigError, match="allowed: relu") as err:
+        _spec(search={"space": {"method": {"choice": ["perlayer"]},
+                                "layer_activations": {"choice": ["relu", "bogus"]}}})
+    assert err.value.field == "search.space.layer_activations.choice[1]"
+
+
+def test_per_may_name_a_method_specific_setting_beside_method():
+    spec = load_spec("mnist")
+    cells = spec.search.cells()
+    smart = [c for c in cells if c["method"] == "smartmixed"]
+    assert len(smart) == 2 * 6 and {c["phase2_init"] for c in smart} == {"transfer", "reinit"}
+    others = [c for c in cells if c["method"] != "smartmixed"]
+    assert len(others) == 7 * 6 and all("phase2_init" not in c for c in others)
+    assert len(cells) == 9 * 6  # 9 arms x 6 architectures, every cell once
+    space = {"method": {"choice": ["smartmixed", "fixed:relu"]},
+             "phase2_init": {"choice": ["transfer", "reinit"]}}
+    with pytest.raises(ConfigError, match="needs method in per"):
+        _spec(search={"per": ["phase2_init"], "space": space})

@@ -1,0 +1,49 @@
+"""Arms (method-specific settings named in search.per) and the phase-transition table."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.load import label_arms
+from analysis.significance import default_control
+from analysis.transition import transition_table
+
+
+def test_label_arms_names_the_setting_only_where_the_method_uses_it():
+    df = pd.DataFrame({"method": ["smartmixed", "smartmixed", "fixed:relu"],
+                       "phase2_init": ["transfer", "reinit", ""]})
+    out = label_arms(df, ["phase2_init"])
+    assert list(out["method"]) == ["smartmixed (transfer)", "smartmixed (reinit)", "fixed:relu"]
+    assert list(label_arms(df, [])["method"]) == list(df["method"])
+    assert default_control(out["method"]) == "smartmixed (transfer)"
+    assert default_control(["smartmixed", "smartmixed (x)"]) == "smartmixed"
+
+
+def test_transition_table_means_blocks_of_the_chosen_configurations():
+    rows = []
+    for b, arch in enumerate(["16", "32", "64"]):
+        for seed in range(2):
+            base = 0.8 + 0.01 * b + 0.001 * seed
+            rows.append(dict(method="smartmixed", architecture=arch, config_id=b, seed=seed,
+                             phase1_sampled_val_accuracy=base - 0.05,
+                             phase1_last_val_accuracy=base, phase1_val_accuracy=base,
+                             phase2_first_val_accuracy=base + 0.02, val_accuracy=base + 0.03))
+        # a configuration the comparison did not choose: ignored
+        rows.append(dict(method="smartmixed", architecture=arch, config_id=10 + b, seed=0,
+                         phase1_sampled_val_accuracy=0.0, phase1_last_val_accuracy=0.0,
+                         phase1_val_accuracy=0.0, phase2_first_val_accuracy=0.0,
+                         val_accuracy=0.0))
+        rows.append(dict(method="fixed:relu", architecture=arch, config_id=20 + b, seed=0,
+                         val_accuracy=0.9, phase2_first_val_accuracy=np.nan))
+    runs = pd.DataFrame(rows)
+    rankings = pd.DataFrame({"config_id": [0, 1, 2, 20, 21, 22]})
+    t = transition_table(runs, rankings)
+    assert set(t["method"]) == {"smartmixed"}
+    by = t.set_index("stage")
+    assert by.loc["phase 1 end, argmax network", "mean"] == pytest.approx(0.8105)
+    assert by.loc["phase 1 end, sampled network", "mean"] == pytest.approx(0.7605)
+    jump = by.loc["jump: first phase-2 epoch - argmax at phase-1 end"]
+    assert jump["mean"] == pytest.approx(0.02) and jump["n_blocks"] == 3
+    low, high = by.loc["final (reported weights)", ["ci_low", "ci_high"]]
+    assert low < 0.8405 < high
+    assert transition_table(runs.drop(columns="phase2_first_val_accuracy"), rankings).empty
