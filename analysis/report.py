@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from analysis import plots
 from analysis.aggregate import aggregate_seeds
+from analysis.baselines import perlayer_choices, shape_table
 from analysis.load import (
     client_for,
     config_columns,
@@ -116,6 +117,11 @@ TABLES = {
                    "restored start weights, the first phase-2 epoch and the final result; "
                    "mean over blocks of the chosen configurations' seed means, Student-t 95% "
                    "CI"),
+    "perlayer": ("Per-layer search: chosen activations", "the activation the per-layer "
+                 "search (perlayer) chose for every hidden layer of each block's chosen "
+                 "configuration"),
+    "shapes": ("Learned activation shapes", "PAU coefficients and Swish beta per layer of "
+               "the chosen configurations, seed mean and Student-t 95% CI"),
     "weights": ("Weights by activation", "mean weight between neuron groups"),
     "runs": ("Seed runs", "the deduplicated seed runs analysed"),
 }
@@ -218,6 +224,7 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     t["selection"], t["selection_consistency"] = sel, selection_consistency(runs)
     t["depth_trend"] = depth_trend(runs)
     t["transition"] = transition_table(runs, rankings)
+    t["perlayer"], t["shapes"] = perlayer_choices(runs, rankings), shape_table(runs, rankings)
     keys = switch_metric_keys(runs)
     hist = (metric_histories(client, list(runs["run_id"]), keys, runs=runs) if keys
             else pd.DataFrame())

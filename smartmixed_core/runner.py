@@ -37,6 +37,7 @@ from smartmixed_core.metrics import classification_metrics, count_parameters
 from smartmixed_core.models import Backbone
 from smartmixed_core.phase1 import SampledEval, SelectionTracker, temperature_at
 from smartmixed_core.seeded import BATCHES, INIT, NOISE, REINIT, SeedNoise, seed_generator
+from smartmixed_core.shapes import learned_shapes
 from smartmixed_core.training import FitConfig, FitState, fit, predict
 
 __all__ = [  # the run's building blocks live in build.py; re-exported for callers
@@ -285,6 +286,8 @@ def finish_seed(
         out["gate_entropy"] = [
             gate_entropy(s.gate_mean) for s in model.acts if isinstance(s, MixtureActivation)
         ]
+    if kind in ("pau", "swish_beta"):
+        out["learned_shape"] = learned_shapes(model)
     out["history"] = history
     return SeedOutcome(out, model, unit_choices(model))
 

@@ -109,3 +109,17 @@ class SwishBeta(_PerLayer):
             return xs * torch.sigmoid(per_seed(beta, xs) * xs)
 
         return self._run(one, x)
+
+
+def learned_shapes(model: nn.Module, seed: int = 0) -> dict[str, dict[str, float]]:
+    """``{"layer_1": {"beta": 1.3}, ...}`` (Swish-beta) or ``{"layer_1": {"a0": ..., "a5": ...,
+    "b1": ..., "b4": ...}}`` (PAU) of seed ``seed``; empty for other slots."""
+    out: dict[str, dict[str, float]] = {}
+    for i, slot in enumerate(getattr(model, "acts", ())):
+        if isinstance(slot, SwishBeta):
+            out[f"layer_{i + 1}"] = {"beta": float(slot.beta[seed].detach())}
+        elif isinstance(slot, PadeActivation):
+            a, b = slot.numerator[seed].tolist(), slot.denominator[seed].tolist()
+            out[f"layer_{i + 1}"] = {**{f"a{j}": v for j, v in enumerate(a)},
+                                     **{f"b{j + 1}": v for j, v in enumerate(b)}}
+    return out

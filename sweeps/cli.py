@@ -126,14 +126,19 @@ def status(
 
 
 def _quiet(verbose: bool) -> None:
-    """Without --verbose, MLflow's and Optuna's INFO notices (store created, study created)
-    stay out of the console; warnings and errors still show."""
+    """Without --verbose, MLflow's, Optuna's and Ray's INFO notices (store created, study
+    created, checkpoint saved) stay out of the console; warnings and errors still show."""
     if not verbose:
         import os
 
         import optuna
 
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow loads
+        from sweeps.trial import QUIET_ENV
+
+        os.environ[QUIET_ENV] = "1"  # read by the trials (local Ray inherits the environment)
+        # Ray Tune's notice that experiment snapshots come often: ours are small (one kept)
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 

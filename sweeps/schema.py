@@ -69,6 +69,15 @@ def selection_metric(layer: int, activation: str) -> str:
 
 SELECTION_PREFIX = "selection/"
 
+
+def shape_metric(layer: int, name: str) -> str:
+    """Final learned coefficient ``name`` (beta; a0..a5, b1..b4) of layer ``layer``'s
+    activation (1-based), for pau and swish_beta."""
+    return f"shape/layer_{layer}/{name}"
+
+
+SHAPE_PREFIX = "shape/"
+
 # Artifacts of a seed run.
 ARTIFACT_CHOICES = "choices.json"  # {"layer_1": ["relu", ...], ...} in checkpoint unit order
 ARTIFACT_CHECKPOINT = "checkpoint.pt"  # smartmixed_core.runner.save_checkpoint format

@@ -571,6 +571,9 @@ def seed_metrics(cfg: RunConfig, summary: dict[str, Any],
             units = cfg.hidden[int(layer.split("_")[1]) - 1]
             out.append((schema.SWITCH_METRIC.format(layer=layer.split("_")[1]), n / units,
                         rec["epoch"]))
+    for layer, coefs in summary.get("learned_shape", {}).items():
+        out += [(schema.shape_metric(int(layer.split("_")[1]), k), v, last)
+                for k, v in coefs.items()]
     for layer, names in choices.items():
         idx = int(layer.split("_")[1])
         for act in cfg.pool_names:

@@ -16,6 +16,7 @@ runs, and its retries fail at once without training.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -50,6 +51,9 @@ Report = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
 
 
 REPORT_ENV = "SMARTMIXED_REPORT_SECONDS"
+QUIET_ENV = "SMARTMIXED_QUIET"
+"""Set (by ``sweep run``/``resume`` without --verbose): the trials keep Ray's INFO notices
+out of the console."""
 DEFAULT_REPORT_SECONDS = 2.0
 
 
@@ -323,6 +327,8 @@ def smartmixed_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """The Ray Tune function trainable (``config`` = sampled params, or ``{"trial": {...}}``
     for the grid)."""
     from ray import tune
+    if os.environ.get(QUIET_ENV):  # "Checkpoint successfully created at ..." every epoch
+        logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     torch.set_num_threads(max(1, int(ctx.spec.get("resources", {}).get("cpu", 1))))
     params = config.get("trial", config)
     trial_id = tune.get_context().get_trial_id()

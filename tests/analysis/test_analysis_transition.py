@@ -47,3 +47,22 @@ def test_transition_table_means_blocks_of_the_chosen_configurations():
     low, high = by.loc["final (reported weights)", ["ci_low", "ci_high"]]
     assert low < 0.8405 < high
     assert transition_table(runs.drop(columns="phase2_first_val_accuracy"), rankings).empty
+
+
+def test_baseline_tables_show_what_the_chosen_configurations_picked_and_learned():
+    from analysis.baselines import perlayer_choices, shape_table
+
+    runs = pd.DataFrame([
+        dict(method="perlayer", architecture="64-32-16", config_id=1, seed=s,
+             layer_activations="relu,elu,selu") for s in range(2)] + [
+        dict(method="perlayer", architecture="64-32-16", config_id=2, seed=0,
+             layer_activations="tanh,tanh,tanh")] + [
+        dict(method="swish_beta", architecture="64", config_id=3, seed=s,
+             **{"shape/layer_1/beta": 1.0 + 0.1 * s}) for s in range(3)])
+    rankings = pd.DataFrame({"config_id": [1, 3]})
+    p = perlayer_choices(runs, rankings)
+    assert list(p["activation"]) == ["relu", "elu", "selu"]  # config 2 was not chosen
+    assert list(p["relative_depth"]) == pytest.approx([1 / 3, 2 / 3, 1.0])
+    (row,) = shape_table(runs, rankings).itertuples(index=False)
+    assert (row.method, row.layer, row.coefficient, row.n_seeds) == ("swish_beta", 1, "beta", 3)
+    assert row.mean == pytest.approx(1.1) and row.ci_low < 1.1 < row.ci_high
