@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from smartmixed_core.config import RunConfig
-from smartmixed_core.data import Splits, load_dataset
+from smartmixed_core.data import Splits, load_dataset, stack_splits
 from smartmixed_core.errors import ConfigError
 from smartmixed_core.layers import (
     Activation,
@@ -100,17 +100,25 @@ def model_from_slots(cfg: RunConfig, input_shape: Sequence[int], num_classes: in
     return build_model(cfg, input_shape, num_classes, make_slot, seeds)
 
 
-def load_data(cfg: RunConfig) -> Splits:
-    """``cfg``'s dataset split, on ``cfg``'s device."""
-    return load_dataset(
-        cfg.dataset,
-        cfg.data_dir,
-        val_fraction=cfg.val_fraction,
-        split_seed=cfg.split_seed,
-        download=cfg.download,
-        normalize_images=cfg.model == "convnet",
-        train_size=cfg.train_size,
-    ).to(resolve_device(cfg.device))
+def load_data(cfg: RunConfig, seeds: Sequence[int] = (0,)) -> Splits:
+    """``cfg``'s dataset split, on ``cfg``'s device; with ``split_per_seed`` one split per
+    seed of ``seeds`` (drawn with ``split_seed + seed``), stacked (:func:`stack_splits`)."""
+    def split(split_seed: int) -> Splits:
+        return load_dataset(
+            cfg.dataset,
+            cfg.data_dir,
+            val_fraction=cfg.val_fraction,
+            split_seed=split_seed,
+            download=cfg.download,
+            normalize_images=cfg.model == "convnet",
+            train_size=cfg.train_size,
+        )
+
+    if cfg.split_per_seed:
+        data = stack_splits([split((cfg.split_seed + s) % 2**32) for s in seeds])
+    else:
+        data = split(cfg.split_seed)
+    return data.to(resolve_device(cfg.device))
 
 
 def save_checkpoint(path: str | Path, cfg: RunConfig, outcome: SeedOutcome) -> None:

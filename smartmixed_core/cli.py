@@ -90,6 +90,8 @@ def train(
     gate: Annotated[str, typer.Option(help="Mixture gate: layer, neuron or input.")] = "layer",
     gate_temperature: float = 1.0,
     entropy_weight: float = 0.0,
+    split_per_seed: Annotated[bool, typer.Option(
+        help="Each seed draws its own train/validation split (split seed + seed).")] = False,
     train_size: Annotated[Optional[int], typer.Option(
         help="Train on a stratified subset of this many training examples.")] = None,
     seeds: Annotated[str, typer.Option(help="'0,1,2' or '0-4'.")] = "0",
@@ -138,6 +140,7 @@ def train(
         patience=patience,
         restore=restore,
         train_size=train_size,
+        split_per_seed=split_per_seed,
         phase2_init=phase2_init,
         gate=gate,
         gate_temperature=gate_temperature,
@@ -147,7 +150,7 @@ def train(
     )
     check_data(cfg.dataset, cfg.data_dir, cfg.download)  # before anything is trained
     check_output_dir("out", out)
-    data = load_data(cfg)
+    data = load_data(cfg, seed_list)
     batched = {"auto": None, "on": True, "off": False}[batch_seeds]
     with EpochProgress(cfg.epochs, seed_list, enabled=not quiet) as progress:
         doc, outcomes = train_seeds(

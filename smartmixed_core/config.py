@@ -165,7 +165,11 @@ class RunConfig:
     val_loss, the best val_accuracy (first reached), or the last epoch's.  Per phase."""
     val_fraction: float = 0.1
     split_seed: int = 0
-    """Seed of the train/validation split (the same for every training seed)."""
+    """Seed of the train/validation split (the same for every training seed, unless
+    split_per_seed)."""
+    split_per_seed: bool = False
+    """Draw seed s's train/validation split (and train_size subset) with split_seed + s, so
+    seed variance includes data variance; the test set stays the same."""
     train_size: int | None = None
     """Train on a stratified subset of this many examples of the training split (drawn with
     split_seed, the same for every seed and method); validation and test stay whole.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import pickle
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,9 +34,16 @@ class RawData:
     standardize: bool  # z-score features with train-split statistics
 
 
+_TENSORS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
 @dataclass(frozen=True)
 class Splits:
-    """Train / validation / test tensors of one dataset, ready for training."""
+    """Train / validation / test tensors of one dataset, ready for training.
+
+    ``per_seed``: every tensor has a leading seeds dimension, seed ``s``'s own split
+    (:func:`stack_splits`); otherwise every seed shares them.
+    """
 
     name: str
     x_train: Tensor
@@ -46,23 +53,48 @@ class Splits:
     x_test: Tensor
     y_test: Tensor
     num_classes: int
+    per_seed: bool = False
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
+        return tuple(self.x_train.shape[1 + self.per_seed:])
 
     @property
     def is_image(self) -> bool:
-        return self.x_train.dim() == 4
+        return len(self.input_shape) == 3
+
+    @property
+    def n_train(self) -> int:
+        return self.y_train.shape[-1]
+
+    def train_batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Training examples ``idx`` (``[S, batch]``, seed ``s`` row ``s``):
+        ``x [S, batch, ...]``, ``y [S, batch]``."""
+        if not self.per_seed:
+            return self.x_train[idx], self.y_train[idx]
+        rows = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)
+        return self.x_train[rows, idx], self.y_train[rows, idx]
+
+    def labels(self, split: str, s: int) -> Tensor:
+        """Seed ``s``'s labels of ``split`` (``train``, ``val``, ``test``)."""
+        y = getattr(self, f"y_{split}")
+        return y[s] if self.per_seed else y
+
+    def select(self, idx: Sequence[int]) -> Splits:
+        """The splits of seeds ``idx`` only (the same object when the seeds share them)."""
+        if not self.per_seed:
+            return self
+        return replace(self, **{f: getattr(self, f)[list(idx)] for f in _TENSORS})
 
     def to(self, device: torch.device | str) -> Splits:
-        return replace(
-            self,
-            **{
-                f: getattr(self, f).to(device)
-                for f in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
-            },
-        )
+        return replace(self, **{f: getattr(self, f).to(device) for f in _TENSORS})
+
+
+def stack_splits(splits: Sequence[Splits]) -> Splits:
+    """One :class:`Splits` whose seed ``s`` has ``splits[s]`` (equal sizes)."""
+    first = splits[0]
+    return replace(first, per_seed=True,
+                   **{f: torch.stack([getattr(sp, f) for sp in splits]) for f in _TENSORS})
 
 
 class DataError(ConfigError):

@@ -19,7 +19,7 @@ from smartmixed_core.data import Splits
 from smartmixed_core.freeze import selection_counts
 from smartmixed_core.layers import SelectiveActivation
 from smartmixed_core.seeded import SeedNoise
-from smartmixed_core.training import predict
+from smartmixed_core.training import predict_split
 
 _EVAL_STREAM = 2**40
 """Offset of the sampled evaluation's generator seeds (far from every training stream)."""
@@ -53,14 +53,14 @@ class SampledEval:
             for s in slots:
                 s.noise, s.sample_eval = noise, True
             try:
-                logits = predict(model, self.data.x_val)
+                logits = predict_split(model, self.data, "val")
             finally:
                 for s, n in zip(slots, saved):
                     s.noise, s.sample_eval = n, False
-            y = self.data.y_val
+            ys = [self.data.labels("val", s) for s in range(len(logits))]
             self._epoch = epoch
             self._scores = [(float(F.cross_entropy(lg, y)), float((lg.argmax(1) == y).float()
-                            .mean())) for lg in logits]
+                            .mean())) for lg, y in zip(logits, ys)]
         return self._scores
 
 

@@ -38,7 +38,7 @@ from smartmixed_core.models import Backbone
 from smartmixed_core.phase1 import SampledEval, SelectionTracker, temperature_at
 from smartmixed_core.seeded import BATCHES, INIT, NOISE, REINIT, SeedNoise, seed_generator
 from smartmixed_core.shapes import learned_shapes
-from smartmixed_core.training import FitConfig, FitState, fit, predict
+from smartmixed_core.training import FitConfig, FitState, fit, predict_split
 
 __all__ = [  # the run's building blocks live in build.py; re-exported for callers
     "CHECKPOINT_FORMAT", "RunState", "SeedOutcome", "build_model", "load_checkpoint",
@@ -143,8 +143,8 @@ class RunState:
 
 def evaluate(model: nn.Module, data: Splits, split: str) -> list[dict[str, Any]]:
     """Every seed's classification metrics on ``split``."""
-    x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-    return [classification_metrics(logits, y, data.num_classes) for logits in predict(model, x)]
+    return [classification_metrics(logits, data.labels(split, s), data.num_classes)
+            for s, logits in enumerate(predict_split(model, data, split))]
 
 
 def _start(cfg: RunConfig, seeds: list[int], data: Splits, state: RunState) -> Backbone:
@@ -240,8 +240,9 @@ def train_together(
             if r.history:
                 state.outs[i]["phase2_first_val_accuracy"] = r.history[0]["val_accuracy"]
     seconds = state.elapsed() / len(seeds)
-    return [finish_seed(cfg, model.select_seeds([i]), data, {"seed": s, **state.outs[i]},
-                        state.histories[i], seconds) for i, s in enumerate(seeds)]
+    return [finish_seed(cfg, model.select_seeds([i]), data.select([i]),
+                        {"seed": s, **state.outs[i]}, state.histories[i], seconds)
+            for i, s in enumerate(seeds)]
 
 
 def train_seed(
@@ -252,7 +253,7 @@ def train_seed(
     state: RunState | None = None,
 ) -> SeedOutcome:
     """Train ``cfg`` once with ``seed``: :func:`train_together` with one seed."""
-    data = data if data is not None else load_data(cfg)
+    data = data if data is not None else load_data(cfg, [seed])
     return train_together(cfg, [seed], data, [callbacks], state)[0]
 
 
@@ -281,7 +282,7 @@ def finish_seed(
         }
     )
     if kind in ("adact", "gated"):
-        predict(model, data.x_val)  # refresh the mean gates on validation data
+        predict_split(model, data, "val")  # refresh the mean gates on validation data
         out["optimized_activations"] = dominant_activations(model)
         out["gate_entropy"] = [
             gate_entropy(s.gate_mean) for s in model.acts if isinstance(s, MixtureActivation)
@@ -333,10 +334,11 @@ def train_seeds(
     ``batched`` (default): the seeds train together (:func:`train_together`); ``False``: one
     after another (less memory, the same numbers).
     """
-    data = data if data is not None else load_data(cfg)
+    data = data if data is not None else load_data(cfg, seeds)
     cbs = [callbacks(s) if callbacks else () for s in seeds]
     if batched is False:
-        outcomes = [o for s, c in zip(seeds, cbs) for o in train_together(cfg, [s], data, [c])]
+        outcomes = [o for i, (s, c) in enumerate(zip(seeds, cbs))
+                    for o in train_together(cfg, [s], data.select([i]), [c])]
     else:
         outcomes = train_together(cfg, seeds, data, cbs)
     doc = {

@@ -163,6 +163,22 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
     return out
 
 
+@torch.no_grad()
+def predict_split(model: nn.Module, data: Splits, split: str,
+                  batch_size: int = 4096) -> Tensor:
+    """Eval-mode logits ``[S, n, classes]`` of ``data``'s ``split`` (``val``, ``test``):
+    the shared examples, or with per-seed splits each seed's own."""
+    x = getattr(data, f"x_{split}")
+    if not data.per_seed:
+        return predict(model, x, batch_size)
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x[:, i : i + batch_size]) for i in range(0, x.shape[1], batch_size)],
+                    dim=1)
+    model.train(was_training)
+    return out
+
+
 class _SeedwiseFused:
     """Adam/AdamW with torch's fused kernel, each seed's slice of a parameter updated as a
     tensor of its own.  The fused CPU kernel runs a vector loop and a scalar tail that round
@@ -270,7 +286,7 @@ def fit(
         cache.accumulated_recompile_limit = max(cache.accumulated_recompile_limit, 4096)
         forward = torch.compile(model)
     st = state if state is not None else FitState()
-    n, device = len(data.x_train), data.x_train.device
+    n, device = data.n_train, data.x_train.device
     first, elapsed = 0, 0.0
     if st.step >= 0:  # continue after a completed epoch
         opt.load_state_dict(st.optimizer)
@@ -295,7 +311,8 @@ def fit(
         total = torch.zeros(seeds, device=device)
         for i in range(0, n, cfg.batch_size):
             idx = order[:, i : i + cfg.batch_size]
-            losses = seed_losses(forward(data.x_train[idx]), data.y_train[idx])
+            x, y = data.train_batch(idx)
+            losses = seed_losses(forward(x), y)
             total += losses.detach() * idx.shape[1]
             loss = (losses * weight).sum()
             extra = aux_loss(aux_modules)
@@ -307,7 +324,7 @@ def fit(
                 clip_per_seed(list(model.parameters()), cfg.grad_clip)
             opt.step()
         train_loss = (total / n).tolist()
-        logits = predict(model, data.x_val, cfg.eval_batch_size)
+        logits = predict_split(model, data, "val", cfg.eval_batch_size)
         seconds = time.perf_counter() - t0
         for s, run in enumerate(st.seeds):
             if not active[s]:
@@ -315,12 +332,13 @@ def fit(
             epoch = starts[s] + step
             if not math.isfinite(train_loss[s]):
                 raise NonFiniteLossError(epoch, train_loss[s], ids[s])
-            val_loss = float(F.cross_entropy(logits[s], data.y_val))
+            y_val = data.labels("val", s)
+            val_loss = float(F.cross_entropy(logits[s], y_val))
             record = {
                 "epoch": epoch,
                 "train_loss": train_loss[s],
                 "val_loss": val_loss,
-                "val_accuracy": float((logits[s].argmax(1) == data.y_val).float().mean()),
+                "val_accuracy": float((logits[s].argmax(1) == y_val).float().mean()),
                 "seconds": seconds,
             }
             score = -record["val_accuracy"] if cfg.restore == "val_accuracy" else val_loss

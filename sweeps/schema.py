@@ -41,8 +41,8 @@ SEED_PARAMS = (
 )
 EXTRA_PARAMS = (
     "temperature_schedule", "weight_decay", "optimizer", "grad_clip", "patience", "gate",
-    "gate_temperature", "entropy_weight", "split_seed", "train_size", "layer_activations",
-    "restore", "n_params",
+    "gate_temperature", "entropy_weight", "split_seed", "split_per_seed", "train_size",
+    "layer_activations", "restore", "n_params",
 )
 
 # Final metrics of a seed run.

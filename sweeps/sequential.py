@@ -40,7 +40,7 @@ def run_sequential(spec: Any, params: list[dict[str, Any]], batched: bool = True
     t0 = time.perf_counter()
     for p in params:
         cfg = spec.run_config(p)
-        train_seeds(cfg, spec.seeds, data=load_data(cfg), batched=batched)
+        train_seeds(cfg, spec.seeds, data=load_data(cfg, spec.seeds), batched=batched)
     return time.perf_counter() - t0
 
 

@@ -238,7 +238,7 @@ class TrialRun:
     def _train(self, todo: list[int], last_step: int) -> None:
         """Train ``todo`` together (docs/sweeps.md, "How a trial runs"): report and
         checkpoint after every round, one seed run per seed."""
-        data = load_data(self.cfg)
+        data = load_data(self.cfg, todo)
         state = self.state or RunState()
         for seed in todo:
             self.records.setdefault(seed, [])

@@ -187,3 +187,20 @@ def test_seeds_together_equal_one_by_one_in_float32(one_thread):
     _, together = train_seeds(cfg, [0, 1], data=data, batched=True)
     for a, b in zip(alone, together):
         assert_same(a, b)
+
+
+def test_per_seed_splits_give_each_seed_its_own_data_and_stay_independent(one_thread):
+    """split_per_seed: seed s trains and validates on the split drawn with split_seed + s;
+    trained beside other seeds it equals the seed alone, bit for bit."""
+    cfg = config(method="smartmixed", split_per_seed=True, epochs=3, transition_epoch=1)
+    data = load_data(cfg, [0, 3])
+    assert data.per_seed and data.x_train.shape[0] == 2
+    assert not torch.equal(data.y_val[0], data.y_val[1])  # different validation examples
+    assert torch.equal(data.y_test[0], data.y_test[1])  # the same test examples
+    alone = load_data(cfg, [3])
+    assert torch.equal(alone.x_train[0], data.x_train[1])
+    _, together = train_seeds(cfg, [0, 3], data=data)
+    _, (single,) = train_seeds(cfg, [3])
+    assert_same(single, together[1])
+    shared, _ = train_seeds(dataclasses.replace(cfg, split_per_seed=False), [3])
+    assert shared["seeds"][0]["val_accuracy"] != single.summary["val_accuracy"]
