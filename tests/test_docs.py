@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 PLACEHOLDERS = re.compile(r"\b(HOST|MLFLOW_HOST|HEAD_IP|JOB_ID|HEAD_POD|NAME|URI|REGISTRY)\b"
                           r"|--address|example|\.\.\.")
 SUBSTITUTE = {"DIR": "out", "DATA": "data"}
+SHARED_MNIST = "../shared/data/mnist"
+"""The real MNIST files of the development machines: the tiny files in ./data stand in."""
 TIMEOUT = 400
 
 
@@ -45,7 +47,7 @@ def commands(text: str) -> list[list[str]]:
         words = shlex.split(re.sub(r"\[(--[^\]]*)\]", r"\1", line), comments=True)
         if words[:1] != ["smartmixed"] or PLACEHOLDERS.search(line):
             continue
-        out.append([SUBSTITUTE.get(w, w) for w in words])
+        out.append([SUBSTITUTE.get(w, w).replace(SHARED_MNIST, "data") for w in words])
     return out
 
 
