@@ -2,7 +2,7 @@
 
     smartmixed analyze --experiment smartmixed-quick --out reports/quick
 
-Attached to the ``smartmixed`` app by ``smartmixed_core.cli`` via :func:`register`.
+Attached to the ``smartmixed`` app by ``smartmixed.cli`` via :func:`register`.
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def fill(db: Path, *, configs: int = 16, seeds: int = 5, archs: int = 18) -> int
 
 def time_analyze(db: Path, out: Path, extra: list[str]) -> dict:
     """Run ``smartmixed analyze`` on the store in a child process: wall s, CPU s, peak MB."""
-    cmd = [sys.executable, "-m", "smartmixed_core.cli", "analyze", "--experiment", EXPERIMENT,
+    cmd = [sys.executable, "-m", "smartmixed.cli", "analyze", "--experiment", EXPERIMENT,
            "--sweep", SWEEP, "--tracking-uri", f"sqlite:///{db}", "--out", str(out),
            "--no-log", *extra]
     start = time.perf_counter()

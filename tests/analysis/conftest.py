@@ -186,7 +186,7 @@ def cli_report(tmp_path_factory):
     import contextlib
     import io
 
-    from smartmixed_core.cli import main
+    from smartmixed.cli import main
 
     st = build_store(tmp_path_factory.mktemp("cli-store"))
     out = tmp_path_factory.mktemp("report") / "r"

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from conftest import EXP, Store
 
-from smartmixed_core.cli import main
+from smartmixed.cli import main
 
 PLOTS = ("mrr", "rank_distribution", "accuracy", "cd_diagram", "performance_profile",
          "selection", "depth_trend", "switching", "weight_heatmap", "importances",

@@ -16,7 +16,7 @@ PRESET = ROOT / "sweeps" / "presets" / "quick.yaml"
 
 
 def smartmixed(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-c", "import sys; from smartmixed_core.cli import main; "
+    cmd = [sys.executable, "-c", "import sys; from smartmixed.cli import main; "
            "sys.exit(main())", *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,

@@ -3,7 +3,7 @@
 import json
 import resource
 
-from smartmixed_core.cli import main
+from smartmixed.cli import main
 
 
 def test_digits_smartmixed_three_seeds(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from smartmixed_core import runner
-from smartmixed_core.cli import main
+from smartmixed.cli import main
 
 SEED_KEYS = {
     "seed",
@@ -146,7 +146,7 @@ def test_console_script_exit_status(tmp_path):
         [
             sys.executable,
             "-m",
-            "smartmixed_core.cli",
+            "smartmixed.cli",
             "train",
             "--lr",
             "-1",
@@ -195,9 +195,9 @@ def test_console_script_exits_as_the_interpreter_would_without_its_teardown(tmp_
     from importlib.metadata import entry_points
 
     (script,) = entry_points(group="console_scripts", name="smartmixed")
-    assert script.value == "smartmixed_core.cli:console"
+    assert script.value == "smartmixed.cli:console"
     code = ("import atexit, pathlib, sys, threading, time\n"
-            "from smartmixed_core.cli import console\n"
+            "from smartmixed.cli import console\n"
             "def late():\n"
             "    time.sleep(0.5)\n"
             "    pathlib.Path('thread.txt').write_text('joined')\n"

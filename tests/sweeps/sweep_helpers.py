@@ -41,13 +41,13 @@ def write_spec(tmp_path: Path, uri: str | None = None, **changes: Any) -> Path:
 
 
 def cli(*args: str) -> int:
-    from smartmixed_core.cli import main
+    from smartmixed.cli import main
 
     return main(list(args))
 
 
 def smartmixed_cmd() -> list[str]:
-    return [sys.executable, "-c", "import sys; from smartmixed_core.cli import main; "
+    return [sys.executable, "-c", "import sys; from smartmixed.cli import main; "
             "sys.exit(main())"]
 
 

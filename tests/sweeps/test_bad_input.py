@@ -1,6 +1,6 @@
 """Bad input never crashes with a traceback or writes half a result.
 
-Every case runs the real entry point (``smartmixed_core.cli.main``) inside the test process
+Every case runs the real entry point (``smartmixed.cli.main``) inside the test process
 and checks the contract of docs/contracts.md: exit status 2, exactly one line on stderr,
 ``smartmixed: error: FIELD: what is allowed``, nothing on stdout, no traceback, and nothing
 written: the tree under ``tmp_path`` (the MLflow SQLite store, the Ray results folder, the
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from smartmixed_core.cli import main
+from smartmixed.cli import main
 from tests.sweeps.sweep_helpers import SMOKE, smartmixed_cmd, write_spec
 
 FIXED = SMOKE["fixed"]

@@ -47,7 +47,7 @@ def test_credentials_and_redact_text():
 
 
 def test_error_lines_mask_passwords(capsys):
-    from smartmixed_core.cli import error
+    from smartmixed.cli import error
 
     assert error("tracking_uri: cannot read 'postgresql://u:hunter22@h/db'") == 2
     assert capsys.readouterr().err == "smartmixed: error: tracking_uri: cannot read " \

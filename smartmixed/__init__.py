@@ -1,0 +1,1 @@
+"""The ``smartmixed`` command: the app above ``smartmixed_core``, ``sweeps`` and ``analysis``."""
