@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from smartmixed_core import runner
 from smartmixed.cli import main
+from smartmixed_core import runner
 
 SEED_KEYS = {
     "seed",
