@@ -21,9 +21,7 @@ from sweeps import schema, tracking
 
 DEFAULT_TRACKING_URI = schema.DEFAULT_TRACKING_URI
 
-CONFIG_PARAMS: tuple[str, ...] = tuple(
-    p for p in (*schema.SEED_PARAMS, *schema.EXTRA_PARAMS) if p != "n_params"
-)
+CONFIG_PARAMS: tuple[str, ...] = schema.CONFIG_PARAMS
 """Params that identify a configuration (``n_params`` is a result, not a choice)."""
 
 BASE_COLUMNS = ("run_id", "sweep", "trial", "seed", "status", "start_time", "end_time")

@@ -7,15 +7,17 @@ The ``smartmixed`` app that mounts ``train``, ``sweep`` and ``analyze`` is
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, get_args, get_type_hints
 
 import typer
 
-from smartmixed_core.activations import POOLS
-from smartmixed_core.config import METHODS_HELP, RunConfig
-from smartmixed_core.data import DATASETS, check_data
+from smartmixed_core.config import RunConfig, field_docs
+from smartmixed_core.data import check_data
 from smartmixed_core.errors import ConfigError, check_output_dir
 
 
@@ -36,50 +38,33 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def run_options() -> list[inspect.Parameter]:
+    """One ``train`` flag per :class:`RunConfig` field: its default, its type, and its
+    docstring as help (:func:`field_docs`), so a new field is a new flag by itself."""
+    hints, docs = get_type_hints(RunConfig), field_docs()
+    params = []
+    for f in fields(RunConfig):
+        kind = hints[f.name]
+        args = [a for a in get_args(kind) if a is not type(None)]
+        if len(args) == 1:  # X | None
+            kind = Optional[args[0]]
+        params.append(inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+            annotation=Annotated[kind, typer.Option(help=docs.get(f.name, "").replace("``", ""))]))
+    return params
+
+
+def _train_signature(func: Callable[..., None]) -> Callable[..., None]:
+    own = [p for p in inspect.signature(func).parameters.values()
+           if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    func.__signature__ = inspect.Signature([*run_options(), *own])  # type: ignore[attr-defined]
+    return func
+
+
+@_train_signature
 def train(
-    dataset: Annotated[str, typer.Option(help=f"One of: {', '.join(DATASETS)}.")] = "digits",
-    arch: Annotated[
-        Optional[str],
-        typer.Option(help="Hidden widths '64,32' or a paper architecture 'paper:784-512-10'."),
-    ] = None,
-    method: Annotated[str, typer.Option(help=METHODS_HELP)] = "smartmixed",
-    layer_activations: Annotated[Optional[str], typer.Option(
-        help="perlayer: one activation per hidden layer, e.g. relu,elu,elu.")] = None,
-    model: Annotated[str, typer.Option(help="mlp or convnet.")] = "mlp",
-    pool: Annotated[
-        Optional[str],
-        typer.Option(help=f"Pool name ({', '.join(POOLS)}) or comma list of activations."),
-    ] = None,
-    epochs: int = 40,
-    transition_epoch: Annotated[int, typer.Option(help="Phase-1 epochs (smartmixed).")] = 15,
-    temperature: float = 0.3,
-    temperature_end: Annotated[
-        Optional[float], typer.Option(help="Temperature at the end of phase 1 (default: constant).")
-    ] = None,
-    temperature_schedule: str = "exponential",
-    phase2_init: Annotated[str, typer.Option(help="transfer or reinit.")] = "transfer",
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    optimizer: str = "adam",
-    batch_size: int = 64,
-    grad_clip: Optional[float] = None,
-    patience: Optional[int] = None,
-    restore: Annotated[str, typer.Option(
-        help="Reported weights: best val_loss epoch, best val_accuracy epoch, or last.")
-    ] = "val_loss",
-    gate: Annotated[str, typer.Option(help="Mixture gate: layer, neuron or input.")] = "layer",
-    gate_temperature: float = 1.0,
-    entropy_weight: float = 0.0,
-    split_per_seed: Annotated[bool, typer.Option(
-        help="Each seed draws its own train/validation split (split seed + seed).")] = False,
-    train_size: Annotated[Optional[int], typer.Option(
-        help="Train on a stratified subset of this many training examples.")] = None,
+    *,
     seeds: Annotated[str, typer.Option(help="'0,1,2' or '0-4'.")] = "0",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    compile: Annotated[str, typer.Option(help="torch.compile of the training forward pass: "
-                                         "auto (on for CUDA, off on a CPU), on, off.")] = "auto",
-    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with image datasets.")] = None,
-    download: bool = False,
     out: Annotated[
         Path, typer.Option(help="Output folder for result.json and checkpoints.")
     ] = Path("runs/train"),
@@ -90,44 +75,17 @@ def train(
                     "(auto, on) or one after another (off: less memory, same numbers)."),
     ] = "auto",
     quiet: bool = False,
+    **settings: Any,
 ) -> None:
-    """Train one configuration for several seeds; write OUT/result.json."""
+    """Train one configuration for several seeds; write OUT/result.json.  Every RunConfig
+    setting is a flag (docs/contracts.md)."""
     from smartmixed_core.progress import EpochProgress
     from smartmixed_core.runner import load_data, save_checkpoint, train_seeds
 
     seed_list = parse_seeds(seeds)
     if batch_seeds not in ("auto", "on", "off"):
         raise ConfigError("batch_seeds", f"expected auto, on or off, got {batch_seeds!r}")
-    cfg = RunConfig(
-        dataset=dataset,
-        data_dir=str(data_dir) if data_dir else None,
-        download=download,
-        model=model,
-        arch=arch,
-        method=method,
-        layer_activations=layer_activations,
-        pool=pool,
-        temperature=temperature,
-        temperature_end=temperature_end,
-        temperature_schedule=temperature_schedule,
-        transition_epoch=transition_epoch,
-        epochs=epochs,
-        lr=lr,
-        weight_decay=weight_decay,
-        optimizer=optimizer,
-        batch_size=batch_size,
-        grad_clip=grad_clip,
-        patience=patience,
-        restore=restore,
-        train_size=train_size,
-        split_per_seed=split_per_seed,
-        phase2_init=phase2_init,
-        gate=gate,
-        gate_temperature=gate_temperature,
-        entropy_weight=entropy_weight,
-        device=device,
-        compile=compile,
-    )
+    cfg = RunConfig(**settings)
     check_data(cfg.dataset, cfg.data_dir, cfg.download)  # before anything is trained
     check_output_dir("out", out)
     data = load_data(cfg, seed_list)

@@ -111,6 +111,11 @@ def _check_types(cfg: RunConfig, kinds: tuple[str, ...] = tuple(_TYPES)) -> None
             raise ConfigError(f.name, f"must be {kind}, got {value!r}")
 
 
+EXECUTION_FIELDS = ("data_dir", "download", "device", "fused", "compile")
+"""RunConfig settings that choose where and how a run computes, not what it computes: not
+part of a configuration's identity, so not logged as MLflow parameters."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One training configuration (trained once per seed).  See docs/contracts.md."""
@@ -146,10 +151,15 @@ class RunConfig:
     epochs: int = 40
     """Total epochs."""
     lr: float = 1e-3
+    """Learning rate of the optimizer."""
     weight_decay: float = 0.0
+    """Weight decay (L2 for adam, decoupled for adamw)."""
     optimizer: str = "adam"
+    """adam or adamw (torch's fused implementation where the device has one)."""
     batch_size: int = 64
+    """Training batch size."""
     grad_clip: float | None = None
+    """Clip each seed's global gradient norm to this value (None: off)."""
     patience: int | None = None
     """Early-stopping patience in epochs (None: off); applies within each phase."""
     phase2_init: str = "transfer"
@@ -164,6 +174,7 @@ class RunConfig:
     """Which weights a run reports (and patience watches): those of the epoch with the best
     val_loss, the best val_accuracy (first reached), or the last epoch's.  Per phase."""
     val_fraction: float = 0.1
+    """Stratified fraction of the official train set held out for validation."""
     split_seed: int = 0
     """Seed of the train/validation split (the same for every training seed, unless
     split_per_seed)."""
@@ -324,3 +335,18 @@ class RunConfig:
             if key not in known:
                 raise ConfigError(key, "unknown setting; allowed: " + ", ".join(sorted(known)))
         return cls(**values)
+
+
+def field_docs(cls: type = RunConfig) -> dict[str, str]:
+    """Each field's docstring (the string literal right under it in the class body), as one
+    line: the help of the ``train`` flags."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+    return {a.target.id: " ".join(b.value.value.split())
+            for a, b in zip(body, body[1:])
+            if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name)
+            and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
+            and isinstance(b.value.value, str)}

@@ -1,7 +1,8 @@
 """The MLflow run schema: the one place that names tags, params, metrics and artifacts.
 
-Documented in docs/mlflow-schema.md; ``sweeps`` writes it and ``analysis`` reads it.  No imports
-beyond the standard library, so analysis can use it without Ray.
+Documented in docs/mlflow-schema.md; ``sweeps`` writes it and ``analysis`` reads it.  It imports
+only the core's run configuration (the params derive from it), so analysis can use it without
+Ray.
 
 Run tree per experiment::
 
@@ -11,6 +12,10 @@ Run tree per experiment::
 """
 
 from __future__ import annotations
+
+from dataclasses import fields
+
+from smartmixed_core.config import EXECUTION_FIELDS, RunConfig
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 """Where sweeps write and analysis reads when no tracking URI is given."""
@@ -34,16 +39,13 @@ TAG_FOLDER = "smartmixed.folder"
 TAG_NOTE = "mlflow.note.content"
 TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
-# Params of every seed run (and of trial runs): the configuration, as strings.
-SEED_PARAMS = (
-    "dataset", "model", "architecture", "method", "pool", "temperature", "temperature_end",
-    "transition_epoch", "epochs", "lr", "batch_size", "phase2_init",
-)
-EXTRA_PARAMS = (
-    "temperature_schedule", "weight_decay", "optimizer", "grad_clip", "patience", "gate",
-    "gate_temperature", "entropy_weight", "split_seed", "split_per_seed", "train_size",
-    "layer_activations", "restore", "n_params",
-)
+# Params of every seed run (and of trial runs): the configuration, as strings -- every
+# RunConfig field (arch logged as "architecture") except the execution settings, so a new
+# field is logged by itself; a setting the run's method does not use is left out (USED_BY).
+CONFIG_PARAMS = tuple("architecture" if f.name == "arch" else f.name for f in fields(RunConfig)
+                      if f.name not in EXECUTION_FIELDS)
+RESULT_PARAMS = ("n_params",)
+"""Params that are results, not choices."""
 
 # Final metrics of a seed run.
 FINAL_METRICS = (
@@ -85,7 +87,7 @@ ARTIFACT_RESULT = "result.json"  # the seed's entry of the result.json contract
 ARTIFACT_SPEC = "spec.yaml"  # on the sweep run
 ARTIFACT_REPORT_DIR = "report"  # analysis report, on the sweep run
 
-# Trial runs: params = SEED_PARAMS + EXTRA_PARAMS of the trial's configuration, plus the values
+# Trial runs: params = CONFIG_PARAMS of the trial's configuration, plus the values
 # the searcher sampled (space keys, e.g. depth/width) under this prefix.
 SAMPLED_PREFIX = "sampled."
 # Trial runs: seed-mean EPOCH_METRICS per epoch (step = epoch), and at the end the mean and

@@ -320,8 +320,7 @@ def config_params(cfg: RunConfig) -> dict[str, str]:
     d = cfg.to_dict()
     d["architecture"] = d.pop("arch")
     kind = cfg.parsed_method.kind
-    return {k: str(d[k]) for k in (*schema.SEED_PARAMS, *schema.EXTRA_PARAMS)
-            if k in d and uses(kind, k)}
+    return {k: str(d[k]) for k in schema.CONFIG_PARAMS if uses(kind, k)}
 
 
 MAX_PARAMS_PER_BATCH, MAX_METRICS_PER_BATCH = 100, 1000

@@ -9,6 +9,7 @@ higher layer is an upward dependency all the same); imports under ``TYPE_CHECKIN
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,38 @@ def test_the_core_loads_neither_ray_nor_mlflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, timeout=300, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_new_run_setting_is_a_flag_a_spec_field_and_a_logged_param(tmp_path):
+    """Adding one documented RunConfig field (in a copy of the packages) is all it takes."""
+    import shutil
+
+    for package in LAYERS:
+        shutil.copytree(REPO / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    config = tmp_path / "smartmixed_core" / "config.py"
+    text = config.read_text()
+    anchor = '    weight_decay: float = 0.0\n'
+    assert anchor in text
+    config.write_text(text.replace(anchor, '    label_smoothing: float = 0.0\n'
+                                   '    """Demo setting added by the test."""\n' + anchor))
+    code = (
+        "import subprocess, sys\n"
+        "from smartmixed_core.config import RunConfig\n"
+        "from sweeps.spec import parse_spec\n"
+        "from sweeps.tracking import config_params\n"
+        "from analysis.load import CONFIG_PARAMS\n"
+        "spec = parse_spec({'name': 's', 'fixed': {'label_smoothing': 0.1, 'epochs': 4},\n"
+        "                   'search': {'space': {'method': {'choice': ['fixed:relu']},\n"
+        "                                        'label_smoothing': {'choice': [0.0, 0.2]}}}})\n"
+        "cfg = spec.run_config({'method': 'fixed:relu', 'label_smoothing': 0.2})\n"
+        "print(cfg.label_smoothing, config_params(cfg)['label_smoothing'],\n"
+        "      'label_smoothing' in CONFIG_PARAMS)\n"
+        "help = subprocess.run([sys.executable, '-m', 'smartmixed', 'train', '--help'],\n"
+        "                      capture_output=True, text=True).stdout\n"
+        "print('--label-smoothing' in help, 'Demo setting added by the test.' in help)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300, env={**os.environ, "COLUMNS": "200",
+                                                         "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0.2", "0.2", "True", "True", "True"]

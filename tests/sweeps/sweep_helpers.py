@@ -99,8 +99,8 @@ def assert_run_tree(uri: str, experiment: str, name: str, n_trials: int, seeds: 
             assert tag(seed_run, schema.TAG_SWEEP) == name
             p, m = seed_run.data.params, seed_run.data.metrics
             kind = p["method"].split(":")[0]  # only the settings its method uses
-            assert {k for k in schema.SEED_PARAMS if uses(kind, k)} <= set(p)
-            assert not {k for k in schema.SEED_PARAMS if not uses(kind, k)} & set(p)
+            assert {k for k in schema.CONFIG_PARAMS if uses(kind, k)} <= set(p)
+            assert not {k for k in schema.CONFIG_PARAMS if not uses(kind, k)} & set(p)
             assert p["method"] == trial.data.params["method"]
             for key in ("test_accuracy", "val_accuracy", "test_f1_macro"):
                 assert 0.0 <= m[key] <= 1.0
