@@ -15,6 +15,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from smartmixed_core.errors import ConfigError
+
 sweep_app = typer.Typer(name="sweep", no_args_is_help=True, add_completion=False,
                         help="Ray Tune sweeps of the core, tracked in MLflow.")
 
@@ -213,3 +215,22 @@ def _short(v: str) -> str:
         return f"{float(v):.4g}"
     except ValueError:
         return v
+
+
+@sweep_app.command("dashboard")
+@closing_stores
+def dashboard(
+    name_or_path: Annotated[str, typer.Argument(help="Sweep folder, or its name under "
+                                                "./ray_results.")],
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
+    tracking_uri: Annotated[Optional[str], typer.Option(help=TRACKING_AGAIN)] = None,
+) -> int:
+    """Open optuna-dashboard on the sweep's Optuna studies (its journal), on 127.0.0.1 only;
+    Ctrl+C stops it."""
+    from sweeps.launch import locate
+    from sweeps.searcher import serve_dashboard
+
+    if not 1 <= port <= 65535:
+        raise ConfigError("port", f"must be in [1, 65535], got {port}")
+    serve_dashboard(locate(name_or_path, tracking_uri), port)
+    return 0

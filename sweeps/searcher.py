@@ -130,3 +130,35 @@ def settle_lost_trials(journal: Path, study_name: str,
         study.tell(trial.number, value, state=state)
         settled[trial.number] = state.name
     return settled
+
+
+DASHBOARD_HOST = "127.0.0.1"
+"""optuna-dashboard has no authentication: it listens on this machine only (reach it from
+elsewhere through an SSH tunnel)."""
+
+
+def serve_dashboard(folder: Path, port: int) -> None:
+    """Serve optuna-dashboard on the sweep's journal (every study of the sweep) at
+    ``http://127.0.0.1:PORT`` until interrupted."""
+    from smartmixed_core.errors import ConfigError
+
+    journal = folder / "optuna-journal.log"
+    if not journal.is_file():
+        raise ConfigError("sweep", f"{folder} has no Optuna journal ({journal.name}): a grid "
+                          "sweep has no studies, and a sweep that never started has none yet")
+    import socket
+
+    with socket.socket() as probe:  # a taken port is one error line, not a traceback
+        try:
+            probe.bind((DASHBOARD_HOST, port))
+        except OSError as exc:
+            raise ConfigError("port", f"cannot listen on {DASHBOARD_HOST}:{port} "
+                              f"({exc.strerror}); choose another with --port") from None
+    from optuna_dashboard import run_server
+
+    print(f"optuna-dashboard for {folder.name}: http://{DASHBOARD_HOST}:{port}  (Ctrl+C stops)",
+          flush=True)
+    import contextlib
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_server(journal_storage(journal), host=DASHBOARD_HOST, port=port)

@@ -15,7 +15,14 @@ from smartmixed_core.runner import load_checkpoint, load_data
 from smartmixed_core.training import predict
 from sweeps import schema
 from sweeps.launch import JOURNAL_FILE, STATE_FILE
-from tests.sweeps.sweep_helpers import assert_run_tree, cli, runs_by_kind, write_spec
+from tests.sweeps.sweep_helpers import (
+    assert_run_tree,
+    cli,
+    free_port,
+    runs_by_kind,
+    smartmixed_cmd,
+    write_spec,
+)
 
 
 def test_grid_sweep_on_sqlite_writes_the_run_tree(tmp_path, ray_local, capsys):
@@ -25,6 +32,10 @@ def test_grid_sweep_on_sqlite_writes_the_run_tree(tmp_path, ray_local, capsys):
     runs = assert_run_tree(uri, "t-exp", "t-sweep", n_trials=2, seeds=[0, 1], epochs=3)
     out = capsys.readouterr().out
     assert "mlflow ui --backend-store-uri " + uri in out and "2 finished" in out
+    from smartmixed.cli import main
+
+    assert main(["sweep", "dashboard", str(tmp_path / "ray_results" / "t-sweep")]) == 2
+    assert "no Optuna journal" in capsys.readouterr().err
     # The checkpoint artifact rebuilds the network that scored the logged test accuracy.
     c = MlflowClient(uri)
     seed_run = next(r for r in runs[schema.KIND_SEED] if r.data.params["method"] == "smartmixed")
@@ -66,6 +77,38 @@ def test_optuna_sweep_against_a_real_mlflow_server(tmp_path, ray_local, mlflow_s
     best = max(r.data.metrics["val_accuracy_mean"] for r in runs[schema.KIND_TRIAL])
     assert study.best_value == pytest.approx(best)
     assert json.loads((folder / STATE_FILE).read_text())["tracking_uri"] == mlflow_server
+    check_dashboard(folder)
+
+
+def check_dashboard(folder: Path) -> None:
+    """`sweep dashboard` serves the sweep's studies on 127.0.0.1; a taken port is refused."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from smartmixed.cli import main
+
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        assert main(["sweep", "dashboard", str(folder), "--port", str(port)]) == 2
+    proc = subprocess.Popen([*smartmixed_cmd(), "sweep", "dashboard", str(folder), "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, body = time.monotonic() + 60, None
+        while body is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies",
+                                            timeout=5) as r:
+                    body = json.loads(r.read())
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, proc.stdout.read().decode() if proc.poll() is not None else ""
+        assert [s["study_name"] for s in body["study_summaries"]] == ["t-sweep"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.mark.parametrize(("args", "words"), [
