@@ -167,7 +167,7 @@ def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path, restore: bool,
     from ray import tune
 
     from smartmixed_core.config import RunConfig
-    from sweeps.progress import SweepProgress
+    from sweeps.progress import SweepProgress, TrialStatuses
     from sweeps.space import grid
 
     fn = tune.with_resources(tune.with_parameters(smartmixed_trial, ctx=ctx, env=tracking_env()),
@@ -204,7 +204,8 @@ def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path, restore: bool,
         name=spec.name, storage_path=str(path.parent),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        verbose=1 if verbose else 0, callbacks=[] if verbose else [progress])
+        verbose=1 if verbose else 0,
+        callbacks=[TrialStatuses(spec.name), *([] if verbose else [progress])])
     return tune.Tuner(fn, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
@@ -237,18 +238,12 @@ def cluster_address(address: str | None) -> str | None:
 
 
 def _bootstrap(address: str) -> str | None:
-    """The host:port that ``address`` stands for (None where Ray alone can tell)."""
-    if address != "auto":
-        return address.removeprefix("ray://")
-    try:
-        from ray._private.services import canonicalize_bootstrap_address_or_die
-    except ImportError:  # private API moved: let ray.init find the cluster
+    """The host:port that ``address`` stands for; None for ``auto``, which only Ray can
+    resolve (from the cluster file ``ray start`` writes; no public API gives it), so
+    ``ray.init`` finds the cluster or says it found none."""
+    if address == "auto":
         return None
-    try:
-        return canonicalize_bootstrap_address_or_die("auto")
-    except Exception as exc:  # ConnectionError: no cluster started on this machine
-        raise ConfigError("address", f"'auto' found no running Ray cluster ({_first_line(exc)});"
-                          " start one with `ray start --head` or pass HOST:PORT") from None
+    return address.removeprefix("ray://")
 
 
 def _probe(address: str) -> None:
@@ -592,12 +587,11 @@ def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | No
         signal.signal(signal.SIGINT, _second_interrupt)
     crashed: set[str] = set()
     try:
-        results = _tuner(spec, ctx, path, restore, verbose).fit()
-        trials = results._experiment_analysis.trials  # statuses are not public on ResultGrid
+        statuses = trial_statuses(spec.name, _tuner(spec, ctx, path, restore, verbose).fit())
         # Ray's SIGINT handler puts back the handler it found (ours) once it has fired.
         interrupted = (watch and signal.getsignal(signal.SIGINT) is _second_interrupt) or any(
-            t.status not in ("TERMINATED", "ERROR") for t in trials)
-        crashed = {t.trial_id for t in trials if t.status == "ERROR"}
+            st not in ("TERMINATED", "ERROR") for st in statuses.values())
+        crashed = {t for t, st in statuses.items() if st == "ERROR"}
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -606,7 +600,7 @@ def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | No
         if started:
             release_ray()
     if not interrupted:  # trials lost with a killed driver (docs/sweeps.md, Failure handling)
-        tracking.close_lost_trials(c, ctx.experiment_id, spec.name, {t.trial_id for t in trials})
+        tracking.close_lost_trials(c, ctx.experiment_id, spec.name, set(statuses))
         if spec.search.algorithm != "grid":
             from sweeps.searcher import settle_lost_trials
 
@@ -626,6 +620,23 @@ def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | No
     c.set_terminated(ctx.sweep_run_id, "KILLED" if interrupted else "FINISHED")
     tracking.fold_wal(ctx.tracking_uri)
     return SweepOutcome(spec, path, ctx, interrupted)
+
+
+def trial_statuses(name: str, results: Any) -> dict[str, str]:
+    """Trial id -> final status of the sweep ``name`` that just ran: from its
+    :class:`~sweeps.progress.TrialStatuses` callback, or, for a sweep begun by a version
+    without it, from the public ``ResultGrid`` (trials that never reported are missing
+    there; "PENDING" stands for any that did not end)."""
+    from sweeps.progress import TrialStatuses
+
+    seen = TrialStatuses.ended.pop(name, None)
+    if seen is not None:
+        return seen
+    out = {r.metrics.get("trial_id", f"#{i}"): "ERROR" if r.error else "TERMINATED"
+           for i, r in enumerate(results)}
+    if results.num_terminated + results.num_errors < len(results):
+        out["#unfinished"] = "PENDING"
+    return out
 
 
 def _second_interrupt(signum: int, frame: Any) -> None:

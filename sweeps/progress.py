@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from ray.tune import Callback
 
@@ -150,3 +150,17 @@ class SweepProgress(Callback):
 
 def _value(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, (int, float)) and v == v else "-"
+
+
+class TrialStatuses(Callback):
+    """Every trial's id and final status when the experiment ends, through Ray Tune's public
+    callback API, for the driver's clean-up after ``Tuner.fit`` (``ResultGrid`` does not give
+    statuses).  Kept on the class by sweep name: a restored Tuner unpickles its own instance."""
+
+    ended: ClassVar[dict[str, dict[str, str]]] = {}
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        TrialStatuses.ended[self.name] = {t.trial_id: t.status for t in trials}
