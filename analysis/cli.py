@@ -34,7 +34,7 @@ def analyze(
     from analysis.report import build_report, log_report, write_report
     from smartmixed_core.errors import check_output_dir
     from sweeps.redact import redact_uri, use_credentials
-    from sweeps.tracking import check_tracking
+    from sweeps.store import check_tracking
 
     # Every input is checked before any analysis: the output folder (a file on the way,
     # /proc, no permission), then the server (a dead one answers within seconds, not minutes).

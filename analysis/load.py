@@ -17,7 +17,7 @@ import pandas as pd
 
 from smartmixed_core.config import USED_BY, uses
 from smartmixed_core.errors import ConfigError
-from sweeps import schema, tracking
+from sweeps import schema, store
 
 DEFAULT_TRACKING_URI = schema.DEFAULT_TRACKING_URI
 
@@ -31,7 +31,7 @@ def _check_uri(tracking_uri: str) -> None:
     """Refuse URIs that cannot be read, before MLflow silently creates an empty store."""
     parsed = urlparse(tracking_uri)
     if parsed.scheme == "sqlite":
-        path = tracking.sqlite_path(tracking_uri)
+        path = store.sqlite_path(tracking_uri)
         if path is None or not path.is_file():
             raise ConfigError("tracking_uri", f"no SQLite tracking store at {tracking_uri!r}")
     elif parsed.scheme in ("", "file"):

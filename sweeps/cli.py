@@ -35,7 +35,7 @@ def closing_stores(command: Callable[..., int]) -> Callable[..., int]:
         try:
             return command(*args, **kwargs)
         finally:
-            from sweeps.tracking import close_stores
+            from sweeps.store import close_stores
 
             close_stores()
 
@@ -59,9 +59,10 @@ def run(
         "--verbose", help="Ray's own trial tables, and MLflow's and Optuna's notices.")] = False,
 ) -> int:
     """Run a sweep described by SPEC."""
-    from sweeps.launch import cluster_address, execute, prepare
+    from sweeps.cluster import cluster_address
+    from sweeps.launch import execute, prepare
     from sweeps.redact import redact_uri
-    from sweeps.spec import load_spec
+    from sweeps.specfile import load_spec
 
     _quiet(verbose)
     address = cluster_address(address)
@@ -87,15 +88,8 @@ def resume(
         "--verbose", help="Ray's own trial tables, and MLflow's and Optuna's notices.")] = False,
 ) -> int:
     """Continue an interrupted sweep: finished seeds are kept, the rest is trained."""
-    from sweeps.launch import (
-        check_resources,
-        check_state,
-        cluster_address,
-        execute,
-        load_state,
-        locate,
-        release_ray,
-    )
+    from sweeps.cluster import check_resources, cluster_address, release_ray
+    from sweeps.launch import check_state, execute, load_state, locate
 
     _quiet(verbose)
     address = cluster_address(address)

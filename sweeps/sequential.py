@@ -17,14 +17,14 @@ from typing import Any
 
 import yaml
 
-from sweeps import schema, tracking
+from sweeps import schema, store, tracking
 from sweeps.launch import load_state, locate
 
 
 def trial_params(name_or_path: str) -> tuple[Any, list[dict[str, Any]]]:
     """The spec and the sampled params of every trial of a sweep (from MLflow)."""
     spec, ctx = load_state(locate(name_or_path))
-    c = tracking.client(ctx.tracking_uri)
+    c = store.client(ctx.tracking_uri)
     runs = tracking.find_runs(c, ctx.experiment_id, schema.KIND_TRIAL, spec.name)
     params = [{k[len(schema.SAMPLED_PREFIX):]: yaml.safe_load(v)
                for k, v in r.data.params.items() if k.startswith(schema.SAMPLED_PREFIX)}

@@ -31,9 +31,10 @@ import torch
 from smartmixed_core.errors import ConfigError
 from smartmixed_core.runner import RunState, load_data, summarize, train_together
 from smartmixed_core.training import NonFiniteLossError
-from sweeps import schema, tracking
+from sweeps import schema, store, tracking
 from sweeps.space import decode
-from sweeps.spec import SweepSpec, parse_spec
+from sweeps.spec import SweepSpec
+from sweeps.specfile import parse_spec
 
 CHECKPOINT_FILE = "trial_state.pt"
 """The file inside a Ray checkpoint of a trial (``torch.save`` of what
@@ -132,7 +133,7 @@ class TrialRun:
         self.every_epoch = self.report_interval == 0 or self.spec.scheduler is not None
         self.params = decode(params)
         self.cfg = self.spec.run_config(self.params)
-        self.client = tracking.client(ctx.tracking_uri)
+        self.client = store.client(ctx.tracking_uri)
         self.records: dict[int, list[dict[str, float]]] = {}
         self.summaries: dict[int, dict[str, Any]] = {}
         self.errors: dict[int, BaseException] = {}

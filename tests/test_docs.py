@@ -60,7 +60,7 @@ def shrink(words: list[str]) -> list[str]:
 
 
 def _spec_name(words: list[str], cwd: Path) -> str:
-    from sweeps.spec import load_spec
+    from sweeps.specfile import load_spec
 
     old = Path.cwd()
     os.chdir(cwd)

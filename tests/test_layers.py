@@ -128,7 +128,7 @@ def test_a_new_run_setting_is_a_flag_a_spec_field_and_a_logged_param(tmp_path):
     code = (
         "import subprocess, sys\n"
         "from smartmixed_core.config import RunConfig\n"
-        "from sweeps.spec import parse_spec\n"
+        "from sweeps.specfile import parse_spec\n"
         "from sweeps.tracking import config_params\n"
         "from analysis.load import CONFIG_PARAMS\n"
         "spec = parse_spec({'name': 's', 'fixed': {'label_smoothing': 0.1, 'epochs': 4},\n"

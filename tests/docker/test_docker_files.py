@@ -419,7 +419,7 @@ def cli_command(args: list[str]):
 
 
 def test_deployment_doc_smartmixed_commands_exist():
-    from sweeps.spec import load_spec, preset_names
+    from sweeps.specfile import load_spec, preset_names
 
     commands = doc_commands()
     assert len(commands) >= 5, commands

@@ -56,12 +56,12 @@ def without(tmp: Path, key: str) -> str:
 def existing_sweep(tmp: Path) -> Path:
     """A sweep as `sweep run` leaves it (MLflow sweep run + its folder), its store closed as a
     sweep leaves it when it ends (no write-ahead log)."""
-    from sweeps import tracking
+    from sweeps import store
     from sweeps.launch import prepare
-    from sweeps.spec import load_spec
+    from sweeps.specfile import load_spec
 
     _, path, ctx = prepare(load_spec(write_spec(tmp)))
-    tracking.fold_wal(ctx.tracking_uri)
+    store.fold_wal(ctx.tracking_uri)
     return path
 
 
@@ -383,13 +383,13 @@ def test_ray_started_beside_a_failing_store_is_shut_down(tmp_path, capsys, monke
     """`sweep run` starts Ray while the SQLite store is created: when the store then fails,
     the one-line error comes with Ray shut down again and no sweep folder written (Ray is
     replaced by a recorder here; the file check covers the tree apart from the store)."""
-    from sweeps import launch, tracking
+    from sweeps import cluster, launch, store
 
     calls: list[str] = []
 
     def init_ray(address: str | None, verbose: bool = False) -> bool:
         calls.append("init")
-        monkeypatch.setattr(launch, "_ray_owned", True)
+        monkeypatch.setattr(cluster, "_ray_owned", True)
         return True
 
     def broken_store(uri: str) -> Any:
@@ -397,7 +397,7 @@ def test_ray_started_beside_a_failing_store_is_shut_down(tmp_path, capsys, monke
 
     monkeypatch.setattr(launch, "_init_ray", init_ray)
     monkeypatch.setattr(launch, "release_ray", lambda: calls.append("release"))
-    monkeypatch.setattr(tracking, "client", broken_store)
+    monkeypatch.setattr(store, "client", broken_store)
     path = spec(tmp_path)
     before = snapshot(tmp_path)
     capsys.readouterr()
@@ -412,10 +412,10 @@ def test_ray_started_beside_a_failing_store_is_shut_down(tmp_path, capsys, monke
 def test_an_error_leaves_no_write_ahead_log_beside_an_existing_store(tmp_path, capsys):
     """A store left in write-ahead mode (a killed sweep, an older version): a command that
     opens it and then fails closes it again, so SQLite removes ``-wal`` and ``-shm``."""
-    from sweeps import tracking
+    from sweeps import store
 
     existing_sweep(tmp_path)
-    assert tracking.use_wal(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert store.use_wal(f"sqlite:///{tmp_path / 'mlflow.db'}")
     before = snapshot(tmp_path)
     assert not {"mlflow.db-wal", "mlflow.db-shm"} & set(before)
     capsys.readouterr()

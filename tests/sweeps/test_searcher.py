@@ -55,8 +55,8 @@ def test_a_trial_of_a_journal_without_ray_ids_is_failed(tmp_path):
 def test_per_method_search_gives_every_method_the_same_budget(tmp_path):
     from ray.tune.search import Searcher
 
-    from sweeps.launch import _searcher, study_names
-    from sweeps.spec import parse_spec
+    from sweeps.specfile import parse_spec
+    from sweeps.tuner import _searcher, study_names
 
     spec = parse_spec({"name": "eq", "search": {
         "algorithm": "optuna", "num_samples": 4, "per": ["method"], "seed": 3, "space": {
@@ -83,8 +83,8 @@ def test_per_method_search_gives_every_method_the_same_budget(tmp_path):
 
 
 def test_per_cell_search_survives_a_save_and_restore(tmp_path):
-    from sweeps.launch import _searcher
-    from sweeps.spec import parse_spec
+    from sweeps.specfile import parse_spec
+    from sweeps.tuner import _searcher
 
     spec = parse_spec({"name": "eq", "search": {"num_samples": 2, "per": ["method"], "space": {
         "method": {"choice": ["fixed:relu", "fixed:elu"]}, "lr": {"loguniform": [1e-4, 1e-2]}}}})

@@ -103,7 +103,7 @@ def test_prepare_logs_and_saves_the_uri_without_password(tmp_path, mlflow_server
 
     from mlflow import MlflowClient
 
-    from sweeps.spec import load_spec
+    from sweeps.specfile import load_spec
 
     host = mlflow_server.removeprefix("http://")
     given = f"http://alice:{SECRET}@{host}"

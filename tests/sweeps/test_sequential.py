@@ -2,7 +2,7 @@
 
 from smartmixed_core import runner
 from sweeps.sequential import run_sequential
-from sweeps.spec import parse_spec
+from sweeps.specfile import parse_spec
 
 
 def test_sequential_baseline_trains_seeds_together_as_the_trial_does(monkeypatch):

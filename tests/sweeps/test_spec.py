@@ -9,7 +9,8 @@ from smartmixed_core.activations import POOLS
 from smartmixed_core.errors import ConfigError
 from smartmixed_core.models import PAPER_ARCHITECTURES
 from sweeps.space import decode, define_by_run, grid
-from sweeps.spec import load_spec, parse_spec, preset_names, spec_doc
+from sweeps.spec import spec_doc
+from sweeps.specfile import load_spec, parse_spec, preset_names
 
 
 def _spec(**changes):

@@ -136,7 +136,7 @@ def test_a_second_sweep_with_the_same_name_is_refused(tmp_path, capsys):
 def test_status_finds_a_sweep_by_name_through_the_tracking_store(tmp_path, monkeypatch, capsys):
     from smartmixed_core.errors import ConfigError
     from sweeps.launch import locate, prepare
-    from sweeps.spec import load_spec
+    from sweeps.specfile import load_spec
 
     _, path, ctx = prepare(load_spec(write_spec(
         tmp_path, storage_path=str(tmp_path / "ray_results"))))

@@ -12,14 +12,15 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from sweeps import schema, tracking
-from sweeps.spec import parse_spec
+from sweeps import store as sweeps_store
+from sweeps.specfile import parse_spec
 
 
 @pytest.fixture
 def store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    c = tracking.client(uri)
-    return uri, c, tracking.ensure_experiment(c, "e", uri)
+    c = sweeps_store.client(uri)
+    return uri, c, sweeps_store.ensure_experiment(c, "e", uri)
 
 
 def test_params_and_metrics_go_in_as_few_batches_as_mlflow_allows(store, monkeypatch):
@@ -65,10 +66,10 @@ def test_open_trial_run_tells_a_first_attempt_from_a_retry(store):
 
 def test_wal_is_folded_back_and_its_files_removed(store, tmp_path):
     uri, c, exp = store
-    assert tracking.use_wal(uri)
+    assert sweeps_store.use_wal(uri)
     runs = [c.create_run(exp).info.run_id for _ in range(3)]
     assert (tmp_path / "mlflow.db-wal").exists()
-    assert tracking.fold_wal(uri)  # the client's own pooled connections are closed too
+    assert sweeps_store.fold_wal(uri)  # the client's own pooled connections are closed too
     assert not (tmp_path / "mlflow.db-wal").exists()
     assert not (tmp_path / "mlflow.db-shm").exists()
     assert c.get_run(runs[0]).info.run_id == runs[0]  # the client reconnects as needed
@@ -80,7 +81,7 @@ def test_wal_is_folded_back_and_its_files_removed(store, tmp_path):
         ids = {r[0] for r in con.execute("select run_uuid from runs")}
     assert set(runs) <= ids
     for uri in ("http://127.0.0.1:5000", f"sqlite:///{tmp_path / 'absent.db'}"):
-        assert not tracking.use_wal(uri) and not tracking.fold_wal(uri)
+        assert not sweeps_store.use_wal(uri) and not sweeps_store.fold_wal(uri)
 
 
 def test_check_tracking_probes_a_server_given_with_credentials(mlflow_server):
@@ -88,9 +89,9 @@ def test_check_tracking_probes_a_server_given_with_credentials(mlflow_server):
     from tests.sweeps.sweep_helpers import free_port
 
     host = mlflow_server.removeprefix("http://")
-    tracking.check_tracking(f"http://alice:s3cret@{host}")  # answers: no error
+    sweeps_store.check_tracking(f"http://alice:s3cret@{host}")  # answers: no error
     with pytest.raises(ConfigError, match="cannot reach") as err:
-        tracking.check_tracking(f"http://alice:s3cret@127.0.0.1:{free_port()}")
+        sweeps_store.check_tracking(f"http://alice:s3cret@127.0.0.1:{free_port()}")
     assert "s3cret" not in str(err.value) and "alice" not in str(err.value)
 
 
@@ -115,18 +116,19 @@ def test_finished_trial_results_are_the_seed_means_of_finished_trial_runs(store)
 
 
 def test_sqlite_paths_are_read_as_sqlalchemy_reads_them(tmp_path, monkeypatch):
-    assert tracking.sqlite_path("sqlite:////data/a%20b.db") == Path("/data/a b.db")
-    assert tracking.sqlite_path("sqlite:///rel/m.db") == Path("rel/m.db")
-    assert tracking.sqlite_path("sqlite:///:memory:") is None
-    assert tracking.sqlite_path("http://host:5000") is None
+    assert sweeps_store.sqlite_path("sqlite:////data/a%20b.db") == Path("/data/a b.db")
+    assert sweeps_store.sqlite_path("sqlite:///rel/m.db") == Path("rel/m.db")
+    assert sweeps_store.sqlite_path("sqlite:///:memory:") is None
+    assert sweeps_store.sqlite_path("http://host:5000") is None
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my runs").mkdir()
-    uri = tracking.normalize_uri("sqlite:///my%20runs/m.db")
+    uri = sweeps_store.normalize_uri("sqlite:///my%20runs/m.db")
     assert uri == f"sqlite:///{quote(str(tmp_path))}/my%20runs/m.db"
-    assert tracking.normalize_uri(uri) == uri
-    tracking.ensure_experiment(tracking.client(uri), "e", uri)  # MLflow opens that very file
+    assert sweeps_store.normalize_uri(uri) == uri
+    # MLflow opens that very file
+    sweeps_store.ensure_experiment(sweeps_store.client(uri), "e", uri)
     assert (tmp_path / "my runs" / "m.db").is_file()
-    assert tracking.sqlite_path(uri) == tmp_path / "my runs" / "m.db"
+    assert sweeps_store.sqlite_path(uri) == tmp_path / "my runs" / "m.db"
 
 
 def test_runs_log_only_the_settings_their_method_uses():
@@ -147,8 +149,8 @@ def test_runs_have_names_and_descriptions_a_reader_understands(tmp_path):
     from smartmixed_core.config import RunConfig
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    c = tracking.client(uri)
-    exp = tracking.ensure_experiment(c, "e", uri)
+    c = sweeps_store.client(uri)
+    exp = sweeps_store.ensure_experiment(c, "e", uri)
     assert c.get_experiment(exp).tags[schema.TAG_EXPERIMENT_KIND] == "custom_model_development"
     sweep = tracking.create_sweep_run(c, exp, "s", {}, "name: s\n", tmp_path / "s")
     assert "smartmixed analyze" in c.get_run(sweep).data.tags[schema.TAG_NOTE]
@@ -160,7 +162,7 @@ def test_runs_have_names_and_descriptions_a_reader_understands(tmp_path):
     assert "| temperature | 0.3 |" in run.data.tags[schema.TAG_NOTE]
     seed = tracking.start_seed_run(c, exp, "s", "ab12", trial.run_id, 3, cfg, first_attempt=True)
     assert c.get_run(seed).info.run_name == "seed 3"
-    other = tracking.ensure_experiment(c, "old", uri)  # an experiment made elsewhere gets it
+    other = sweeps_store.ensure_experiment(c, "old", uri)  # an experiment made elsewhere gets it
     c.delete_experiment_tag(other, schema.TAG_EXPERIMENT_KIND)
-    tracking.ensure_experiment(c, "old", uri)
+    sweeps_store.ensure_experiment(c, "old", uri)
     assert c.get_experiment(other).tags[schema.TAG_EXPERIMENT_KIND] == "custom_model_development"

@@ -14,9 +14,10 @@ from mlflow.exceptions import MlflowException
 from smartmixed_core.config import RunConfig
 from smartmixed_core.runner import RunState, load_data, train_seeds, train_together
 from smartmixed_core.training import NonFiniteLossError
-from sweeps import schema, tracking
+from sweeps import schema, store, tracking
 from sweeps import trial as trial_mod
-from sweeps.spec import parse_spec, spec_doc
+from sweeps.spec import spec_doc
+from sweeps.specfile import parse_spec
 from sweeps.trial import SweepContext, TrialFailed, TrialRun
 
 DOC = {"name": "tr", "seeds": [0, 1, 2],
@@ -35,8 +36,8 @@ def every_epoch(monkeypatch):
 def ctx(tmp_path, request):
     """``batch_seeds`` is kept for older specs and changes nothing: both values run here."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    c = tracking.client(uri)
-    exp = tracking.ensure_experiment(c, "e", uri)
+    c = store.client(uri)
+    exp = store.ensure_experiment(c, "e", uri)
     sweep = tracking.create_sweep_run(c, exp, "tr", {"name": "tr"}, "name: tr\n")
     return SweepContext(spec_doc(parse_spec({**DOC, "batch_seeds": request.param})), uri, exp,
                         sweep)
@@ -71,7 +72,7 @@ def test_reports_are_throttled_but_every_epoch_reaches_mlflow(ctx, monkeypatch):
     reports = Reports()
     final = TrialRun(ctx, {}, "t1", reports).run()
     assert reports == [final]  # within the interval: only the final report goes to Ray
-    c = tracking.client(ctx.tracking_uri)
+    c = store.client(ctx.tracking_uri)
     (trial,) = tracking.find_runs(c, ctx.experiment_id, schema.KIND_TRIAL, "tr")
     for key in schema.EPOCH_METRICS:  # the buffered per-epoch metrics were all written
         assert sorted(m.step for m in c.get_metric_history(trial.info.run_id, key)) == [0, 1, 2]
@@ -101,7 +102,7 @@ class _Crash(Exception):
 
 
 def _seed_runs(ctx, status=None):
-    c = tracking.client(ctx.tracking_uri)
+    c = store.client(ctx.tracking_uri)
     return tracking.find_runs(c, ctx.experiment_id, schema.KIND_SEED, "tr", status=status)
 
 
@@ -131,7 +132,7 @@ def test_finished_seeds_are_not_trained_again(ctx, monkeypatch):
 
 
 def test_stale_running_seed_run_is_closed_before_retraining(ctx):
-    c = tracking.client(ctx.tracking_uri)
+    c = store.client(ctx.tracking_uri)
     cfg = parse_spec(DOC).run_config({})
     run_id, _, first = tracking.open_trial_run(c, ctx.experiment_id, "tr", ctx.sweep_run_id, "t1",
                                         cfg, {})
@@ -159,7 +160,7 @@ def test_nonfinite_loss_fails_the_trial_once_and_retries_stop_early(ctx, monkeyp
     assert not any(r.get("final") for r in reports)
     failed = _seed_runs(ctx, "FAILED")
     assert any(r.data.tags[schema.TAG_STATUS_REASON].startswith("non-finite") for r in failed)
-    c = tracking.client(ctx.tracking_uri)
+    c = store.client(ctx.tracking_uri)
     (trial_run,) = tracking.find_runs(c, ctx.experiment_id, schema.KIND_TRIAL, "tr")
     assert trial_run.info.status == "FAILED"
     assert "non-finite" in trial_run.data.tags[schema.TAG_STATUS_REASON]
@@ -175,7 +176,7 @@ def test_a_crashing_seed_fails_the_trial_and_its_runs(ctx, monkeypatch):
     monkeypatch.setattr(trial_mod, "train_together", crash)
     with pytest.raises(TrialFailed, match="boom"):  # Ray retries it (max_failures)
         TrialRun(ctx, {}, "t1", Reports()).run()
-    c = tracking.client(ctx.tracking_uri)
+    c = store.client(ctx.tracking_uri)
     (trial_run,) = tracking.find_runs(c, ctx.experiment_id, schema.KIND_TRIAL, "tr")
     assert trial_run.info.status == "FAILED"
     assert "boom" in trial_run.data.tags[schema.TAG_STATUS_REASON]
@@ -246,7 +247,7 @@ def test_trial_continues_from_its_checkpoint_after_a_crash(ctx, monkeypatch):
     assert {r.info.run_id for r in seeds} == {r.info.run_id for r in running}  # same runs
     assert all(r.info.status == "FINISHED" for r in seeds)
     assert all(r.data.tags[schema.TAG_RESUMED] == "1" for r in seeds)
-    c = tracking.client(ctx.tracking_uri)
+    c = store.client(ctx.tracking_uri)
     for r in seeds:
         steps = [m.step for m in c.get_metric_history(r.info.run_id, "train_loss")]
         assert sorted(steps) == [0, 1, 2]
@@ -299,15 +300,15 @@ def test_tracking_calls_ride_out_a_server_outage(monkeypatch, capsys):
     sleeps = []
     monkeypatch.setattr(tracking.time, "sleep", sleeps.append)
     flaky = _Flaky(down=5)
-    c = tracking.RetryingClient(flaky, "http://mlflow:5000", patience=600)
+    c = store.RetryingClient(flaky, "http://mlflow:5000", patience=600)
     assert c.get_run("r1") == "r1" and flaky.calls == 6
-    assert sleeps == [1, 2, 4, 8, tracking.MAX_RETRY_WAIT]
+    assert sleeps == [1, 2, 4, 8, store.MAX_RETRY_WAIT]
     err = capsys.readouterr().err
-    assert "unreachable" in err and "reachable again" in err and tracking.OUTAGE_ENV in err
+    assert "unreachable" in err and "reachable again" in err and store.OUTAGE_ENV in err
     # other errors are not retried
     bad = _Flaky(0, MlflowException("RESOURCE_DOES_NOT_EXIST: run r2"))
     with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):
-        tracking.RetryingClient(bad, "http://mlflow:5000", patience=600).get_run("r2")
+        store.RetryingClient(bad, "http://mlflow:5000", patience=600).get_run("r2")
     assert bad.calls == 1
 
 
@@ -317,7 +318,7 @@ def test_tracking_calls_give_up_after_the_outage_limit(monkeypatch):
     monkeypatch.setattr(tracking.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
     flaky = _Flaky(down=10**6)
     with pytest.raises(MlflowException, match="Max retries"):
-        tracking.RetryingClient(flaky, "http://mlflow:5000", patience=60).get_run("r1")
+        store.RetryingClient(flaky, "http://mlflow:5000", patience=60).get_run("r1")
     assert clock[0] == 60  # waited exactly the limit: 1+2+4+8+15+15+15 (cut to 60)
 
 
@@ -325,12 +326,12 @@ def test_client_for_a_server_retries_and_respects_the_settings(monkeypatch):
     for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
         monkeypatch.setenv(key, "")  # recorded, so what client() sets is undone afterwards
         monkeypatch.delenv(key)
-    monkeypatch.setenv(tracking.OUTAGE_ENV, "90")
-    c = tracking.client("http://127.0.0.1:5000")
-    assert isinstance(c, tracking.RetryingClient) and c._patience == 90
+    monkeypatch.setenv(store.OUTAGE_ENV, "90")
+    c = store.client("http://127.0.0.1:5000")
+    assert isinstance(c, store.RetryingClient) and c._patience == 90
     import os
 
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
-    monkeypatch.setenv(tracking.OUTAGE_ENV, "0")
-    assert not isinstance(tracking.client("http://127.0.0.1:5000"), tracking.RetryingClient)
-    assert not isinstance(tracking.client("sqlite:////tmp/x.db"), tracking.RetryingClient)
+    monkeypatch.setenv(store.OUTAGE_ENV, "0")
+    assert not isinstance(store.client("http://127.0.0.1:5000"), store.RetryingClient)
+    assert not isinstance(store.client("sqlite:////tmp/x.db"), store.RetryingClient)
