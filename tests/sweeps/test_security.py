@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeps import launch
+from sweeps import cluster, launch
 from sweeps.redact import credentials, redact_text, redact_uri, without_password
 from tests.sweeps.sweep_helpers import cli, runs_by_kind, write_spec
 
@@ -62,12 +62,12 @@ def fake_ray(monkeypatch):
     calls: list[dict] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
-    monkeypatch.setattr(launch, "_ray_owned", False)
+    monkeypatch.setattr(cluster, "_ray_owned", False)
     return calls
 
 
 def test_local_ray_serves_no_dashboard_beyond_localhost(fake_ray):
-    assert launch._init_ray(None) is True
+    assert cluster._init_ray(None) is True
     (kwargs,) = fake_ray
     assert kwargs["include_dashboard"] is False
     assert kwargs["dashboard_host"] == "127.0.0.1"
@@ -79,7 +79,7 @@ def test_joining_a_cluster_starts_nothing(fake_ray):
         server.bind(("127.0.0.1", 0))
         server.listen()
         address = f"127.0.0.1:{server.getsockname()[1]}"
-        assert launch._init_ray(address) is True
+        assert cluster._init_ray(address) is True
     (kwargs,) = fake_ray
     assert kwargs["address"] == address
     assert not {"num_cpus", "include_dashboard", "dashboard_host"} & set(kwargs)
