@@ -34,6 +34,15 @@ def searched_params(runs: pd.DataFrame) -> list[str]:
     return [c for c in cols if (runs.groupby("method")[c].nunique() > 1).any()]
 
 
+def _short(value: object) -> str:
+    """A param as logged (a string), numbers to 4 significant digits: ``0.0006018``."""
+    try:
+        number = float(str(value))
+    except ValueError:
+        return str(value)
+    return str(value) if number.is_integer() else f"{number:.4g}"
+
+
 def config_labels(runs: pd.DataFrame) -> dict[int, str]:
     """``config_id`` -> ``"method · architecture · p=v, ..."`` with the params that vary in
     the analysed runs (a param a method does not use is left out)."""
@@ -41,7 +50,7 @@ def config_labels(runs: pd.DataFrame) -> dict[int, str]:
     first = runs.drop_duplicates("config_id").set_index("config_id")
     out = {}
     for cid, row in first.iterrows():
-        kv = ", ".join(f"{c}={row[c]}" for c in extra if str(row[c]) != "")
+        kv = ", ".join(f"{c}={_short(row[c])}" for c in extra if str(row[c]) != "")
         out[int(cid)] = " · ".join(x for x in (row["method"], row["architecture"], kv) if x)
     return out
 

@@ -30,6 +30,8 @@ def test_config_labels_carry_parameters():
     labels = config_labels(runs)
     assert labels[0] == "fixed:relu · 64-32 · lr=0.1"
     assert labels[3] == "smartmixed · 64-32 · lr=0.01"  # temperature constant: not a label
+    runs.loc[runs["config_id"] == 0, "lr"] = "0.0007836881129881295"
+    assert config_labels(runs)[0] == "fixed:relu · 64-32 · lr=0.0007837"  # 4 digits
 
 
 def test_importances_find_the_parameter_that_matters():
