@@ -138,6 +138,6 @@ def test_docs_snippets_run_on_the_readme_store(readme_folder, doc):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("doc", ["sweeps.md", "contracts.md"])
+@pytest.mark.parametrize("doc", ["sweeps.md", "contracts.md", "results.md"])
 def test_docs_commands_run_as_written(tmp_path, doc):
     assert run_document(REPO / "docs" / doc, _folder(tmp_path))
