@@ -8,12 +8,13 @@ leftovers of a crashed attempt are closed as FAILED before the seed is retrained
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -368,3 +369,31 @@ def finish_seed_run(c: MlflowClient, run_id: str, cfg: RunConfig, outcome: SeedO
         save_checkpoint(d / schema.ARTIFACT_CHECKPOINT, cfg, outcome)
         c.log_artifacts(run_id, tmp)  # the three files at the artifact root, in one call
     c.set_terminated(run_id, "FINISHED")
+
+
+SYSTEM_METRICS_ENV = "SMARTMIXED_SYSTEM_METRICS_SECONDS"
+"""Sampling interval of the trial runs' system metrics (default 10 s; 0 turns them off)."""
+
+
+@contextlib.contextmanager
+def system_metrics(run_id: str, uri: str) -> Iterator[None]:
+    """MLflow's own system metrics (``system/cpu_utilization_percentage``, memory, disk,
+    network; GPU utilisation and memory where ``pynvml`` is installed) on the run while the
+    block runs, sampled every :data:`SYSTEM_METRICS_ENV` seconds; nothing where ``psutil``
+    is missing."""
+    seconds = float(os.environ.get(SYSTEM_METRICS_ENV, "10") or 0)
+    try:
+        import psutil  # noqa: F401  (MLflow's monitor needs it)
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError:
+        seconds = 0
+    if seconds <= 0:
+        yield
+        return
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=seconds, samples_before_logging=1,
+                                   resume_logging=True, tracking_uri=uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()

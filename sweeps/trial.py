@@ -168,7 +168,8 @@ class TrialRun:
             self.client.set_tag(self.run_id, schema.TAG_RESUMED, str(self.resumed_after))
         try:
             if todo:
-                self._train(todo, last_step)
+                with tracking.system_metrics(self.run_id, ctx.tracking_uri):
+                    self._train(todo, last_step)
         finally:
             self._flush()  # also after a failure: the epochs it trained stay visible
         if self.errors:

@@ -101,6 +101,18 @@ class _Crash(Exception):
     """Stands in for the trial's process dying right after a checkpoint."""
 
 
+def test_trial_runs_carry_mlflow_system_metrics(ctx, monkeypatch):
+    monkeypatch.setenv(tracking.SYSTEM_METRICS_ENV, "0.2")
+    TrialRun(ctx, {}, "t-sys", Reports()).run()
+    c = store.client(ctx.tracking_uri)
+    (run,) = tracking.find_runs(c, ctx.experiment_id, schema.KIND_TRIAL, "tr", trial="t-sys")
+    system = {k for k in run.data.metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} \
+        <= system
+    history = c.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert len(history) >= 2 and all(m.value >= 0 for m in history)
+
+
 def _seed_runs(ctx, status=None):
     c = store.client(ctx.tracking_uri)
     return tracking.find_runs(c, ctx.experiment_id, schema.KIND_SEED, "tr", status=status)
