@@ -1,6 +1,15 @@
 """The MLflow tracking store a sweep writes to: URIs (SQLite paths, write-ahead logging while
 a sweep runs), the health check before anything starts, and the client every process uses,
 which rides out a tracking-server outage (docs/sweeps.md, Failure handling).
+
+Why a retry loop of our own (:class:`RetryingClient`) on top of MLflow's: the guarantee is
+one of *time* (a call to an unreachable tracking server waits up to
+``SMARTMIXED_TRACKING_OUTAGE_SECONDS``, 30 minutes, then fails and Ray retries the trial),
+and it says what it waits for.  MLflow's own settings retry by *count* with an exponential
+backoff (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``..._BACKOFF_FACTOR``), silently; a count that
+covered 30 minutes would also make every failing request wait that long.  So MLflow's HTTP
+retries are shortened (3, factor 1) and this loop decides how long.  It covers tracking
+servers (``http(s)``); a direct database store is not retried.
 """
 
 from __future__ import annotations
