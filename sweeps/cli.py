@@ -146,6 +146,17 @@ def _finish(outcome: Any) -> int:
     return 0
 
 
+def arm(spec: Any, row: dict[str, Any]) -> str:
+    """A trial's method, with the values of the method-specific ``search.per`` keys it used:
+    ``smartmixed (reinit)`` (the arms the analysis compares)."""
+    from sweeps.spec import CONDITIONAL
+
+    values = [str(row["params"][k]) for k in spec.search.per
+              if k in CONDITIONAL and k in row.get("params", {})]
+    method = row.get("method") or ""
+    return f"{method} ({', '.join(values)})" if values else method
+
+
 def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False) -> None:
     """The sweep's trials from MLflow: every trial (``sweep status``), or the best finished
     trial of each method with the number of trials each had (the end of ``sweep run``)."""
@@ -164,10 +175,10 @@ def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False
     if best_per_method:
         budget: dict[str, int] = {}
         for r in rows:
-            budget[r["method"] or ""] = budget.get(r["method"] or "", 0) + 1
+            budget[arm(spec, r)] = budget.get(arm(spec, r), 0) + 1
         best: dict[str, dict[str, Any]] = {}
         for r in rows:  # best first (trial_rows' order)
-            best.setdefault(r["method"] or "", r)
+            best.setdefault(arm(spec, r), r)
         rows = list(best.values())
         title += "; the best trial of each method (trials it had)"
     table = Table(title=title)
@@ -182,8 +193,8 @@ def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False
         params = ", ".join(f"{k}={_short(v)}" for k, v in r["params"].items()
                            if k not in ("method", "arch", "architecture"))
         table.add_row(r["trial"], r["status"] + (f" ({r['reason'][:90]})" if r["reason"] else ""),
-                      (r["method"] or "") + (f" ({budget[r['method'] or '']})"
-                                              if best_per_method else ""),
+                      arm(spec, r) + (f" ({budget[arm(spec, r)]} trials)"
+                                      if best_per_method else ""),
                       r["architecture"] or "", params, metric,
                       "" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}",
                       f"{r['seeds_finished']}/{len(spec.seeds)}")

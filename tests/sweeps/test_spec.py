@@ -202,3 +202,14 @@ def test_per_may_name_a_method_specific_setting_beside_method():
              "phase2_init": {"choice": ["transfer", "reinit"]}}
     with pytest.raises(ConfigError, match="needs method in per"):
         _spec(search={"per": ["phase2_init"], "space": space})
+
+
+def test_the_sweep_table_names_the_arms_of_method_specific_cells():
+    from sweeps.cli import arm
+
+    spec = load_spec("mnist")
+    assert arm(spec, {"method": "smartmixed", "params": {"phase2_init": "reinit", "lr": 1e-3}}) \
+        == "smartmixed (reinit)"
+    assert arm(spec, {"method": "fixed:relu", "params": {"lr": 1e-3}}) == "fixed:relu"
+    assert arm(load_spec("quick"), {"method": "smartmixed",
+                                    "params": {"phase2_init": "reinit"}}) == "smartmixed"
