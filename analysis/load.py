@@ -199,7 +199,7 @@ def label_arms(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     def label(row: pd.Series) -> str:
         kind = str(row["method"]).split(":")[0]
         vals = [str(row[k]) for k in keys if k in row and row[k] != "" and uses(kind, k)]
-        return f"{row['method']} ({', '.join(vals)})" if vals else str(row["method"])
+        return schema.arm_label(str(row["method"]), vals)
     return df.assign(method=df.apply(label, axis=1))
 
 

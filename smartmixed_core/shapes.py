@@ -32,14 +32,15 @@ PAU_DENOMINATOR = (1.136231, 4.384481, 0.865946, 0.346007)
 
 
 def pade(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """The safe Padé form of one seed: ``a`` (m+1 numerator coefficients), ``b`` (n)."""
-    p = a[-1] * x + a[-2]
-    for coef in a.flip(0)[2:]:
-        p = p * x + coef
-    ax = x.abs()
-    q = b.abs()[-1] * ax
-    for coef in b.abs().flip(0)[1:]:
-        q = (q + coef) * ax
+    """The safe Padé form for ``x`` ``[S, ...]`` with each seed's coefficients ``a [S, m+1]``
+    (numerator) and ``b [S, n]`` (denominator)."""
+    p = per_seed(a[:, -1], x) * x + per_seed(a[:, -2], x)
+    for j in range(a.shape[1] - 3, -1, -1):
+        p = p * x + per_seed(a[:, j], x)
+    ax, babs = x.abs(), b.abs()
+    q = per_seed(babs[:, -1], x) * ax
+    for j in range(b.shape[1] - 2, -1, -1):
+        q = (q + per_seed(babs[:, j], x)) * ax
     return p / (q + 1)
 
 
@@ -68,25 +69,12 @@ class PadeActivation(_PerLayer):
         a, b = self.numerator, self.denominator
 
         def one(xs: Tensor, s: int | None) -> Tensor:
-            if s is not None:
-                return pade(xs, a[s], b[s])
-            # all seeds at once (compiled form): coefficients broadcast per seed
-            return pade_batched(xs, a, b)
+            if s is None:  # all seeds at once (compiled form)
+                return pade(xs, a, b)
+            return pade(xs.unsqueeze(0), a[s : s + 1], b[s : s + 1]).squeeze(0)
 
         return self._run(one, x)
 
-
-def pade_batched(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """:func:`pade` for ``x`` ``[S, ...]`` with per-seed coefficients ``a [S, m+1]``,
-    ``b [S, n]``."""
-    p = per_seed(a[:, -1], x) * x + per_seed(a[:, -2], x)
-    for j in range(a.shape[1] - 3, -1, -1):
-        p = p * x + per_seed(a[:, j], x)
-    ax, babs = x.abs(), b.abs()
-    q = per_seed(babs[:, -1], x) * ax
-    for j in range(b.shape[1] - 2, -1, -1):
-        q = (q + per_seed(babs[:, j], x)) * ax
-    return p / (q + 1)
 
 
 class SwishBeta(_PerLayer):

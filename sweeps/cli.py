@@ -149,12 +149,12 @@ def _finish(outcome: Any) -> int:
 def arm(spec: Any, row: dict[str, Any]) -> str:
     """A trial's method, with the values of the method-specific ``search.per`` keys it used:
     ``smartmixed (reinit)`` (the arms the analysis compares)."""
+    from sweeps.schema import arm_label
     from sweeps.spec import CONDITIONAL
 
     values = [str(row["params"][k]) for k in spec.search.per
               if k in CONDITIONAL and k in row.get("params", {})]
-    method = row.get("method") or ""
-    return f"{method} ({', '.join(values)})" if values else method
+    return arm_label(row.get("method") or "", values)
 
 
 def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False) -> None:

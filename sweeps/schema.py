@@ -45,6 +45,12 @@ TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 CONFIG_PARAMS = tuple("architecture" if f.name == "arch" else f.name for f in fields(RunConfig)
                       if f.name not in EXECUTION_FIELDS)
 RESULT_PARAMS = ("n_params",)
+
+
+def arm_label(method: str, values: list[str]) -> str:
+    """The name of a compared arm: the method, with the values of the method-specific settings
+    that name ``search.per`` cells (``smartmixed (reinit)``); the method alone without."""
+    return f"{method} ({', '.join(values)})" if values else method
 """Params that are results, not choices."""
 
 # Final metrics of a seed run.

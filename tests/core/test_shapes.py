@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from smartmixed_core.config import RunConfig
 from smartmixed_core.runner import train_seeds
-from smartmixed_core.shapes import PadeActivation, SwishBeta, pade, pade_batched
+from smartmixed_core.shapes import PadeActivation, SwishBeta, pade
 
 
 def reference_pade(x, a, b):
@@ -22,8 +22,9 @@ def test_pade_is_the_safe_rational_formula():
     x = torch.randn(200, dtype=torch.float64, generator=g) * 3
     a = torch.randn(6, dtype=torch.float64, generator=g)
     b = torch.randn(4, dtype=torch.float64, generator=g)  # negative b: |b| keeps Q >= 1
-    torch.testing.assert_close(pade(x, a, b), reference_pade(x, a, b), rtol=1e-12, atol=1e-12)
-    batched = pade_batched(x.expand(2, 3, -1), torch.stack([a, -a]), torch.stack([b, b]))
+    torch.testing.assert_close(pade(x[None], a[None], b[None])[0], reference_pade(x, a, b),
+                               rtol=1e-12, atol=1e-12)
+    batched = pade(x.expand(2, 3, -1), torch.stack([a, -a]), torch.stack([b, b]))
     torch.testing.assert_close(batched[1, 0], reference_pade(x, -a, b), rtol=1e-12,
                                atol=1e-12)
 
@@ -41,7 +42,7 @@ def test_pau_and_swish_gradients_match_finite_differences():
     x.requires_grad_(True)
     a = torch.randn(6, dtype=torch.float64, generator=g, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, generator=g, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, a, b: pade(x, a, b), (x, a, b))
+    assert torch.autograd.gradcheck(lambda x, a, b: pade(x, a[None], b[None]), (x, a, b))
     beta = torch.tensor([0.7], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, beta: x * torch.sigmoid(beta * x), (x, beta))
     act = SwishBeta().double()
