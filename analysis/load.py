@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import pandas as pd
 
 from smartmixed_core.config import USED_BY, uses
-from smartmixed_core.errors import ConfigError
+from smartmixed_core.errors import ConfigError, first_line
 from sweeps import schema, store
 
 DEFAULT_TRACKING_URI = schema.DEFAULT_TRACKING_URI
@@ -51,13 +51,8 @@ def client_for(tracking_uri: str | None):
     try:
         client = MlflowClient(tracking_uri=uri)
     except Exception as exc:  # a corrupt database, a bad server URL, ...
-        raise ConfigError("tracking_uri", f"cannot read {uri!r}: {_first_line(exc)}") from None
+        raise ConfigError("tracking_uri", f"cannot read {uri!r}: {first_line(exc)}") from None
     return client
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def get_experiment(client, experiment: str):
@@ -66,7 +61,7 @@ def get_experiment(client, experiment: str):
         exp = client.get_experiment_by_name(experiment)
     except Exception as exc:  # MLflow raises many types for a bad store/server
         raise ConfigError("tracking_uri", f"cannot read {client.tracking_uri!r}: "
-                          f"{_first_line(exc)}") from None
+                          f"{first_line(exc)}") from None
     if exp is None:
         try:
             names = sorted(e.name for e in client.search_experiments())

@@ -17,6 +17,12 @@ class ConfigError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), for error lines."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def choice_error(field: str, value: object, allowed: Iterable[str]) -> ConfigError:
     """The standard "unknown X" error listing every allowed value."""
     return ConfigError(field, f"unknown value {value!r}; allowed: {', '.join(allowed)}")

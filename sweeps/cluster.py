@@ -13,7 +13,7 @@ import socket
 import sys
 from typing import Any
 
-from smartmixed_core.errors import ConfigError
+from smartmixed_core.errors import ConfigError, first_line
 from sweeps.spec import SweepSpec
 
 RAY_DASHBOARD_HOST = "127.0.0.1"
@@ -98,7 +98,7 @@ def _init_ray(address: str | None, verbose: bool = False) -> bool:
             ray.init(address=address, **kwargs)
         except Exception as exc:  # ConnectionError, auth failure, version mismatch, ...
             raise ConfigError("address", f"cannot connect to the Ray cluster at {address!r}: "
-                              f"{_first_line(exc)}") from None
+                              f"{first_line(exc)}") from None
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
                  dashboard_host=RAY_DASHBOARD_HOST, **kwargs)
@@ -114,11 +114,6 @@ def release_ray() -> None:
 
         ray.shutdown()
         _ray_owned = False
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def check_resources(spec: SweepSpec, address: str | None) -> None:

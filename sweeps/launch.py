@@ -28,9 +28,9 @@ from typing import Any
 
 import yaml
 
-from smartmixed_core.errors import ConfigError, check_output_dir
+from smartmixed_core.errors import ConfigError, check_output_dir, first_line
 from sweeps import schema, store, tracking
-from sweeps.cluster import _first_line, _init_ray, check_address, check_resources, release_ray
+from sweeps.cluster import _init_ray, check_address, check_resources, release_ray
 from sweeps.redact import (
     redact_text,
     redact_uri,
@@ -95,7 +95,7 @@ def _mlflow_error(exc: BaseException, given: str, what: str) -> ConfigError:
     hint = ("; if the server needs a login set MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD" if given.lower().startswith("http") else "")
     return ConfigError("tracking_uri", redact_text(
-        f"{what} at {redact_uri(given)}: {_first_line(exc)}{hint}", given))
+        f"{what} at {redact_uri(given)}: {first_line(exc)}{hint}", given))
 
 
 def _sqlite_missing(uri: str) -> bool:
@@ -297,7 +297,7 @@ def load_state(path: Path, tracking_uri: str | None = None) -> tuple[SweepSpec, 
                           f"{exc}") from None
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
         raise ConfigError("sweep", f"cannot read the state saved in {path} "
-                          f"({type(exc).__name__}: {_first_line(exc)})") from None
+                          f"({type(exc).__name__}: {first_line(exc)})") from None
     given = saved_uri
     if tracking_uri:
         given = store.normalize_uri(parse_spec(
