@@ -60,9 +60,12 @@ FINAL_METRICS = (
     "phase1_last_val_accuracy", "phase1_sampled_val_accuracy", "phase2_first_val_accuracy",
     "train_seconds", "n_params",
 )
-# Per-epoch metrics (step = epoch, 0-based, continuing across phases).
+# Per-epoch values (step = epoch, 0-based, continuing across phases) are logged as
+# epoch_metric(name): ``epoch/val_accuracy`` is the curve, ``val_accuracy`` the final value of
+# the restored weights, so that no curve ends in a value its training never reached.
+EPOCH_PREFIX = "epoch/"
 EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy")
-# Per-epoch phase-1 metrics of seed runs: one Gumbel sample of the network on validation
+# Per-epoch phase-1 values of seed runs: one Gumbel sample of the network on validation
 # (val_loss/val_accuracy are the argmax network's, the one phase 2 starts from).
 SAMPLED_METRICS = ("sampled_val_loss", "sampled_val_accuracy")
 # Per-epoch phase-1 metrics: fraction of layer l's units that changed choice since last epoch.
@@ -70,8 +73,14 @@ SWITCH_METRIC = "switched/layer_{layer}"  # step = epoch
 TAU_METRIC = "tau"
 
 
+def epoch_metric(name: str) -> str:
+    """The MLflow key of the per-epoch value ``name`` (``epoch/val_accuracy``)."""
+    return EPOCH_PREFIX + name
+
+
 def selection_metric(layer: int, activation: str) -> str:
-    """Final fraction of layer ``layer`` (1-based) choosing ``activation``."""
+    """Fraction of layer ``layer``'s units (1-based) choosing ``activation``: per phase-1 epoch
+    (step = epoch), and the frozen network's at step = number of phase-1 epochs (latest)."""
     return f"selection/layer_{layer}/{activation}"
 
 

@@ -326,9 +326,10 @@ def start_seed_run(c: MlflowClient, experiment_id: str, sweep: str, trial: str,
 def seed_metrics(cfg: RunConfig, summary: dict[str, Any],
                  choices: dict[str, list[str]]) -> list[tuple[str, float, int]]:
     """Final, per-epoch and selection metrics of one seed, as (key, value, step)."""
-    # Final values one step past the last epoch: val_accuracy is also a per-epoch metric, and
-    # MLflow's latest value must be the final (best-restored) one.
+    # Final values at the step after the last epoch (the curves are schema.epoch_metric keys);
+    # the frozen choices at the step after phase 1, the end of their per-epoch curves.
     last = max((r["epoch"] for r in summary["history"]), default=-1) + 1
+    frozen = summary.get("phase1", {}).get("epochs", last)
     flat = {k: summary.get(k) for k in schema.FINAL_METRICS}
     if "phase1" in summary:
         flat["phase1_test_accuracy"] = summary["phase1"]["test_accuracy"]
@@ -337,21 +338,24 @@ def seed_metrics(cfg: RunConfig, summary: dict[str, Any],
             flat[f"phase1_{k}"] = summary["phase1"].get(k)
     out = [(k, v, last) for k, v in flat.items() if isinstance(v, (int, float))]
     for rec in summary["history"]:
-        out += [(k, rec[k], rec["epoch"]) for k in (*schema.EPOCH_METRICS,
-                                                     *schema.SAMPLED_METRICS) if k in rec]
-        if "tau" in rec:
-            out.append((schema.TAU_METRIC, rec["tau"], rec["epoch"]))
+        step = rec["epoch"]
+        out += [(schema.epoch_metric(k), rec[k], step) for k in (
+            *schema.EPOCH_METRICS, *schema.SAMPLED_METRICS, schema.TAU_METRIC) if k in rec]
         for layer, n in rec.get("changed", {}).items():
-            units = cfg.hidden[int(layer.split("_")[1]) - 1]
-            out.append((schema.SWITCH_METRIC.format(layer=layer.split("_")[1]), n / units,
-                        rec["epoch"]))
+            idx = int(layer.split("_")[1])
+            out.append((schema.SWITCH_METRIC.format(layer=idx), n / cfg.hidden[idx - 1], step))
+        for layer, counts in rec.get("selection", {}).items():
+            idx, units = int(layer.split("_")[1]), sum(counts.values())
+            out += [(schema.selection_metric(idx, act), n / units, step)
+                    for act, n in counts.items()]
     for layer, coefs in summary.get("learned_shape", {}).items():
         out += [(schema.shape_metric(int(layer.split("_")[1]), k), v, last)
                 for k, v in coefs.items()]
     for layer, names in choices.items():
         idx = int(layer.split("_")[1])
         for act in cfg.pool_names:
-            out.append((schema.selection_metric(idx, act), names.count(act) / len(names), last))
+            out.append((schema.selection_metric(idx, act), names.count(act) / len(names),
+                        frozen))
     return out
 
 

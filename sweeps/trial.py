@@ -290,7 +290,7 @@ class TrialRun:
                 for seed, recs in self.records.items() if recs]
         metrics: dict[str, Any] = {k: _mean([r[k] for r in rows]) for k in schema.EPOCH_METRICS}
         if not logged:
-            self._pending += [(k, v, epoch) for k, v in metrics.items()]
+            self._pending += [(schema.epoch_metric(k), v, epoch) for k, v in metrics.items()]
         due = time.monotonic() - self._last_report >= self.report_interval
         if checkpoint is not None or due or self.every_epoch:
             self._flush()

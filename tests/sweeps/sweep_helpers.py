@@ -16,6 +16,9 @@ import yaml
 from smartmixed_core.config import uses
 from sweeps import schema
 
+VAL_CURVE = schema.epoch_metric("val_accuracy")
+LOSS_CURVE = schema.epoch_metric("train_loss")
+
 SMOKE = {
     "name": "t-sweep",
     "experiment": "t-exp",
@@ -90,7 +93,7 @@ def assert_run_tree(uri: str, experiment: str, name: str, n_trials: int, seeds: 
         assert trial.info.status == "FINISHED"
         assert tag(trial, schema.TAG_PARENT) == sweep.info.run_id
         tid = tag(trial, schema.TAG_TRIAL)
-        history = c.get_metric_history(trial.info.run_id, "val_accuracy")
+        history = c.get_metric_history(trial.info.run_id, VAL_CURVE)
         assert sorted(m.step for m in history) == list(range(epochs))  # once per epoch
         mine = [r for r in finished if tag(r, schema.TAG_TRIAL) == tid]
         assert sorted(int(tag(r, schema.TAG_SEED)) for r in mine) == sorted(seeds)  # one each
@@ -104,7 +107,7 @@ def assert_run_tree(uri: str, experiment: str, name: str, n_trials: int, seeds: 
             assert p["method"] == trial.data.params["method"]
             for key in ("test_accuracy", "val_accuracy", "test_f1_macro"):
                 assert 0.0 <= m[key] <= 1.0
-            losses = c.get_metric_history(seed_run.info.run_id, "train_loss")
+            losses = c.get_metric_history(seed_run.info.run_id, LOSS_CURVE)
             assert sorted(x.step for x in losses) == list(range(epochs))
             arts = {a.path for a in c.list_artifacts(seed_run.info.run_id)}
             assert {schema.ARTIFACT_CHOICES, schema.ARTIFACT_CHECKPOINT,
@@ -137,17 +140,21 @@ def wait_http(url: str, timeout: float = 90) -> None:
 
 
 
-def start_mlflow_server(port: int, db: Path, artifacts: Path) -> Any:
-    """``mlflow server`` on 127.0.0.1:``port`` (SQLite ``db``, proxied ``artifacts``), up and
-    answering /health; the caller terminates the returned Popen."""
+def start_mlflow_server(port: int, db: Path | str, artifacts: Path,
+                        log: Path | None = None) -> Any:
+    """``mlflow server`` on 127.0.0.1:``port`` (SQLite file ``db``, or a database URI such as
+    ``postgresql://...``; proxied ``artifacts``), up and answering /health; its output is
+    appended to ``log`` (default: dropped).  The caller terminates the returned Popen."""
     import os
     import subprocess
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(artifacts),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    store = db if isinstance(db, str) and "://" in db else f"sqlite:///{db}"
+    with (log or Path(os.devnull)).open("a") as out:  # the server keeps its own copy
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+             str(port), "--backend-store-uri", store, "--artifacts-destination",
+             str(artifacts), "--workers", "1"],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
     try:
         wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
     except TimeoutError:

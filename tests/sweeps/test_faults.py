@@ -35,6 +35,9 @@ from tests.sweeps.sweep_helpers import (
     write_spec,
 )
 
+VAL_CURVE = schema.epoch_metric("val_accuracy")
+LOSS_CURVE = schema.epoch_metric("train_loss")
+
 pytestmark = pytest.mark.slow
 
 
@@ -134,7 +137,7 @@ def _trial_after(uri: str, c: MlflowClient, epochs: int):
     """A :func:`_wait` predicate: the sweep's only trial run once it logged ``epochs``."""
     def predicate():
         trials = runs_by_kind(uri, "t-exp")[schema.KIND_TRIAL]
-        if trials and len(c.get_metric_history(trials[0].info.run_id, "val_accuracy")) >= epochs:
+        if trials and len(c.get_metric_history(trials[0].info.run_id, VAL_CURVE)) >= epochs:
             return trials[0]
         return None
 
@@ -193,7 +196,7 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, monkeypatc
         alone = uninterrupted[int(r.data.tags[schema.TAG_SEED])]
         assert r.data.metrics["test_accuracy"] == alone["test_accuracy"]
         assert r.data.metrics["val_accuracy"] == alone["val_accuracy"]
-        losses = c.get_metric_history(r.info.run_id, "train_loss")
+        losses = c.get_metric_history(r.info.run_id, LOSS_CURVE)
         assert [m.value for m in sorted(losses, key=lambda m: m.step)] == \
             [h["train_loss"] for h in alone["history"]]
 
@@ -247,7 +250,7 @@ def test_interrupted_driver_resumes_with_one_finished_seed_run_each(tmp_path):
                     if r.info.status == "FINISHED"}
             busy = [t for t in runs[schema.KIND_TRIAL] if t.info.status == "RUNNING"
                     and t.data.tags[schema.TAG_TRIAL] not in done
-                    and len(c.get_metric_history(t.info.run_id, "val_accuracy")) >= 2]
+                    and len(c.get_metric_history(t.info.run_id, VAL_CURVE)) >= 2]
             return busy[0] if done and busy else None
 
         busy = _wait(seed_done_and_trial_two_epochs_in, 300,
@@ -358,7 +361,7 @@ def test_mlflow_server_outage_is_ridden_out(tmp_path):
             def two_epochs():
                 trials = runs_by_kind(uri, "t-exp")[schema.KIND_TRIAL]
                 return [t for t in trials if t.info.status == "RUNNING" and len(
-                    c.get_metric_history(t.info.run_id, "val_accuracy")) >= 2]
+                    c.get_metric_history(t.info.run_id, VAL_CURVE)) >= 2]
 
             _wait(two_epochs, 300, "a trial 2 epochs in", proc)
             server.terminate()

@@ -166,3 +166,35 @@ def test_runs_have_names_and_descriptions_a_reader_understands(tmp_path):
     c.delete_experiment_tag(other, schema.TAG_EXPERIMENT_KIND)
     sweeps_store.ensure_experiment(c, "old", uri)
     assert c.get_experiment(other).tags[schema.TAG_EXPERIMENT_KIND] == "custom_model_development"
+
+
+def test_seed_metrics_keep_curves_apart_from_final_values():
+    """Per-epoch values are ``epoch/*`` curves, one point per epoch; a final value is one
+    point after the last epoch, so no curve ends in the restored weights' value; selection
+    fractions are a curve over phase 1 ending at the frozen network's choices."""
+    from smartmixed_core.config import RunConfig
+    from smartmixed_core.runner import load_data, train_seeds
+
+    cfg = RunConfig(dataset="digits", arch="12-8", method="smartmixed", epochs=5,
+                    transition_epoch=3, device="cpu")
+    _, (outcome,) = train_seeds(cfg, [0], data=load_data(cfg))
+    triples = tracking.seed_metrics(cfg, outcome.summary, outcome.choices)
+    steps: dict[str, list[int]] = {}
+    for key, _, step in triples:
+        steps.setdefault(key, []).append(step)
+    epochs = len(outcome.summary["history"])
+    for name in schema.EPOCH_METRICS:
+        assert steps[schema.epoch_metric(name)] == list(range(epochs))
+    assert steps[schema.epoch_metric("tau")] == [0, 1, 2]
+    finals = [k for k in schema.FINAL_METRICS if k in steps]
+    assert {"val_accuracy", "test_accuracy", "phase1_test_accuracy"} <= set(finals)
+    assert all(steps[k] == [epochs] for k in finals)
+    values = {(k, s): v for k, v, s in triples}
+    for layer, names in outcome.choices.items():
+        idx = int(layer.split("_")[1])
+        for act in cfg.pool_names:
+            key = schema.selection_metric(idx, act)
+            assert steps[key] == [0, 1, 2, 3]  # phase-1 epochs, then the frozen choices
+            assert values[key, 3] == names.count(act) / len(names)
+            counts = outcome.summary["history"][2]["selection"][layer]
+            assert values[key, 2] == counts[act] / sum(counts.values())

@@ -20,6 +20,9 @@ from sweeps.spec import spec_doc
 from sweeps.specfile import parse_spec
 from sweeps.trial import SweepContext, TrialFailed, TrialRun
 
+VAL_CURVE = schema.epoch_metric("val_accuracy")
+LOSS_CURVE = schema.epoch_metric("train_loss")
+
 DOC = {"name": "tr", "seeds": [0, 1, 2],
        "fixed": {"epochs": 3, "transition_epoch": 1, "architecture": "16", "device": "cpu"},
        "search": {"algorithm": "grid", "space": {"method": {"choice": ["smartmixed"]}}}}
@@ -75,7 +78,8 @@ def test_reports_are_throttled_but_every_epoch_reaches_mlflow(ctx, monkeypatch):
     c = store.client(ctx.tracking_uri)
     (trial,) = tracking.find_runs(c, ctx.experiment_id, schema.KIND_TRIAL, "tr")
     for key in schema.EPOCH_METRICS:  # the buffered per-epoch metrics were all written
-        assert sorted(m.step for m in c.get_metric_history(trial.info.run_id, key)) == [0, 1, 2]
+        assert sorted(m.step for m in c.get_metric_history(trial.info.run_id,
+                                                          schema.epoch_metric(key))) == [0, 1, 2]
 
 
 class Reports(list):
@@ -261,11 +265,11 @@ def test_trial_continues_from_its_checkpoint_after_a_crash(ctx, monkeypatch):
     assert all(r.data.tags[schema.TAG_RESUMED] == "1" for r in seeds)
     c = store.client(ctx.tracking_uri)
     for r in seeds:
-        steps = [m.step for m in c.get_metric_history(r.info.run_id, "train_loss")]
+        steps = [m.step for m in c.get_metric_history(r.info.run_id, LOSS_CURVE)]
         assert sorted(steps) == [0, 1, 2]
     (trial_run,) = tracking.find_runs(c, ctx.experiment_id, schema.KIND_TRIAL, "tr")
     assert trial_run.data.tags[schema.TAG_RESUMED] == "1"
-    steps = [m.step for m in c.get_metric_history(trial_run.info.run_id, "val_accuracy")]
+    steps = [m.step for m in c.get_metric_history(trial_run.info.run_id, VAL_CURVE)]
     assert sorted(steps) == [0, 1, 2]  # per-epoch seed means logged once each
     alone = standalone(ctx, batched=True)
     assert final["val_accuracy"] == pytest.approx(sum(a["val_accuracy"] for a in alone) / 3,
