@@ -22,8 +22,8 @@ from mlflow import MlflowClient
 from smartmixed_core.config import RunConfig
 from smartmixed_core.runner import load_data, train_seeds
 from sweeps import schema
+from sweeps.checkpoints import CHECKPOINT_ENV
 from sweeps.searcher import RAY_TRIAL_ATTR
-from sweeps.trial import CHECKPOINT_ENV
 from tests.sweeps.sweep_helpers import (
     assert_run_tree,
     free_port,

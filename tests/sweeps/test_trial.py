@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from smartmixed_core.config import RunConfig
 from smartmixed_core.runner import RunState, load_data, train_seeds, train_together
 from smartmixed_core.training import NonFiniteLossError
-from sweeps import schema, store, tracking
+from sweeps import checkpoints, rounds, schema, store, tracking
 from sweeps import trial as trial_mod
 from sweeps.spec import spec_doc
 from sweeps.specfile import parse_spec
@@ -32,7 +32,7 @@ DOC = {"name": "tr", "seeds": [0, 1, 2],
 def every_epoch(monkeypatch):
     """Report every epoch (the default waits 2 s between reports); tests that check the
     throttle set their own value."""
-    monkeypatch.setenv(trial_mod.REPORT_ENV, "0")
+    monkeypatch.setenv(rounds.REPORT_ENV, "0")
 
 
 @pytest.fixture(params=["auto", "off"], ids=["batch-seeds-auto", "batch-seeds-off"])
@@ -71,7 +71,7 @@ def count_training(ctx, monkeypatch, fail=False):
 
 
 def test_reports_are_throttled_but_every_epoch_reaches_mlflow(ctx, monkeypatch):
-    monkeypatch.setenv(trial_mod.REPORT_ENV, "3600")
+    monkeypatch.setenv(rounds.REPORT_ENV, "3600")
     reports = Reports()
     final = TrialRun(ctx, {}, "t1", reports).run()
     assert reports == [final]  # within the interval: only the final report goes to Ray
@@ -247,7 +247,7 @@ def test_trial_continues_from_its_checkpoint_after_a_crash(ctx, monkeypatch):
     """A trial that dies after reporting its epoch-1 checkpoint, retried with that checkpoint:
     the seeds continue at epoch 2 in their own seed runs, and every number equals an
     uninterrupted trial's."""
-    monkeypatch.setenv(trial_mod.CHECKPOINT_ENV, "0")  # a checkpoint every round
+    monkeypatch.setenv(checkpoints.CHECKPOINT_ENV, "0")  # a checkpoint every round
     first = Reports(crash_after_checkpoint_at=1)
     with pytest.raises(_Crash):
         TrialRun(ctx, {}, "t1", first).run()
@@ -280,7 +280,7 @@ def test_trial_continues_from_its_checkpoint_after_a_crash(ctx, monkeypatch):
 
 
 def test_a_checkpoint_without_every_unfinished_seed_is_not_used(ctx, monkeypatch):
-    monkeypatch.setenv(trial_mod.CHECKPOINT_ENV, "0")
+    monkeypatch.setenv(checkpoints.CHECKPOINT_ENV, "0")
     first = Reports(crash_after_checkpoint_at=0)
     with pytest.raises(_Crash):
         TrialRun(ctx, {}, "t1", first).run()
