@@ -14,7 +14,7 @@ demo: install
 		--set storage_path=$(DEMO)/ray_results
 	smartmixed analyze --experiment smartmixed-quick --sweep quick-digits \
 		--tracking-uri sqlite:///$(DEMO)/mlflow.db --out $(DEMO)/report
-	@echo "Report: $(DEMO)/report/index.html   MLflow UI: mlflow ui --backend-store-uri sqlite:///$(DEMO)/mlflow.db"
+	@echo "Report: $(DEMO)/report/index.html   MLflow UI: mlflow ui --backend-store-uri sqlite:///$(DEMO)/mlflow.db (then the link above)"
 	@echo "Status: smartmixed sweep status quick-digits --tracking-uri sqlite:///$(DEMO)/mlflow.db"
 
 test: install
@@ -26,6 +26,7 @@ test: install
 # interrupted and killed driver + resume, MLflow server outage, NaN trial, smoke sweep then
 # analysis (about 6-12 minutes on 2 cores).
 test-slow: install
+	bash tools/ensure-postgres.sh
 	$(PYTHON) -m pytest -m slow
 
 lint:

@@ -163,6 +163,7 @@ def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False
     from rich.console import Console
     from rich.table import Table
 
+    from sweeps import tracking
     from sweeps.launch import trial_rows
     from sweeps.redact import redact_uri
 
@@ -206,10 +207,12 @@ def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False
     console.print(f"Ray results: {path}")
     console.print(f"MLflow: experiment [bold]{spec.experiment}[/] (id {ctx.experiment_id}), "
                   f"sweep run {ctx.sweep_run_id} at {uri}", soft_wrap=True)
+    link = tracking.ui_link(ctx.experiment_id)
     if uri.startswith(("http://", "https://")):
-        console.print(f"Open the UI: {uri}/#/experiments/{ctx.experiment_id}", soft_wrap=True)
+        console.print(f"Open the UI: {uri}/{link}", soft_wrap=True)
     else:
-        console.print(f"Open the UI: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
+        console.print(f"Open the UI: mlflow ui --backend-store-uri {uri}, then "
+                      f"http://127.0.0.1:5000/{link}", soft_wrap=True)
     if best_per_method:
         console.print(f"Compare the methods: smartmixed analyze --experiment {spec.experiment} "
                       f"--sweep {spec.name} --tracking-uri {uri} --out report", soft_wrap=True)

@@ -48,19 +48,22 @@ def describe(params: dict[str, Any]) -> str:
 
 
 def trial_run_name(cfg: RunConfig, sampled: dict[str, Any], trial: str) -> str:
-    """``smartmixed · digits, 64-32, lr=0.00123 · 5130616b``: what the runs table shows."""
-    detail = describe(sampled) or f"{cfg.dataset}, {cfg.arch}"
-    return f"{cfg.method} · {detail} · {trial}"
+    """``smartmixed · digits · 64-32 · lr=0.00123 · 5130616b``: what the runs table shows,
+    the distinguishing parts first (the table cuts long names)."""
+    rest = describe({k: v for k, v in sampled.items()
+                     if k not in ("dataset", "architecture", "arch")})
+    return " · ".join(p for p in (cfg.method, cfg.dataset, cfg.arch, rest, trial) if p)
 
 
 def trial_note(cfg: RunConfig, sampled: dict[str, Any]) -> str:
-    """The trial run's description (markdown): its configuration, what was searched."""
-    rows = "\n".join(f"| {k} | {v} |" for k, v in config_params(cfg).items())
+    """The trial run's description (markdown): what it is and what was searched (its
+    configuration is the run's Parameters table)."""
     searched = ", ".join(f"`{k}`" for k in sampled) or "nothing (a fixed configuration)"
     return (f"**{cfg.method}** on **{cfg.dataset}**, architecture **{cfg.arch}**, trained once "
             f"per seed of the sweep (the seed runs below it).\n\nSampled by the search: "
-            f"{searched}. Metrics `*_mean`/`*_std` are over seeds; per-epoch curves are seed "
-            f"means.\n\n| setting | value |\n|---|---|\n{rows}\n")
+            f"{searched} (as `sampled.*` parameters; the others are what they resolve to). "
+            "Final metrics `*_mean`/`*_std` are over seeds, of each seed's restored weights; "
+            "the `epoch/*` curves are seed means per epoch.\n")
 
 
 def _filter(**tags: Any) -> str:
@@ -139,7 +142,7 @@ def create_sweep_run(c: MlflowClient, experiment_id: str, name: str, params: dic
                           "(--set name=...)")
     run = c.create_run(experiment_id, run_name=name, tags={
         schema.TAG_KIND: schema.KIND_SWEEP, schema.TAG_SWEEP: name,
-        schema.TAG_NOTE: sweep_note(name, spec_yaml),
+        schema.TAG_NOTE: sweep_note(name, spec_yaml, experiment_id, params),
         **({} if folder is None else {schema.TAG_FOLDER: str(folder)})})
     log_params(c, run.info.run_id, params, lookup=False)
     c.log_text(run.info.run_id, spec_yaml, schema.ARTIFACT_SPEC)
@@ -161,13 +164,24 @@ def sweep_folders(c: MlflowClient, name: str | None = None) -> dict[str, str]:
     return folders
 
 
-def sweep_note(name: str, spec_yaml: str) -> str:
+def ui_link(experiment_id: str) -> str:
+    """The runs table of an experiment in MLflow's UI (after the server's address).  MLflow
+    3.17's UI takes an experiment's kind from this URL parameter or from the browser's last
+    choice, not from the ``mlflow.experimentKind`` tag: without it a fresh browser opens the
+    GenAI pages."""
+    return f"#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def sweep_note(name: str, spec_yaml: str, experiment_id: str, params: dict[str, Any]) -> str:
     """The sweep run's description (markdown): how to read the sweep, and its spec."""
+    uri = params.get("tracking_uri")
+    where = f" --tracking-uri {uri}" if uri else ""
     return (f"Sweep **{name}**: every trial run below is one configuration, trained once per "
             "seed (its seed runs). Configurations are chosen on validation data, never on the "
-            "test set. Compare the methods with `smartmixed analyze --experiment EXPERIMENT "
-            f"--sweep {name} --out report`: the report is also logged here, under the "
-            f"artifacts' `report/` folder.\n\n```yaml\n{spec_yaml}```\n")
+            f"test set. [Runs table]({ui_link(experiment_id)}). Compare the methods with "
+            f"`smartmixed analyze --experiment {params.get('experiment', '')} --sweep {name}"
+            f"{where} --out report`: the report is also logged here, under the artifacts' "
+            f"`report/` folder.\n\n```yaml\n{spec_yaml}```\n")
 
 
 class TrialRunInfo(NamedTuple):

@@ -152,14 +152,17 @@ def test_runs_have_names_and_descriptions_a_reader_understands(tmp_path):
     c = sweeps_store.client(uri)
     exp = sweeps_store.ensure_experiment(c, "e", uri)
     assert c.get_experiment(exp).tags[schema.TAG_EXPERIMENT_KIND] == "custom_model_development"
-    sweep = tracking.create_sweep_run(c, exp, "s", {}, "name: s\n", tmp_path / "s")
-    assert "smartmixed analyze" in c.get_run(sweep).data.tags[schema.TAG_NOTE]
+    sweep = tracking.create_sweep_run(c, exp, "s", {"experiment": "e", "tracking_uri": uri},
+                                      "name: s\n", tmp_path / "s")
+    note = c.get_run(sweep).data.tags[schema.TAG_NOTE]
+    assert f"smartmixed analyze --experiment e --sweep s --tracking-uri {uri}" in note
+    assert f"(#/experiments/{exp}?workflowType=machine_learning)" in note  # the runs table
     cfg = RunConfig(method="smartmixed", arch="64-32")
     trial = tracking.open_trial_run(c, exp, "s", sweep, "ab12", cfg,
-                                    {"architecture": "64-32", "lr": 0.0012345})
+                                    {"lr": 0.0012345, "architecture": "64-32"})
     run = c.get_run(trial.run_id)
-    assert run.info.run_name == "smartmixed · 64-32, lr=0.00123 · ab12"
-    assert "| temperature | 0.3 |" in run.data.tags[schema.TAG_NOTE]
+    assert run.info.run_name == "smartmixed · digits · 64-32 · lr=0.00123 · ab12"
+    assert "Sampled by the search: `lr`, `architecture`" in run.data.tags[schema.TAG_NOTE]
     seed = tracking.start_seed_run(c, exp, "s", "ab12", trial.run_id, 3, cfg, first_attempt=True)
     assert c.get_run(seed).info.run_name == "seed 3"
     other = sweeps_store.ensure_experiment(c, "old", uri)  # an experiment made elsewhere gets it
