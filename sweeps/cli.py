@@ -173,18 +173,24 @@ def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     title = f"sweep {spec.name}: {len(rows)} trials " + ", ".join(
         f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    datasets = len({r["dataset"] for r in rows}) > 1  # best per dataset: scores differ by data
+    def cell(r: dict[str, Any]) -> tuple[str, str]:
+        return (r["dataset"] or "" if datasets else "", arm(spec, r))
+
     if best_per_method:
-        budget: dict[str, int] = {}
+        budget: dict[tuple[str, str], int] = {}
         for r in rows:
-            budget[arm(spec, r)] = budget.get(arm(spec, r), 0) + 1
-        best: dict[str, dict[str, Any]] = {}
+            budget[cell(r)] = budget.get(cell(r), 0) + 1
+        best: dict[tuple[str, str], dict[str, Any]] = {}
         for r in rows:  # best first (trial_rows' order)
-            best.setdefault(arm(spec, r), r)
-        rows = list(best.values())
-        title += "; the best trial of each method (trials it had)"
+            best.setdefault(cell(r), r)
+        rows = sorted(best.values(), key=cell)
+        title += (f"; the best trial of each method{' on each dataset' if datasets else ''} "
+                  "(trials it had)")
     table = Table(title=title)
-    for col in ("trial", "status", "method", "architecture", "params",
-                f"{spec.search.metric} (seed mean)", "test_accuracy", "seeds"):
+    for col in ("trial", "status", *(("dataset",) if datasets else ()), "method",
+                "architecture", "params", f"{spec.search.metric} (seed mean)", "test_accuracy",
+                "seeds"):
         table.add_column(col)
     for r in rows:
         metric = "" if r["metric"] is None else f"{r['metric']:.4f}"
@@ -192,9 +198,10 @@ def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False
                 and spec.search.metric == "val_accuracy":
             metric += f" ± {r['val_accuracy_std']:.4f}"
         params = ", ".join(f"{k}={_short(v)}" for k, v in r["params"].items()
-                           if k not in ("method", "arch", "architecture"))
+                           if k not in ("method", "arch", "architecture", "dataset"))
         table.add_row(r["trial"], r["status"] + (f" ({r['reason'][:90]})" if r["reason"] else ""),
-                      arm(spec, r) + (f" ({budget[arm(spec, r)]} trials)"
+                      *((r["dataset"] or "",) if datasets else ()),
+                      arm(spec, r) + (f" ({budget[cell(r)]} trials)"
                                       if best_per_method else ""),
                       r["architecture"] or "", params, metric,
                       "" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}",

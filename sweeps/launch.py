@@ -401,12 +401,14 @@ def trial_rows(ctx: SweepContext, spec: SweepSpec) -> list[dict[str, Any]]:
         m, p = run.data.metrics, run.data.params
         rows.append({
             "trial": run.data.tags[schema.TAG_TRIAL], "status": run.info.status,
-            "method": p.get("method"), "architecture": p.get("architecture"),
+            "method": p.get("method"), "dataset": p.get("dataset"),
+            "architecture": p.get("architecture"),
             "params": {k[len(schema.SAMPLED_PREFIX):]: v for k, v in p.items()
                        if k.startswith(schema.SAMPLED_PREFIX)},
             # A running trial shows its latest epoch; a failed one has no result to show.
             "metric": m.get(f"{spec.search.metric}_mean",
-                            m.get(spec.search.metric) if run.info.status == "RUNNING" else None),
+                            m.get(schema.epoch_metric(spec.search.metric))
+                            if run.info.status == "RUNNING" else None),
             "val_accuracy_std": m.get("val_accuracy_std"),
             "test_accuracy": m.get("test_accuracy_mean"),
             "seeds_finished": finished[run.data.tags[schema.TAG_TRIAL]],

@@ -81,11 +81,13 @@ class SweepProgress(Callback):
         value = (trial.last_result or {}).get(self.metric)
         params = trial_params(trial.config)
         method = str(params.get("method", "?"))
+        # Scores on different datasets do not compare: a searched dataset gets its own rows.
+        key = f"{method} · {params['dataset']}" if "dataset" in params else method
         if isinstance(value, (int, float)) and value == value:
-            old = self.best.get(method)
+            old = self.best.get(key)
             better = old is None or (value > old[0] if self.mode == "max" else value < old[0])
             if better:
-                self.best[method] = (float(value), describe(params))
+                self.best[key] = (float(value), describe(params))
         self._line(f"trial {self.done + self.failed}/{self.total} done: {method} "
                    f"({describe(params)}) {self.metric} {_value(value)}")
 

@@ -47,3 +47,39 @@ def test_min_mode_and_grid_configs():
         p.on_trial_complete(0, [], t)
     assert p.best == {"gated": (0.3, "gate=input")}
     assert trial_params({"trial": {"a": 1}}) == {"a": 1} and describe({"method": "x"}) == ""
+
+
+def test_best_results_are_kept_per_dataset_when_the_dataset_is_searched():
+    p = SweepProgress("s", total=3, metric="val_accuracy", mode="max", concurrency=1)
+    p.setup(num_samples=3)
+    for t in (_trial("a", "fixed:relu", 1.0, dataset="breast_cancer"),
+              _trial("b", "fixed:relu", 0.97, dataset="digits"),
+              _trial("c", "fixed:relu", 0.99, dataset="digits")):
+        p.on_trial_start(0, [], t)
+        p.on_trial_complete(1, [], t)
+    assert p.best == {"fixed:relu · breast_cancer": (1.0, "breast_cancer"),
+                      "fixed:relu · digits": (0.99, "digits")}
+
+
+def test_final_summary_shows_the_best_trial_of_each_method_on_each_dataset(monkeypatch, capsys):
+    from sweeps import cli, launch
+    from sweeps.specfile import parse_spec
+
+    spec = parse_spec({"name": "s", "seeds": [0], "search": {"algorithm": "optuna", "space": {
+        "method": {"choice": ["fixed:relu", "smartmixed"]},
+        "dataset": {"choice": ["digits", "breast_cancer"]}}}})
+    def row(trial, method, dataset, metric):
+        return {"trial": trial, "status": "FINISHED", "method": method, "dataset": dataset,
+                "architecture": "32", "params": {"method": method, "dataset": dataset},
+                "metric": metric, "val_accuracy_std": 0.0, "test_accuracy": metric,
+                "seeds_finished": 1, "reason": ""}
+    rows = [row("t1", "fixed:relu", "breast_cancer", 1.0), row("t2", "smartmixed", "digits", 0.98),
+            row("t3", "fixed:relu", "digits", 0.97), row("t4", "smartmixed", "digits", 0.9)]
+    monkeypatch.setattr(launch, "trial_rows", lambda ctx, spec: rows)
+    ctx = SimpleNamespace(tracking_uri="sqlite:///x.db", experiment_id="1", sweep_run_id="r")
+    cli._print_summary(spec, ctx, "folder", best_per_method=True)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if " t" in line and "FINISHED" in line]
+    assert [line.split()[1] for line in lines] == ["t1", "t3", "t2"]  # by dataset, then method
+    assert "smartmixed (2 trials)" in out and "fixed:relu (1 trials)" in out
+    assert "#/experiments/1?workflowType=machine_learning" in out
