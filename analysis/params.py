@@ -34,7 +34,7 @@ def searched_params(runs: pd.DataFrame) -> list[str]:
     return [c for c in cols if (runs.groupby("method")[c].nunique() > 1).any()]
 
 
-def _short(value: object) -> str:
+def short_value(value: object) -> str:
     """A param as logged (a string), numbers to 4 significant digits: ``0.0006018``."""
     try:
         number = float(str(value))
@@ -50,7 +50,7 @@ def config_labels(runs: pd.DataFrame) -> dict[int, str]:
     first = runs.drop_duplicates("config_id").set_index("config_id")
     out = {}
     for cid, row in first.iterrows():
-        kv = ", ".join(f"{c}={_short(row[c])}" for c in extra if str(row[c]) != "")
+        kv = ", ".join(f"{c}={short_value(row[c])}" for c in extra if str(row[c]) != "")
         out[int(cid)] = " · ".join(x for x in (row["method"], row["architecture"], kv) if x)
     return out
 

@@ -11,7 +11,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from analysis.params import OBJECTIVE, _value_order
+from analysis.params import OBJECTIVE, _value_order, short_value
 from analysis.plots import _empty, _grid, method_color
 from analysis.rank import architecture_order
 
@@ -22,14 +22,15 @@ def plot_param_importances(imp: pd.DataFrame) -> Figure:
         return _empty("Parameter importances", "no method searched >= 2 values of a param "
                       "over >= 3 configurations")
     methods = sorted(imp["method"].unique())
-    params = sorted(imp["param"].unique())
+    most = int(imp.groupby("method")["param"].nunique().max())
     fig = Figure(figsize=(min(18, 3.2 * min(len(methods), 4) + 1),
-                          (0.3 * len(params) + 1.2) * -(-len(methods) // 4) + 0.6),
+                          (0.3 * most + 1.2) * -(-len(methods) // 4) + 0.6),
                  layout="constrained")
     axes = _grid(fig, len(methods), 4, sharex=True)
     for ax, m in zip(axes, methods, strict=True):
-        g = imp[imp["method"] == m].set_index("param").reindex(params)
-        ax.barh(params, g["importance"].fillna(0), color=method_color(m))
+        # Only the params this method searched (a fixed activation has no temperature).
+        g = imp[imp["method"] == m].sort_values("importance", ascending=False)
+        ax.barh(g["param"], g["importance"], color=method_color(m))
         ax.set_xlim(0, 1)
         ax.invert_yaxis()
         ax.set_title(f"{m} ({int(g['n_configs'].max())} configs)", fontsize="small")
@@ -77,8 +78,8 @@ def plot_parallel_coordinates(table: pd.DataFrame) -> Figure:
             _, order = _positions(g[p], p)
             step = max(1, len(order) // 6)
             for k in range(0, len(order), step):
-                ax.text(i + 0.03, k / max(len(order) - 1, 1), order[k], fontsize="xx-small",
-                        va="center")
+                ax.text(i + 0.03, k / max(len(order) - 1, 1), short_value(order[k]),
+                        fontsize="xx-small", va="center")
         ax.axvline(len(cols), color="grey", lw=0.6)
         ax.text(len(cols) + 0.03, 0, f"{lo:.4g}", fontsize="xx-small", va="center")
         ax.text(len(cols) + 0.03, 1, f"{hi:.4g}", fontsize="xx-small", va="center")

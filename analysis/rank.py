@@ -194,7 +194,7 @@ def top_k_table(rankings: pd.DataFrame, k: int = 3) -> pd.DataFrame:
     """The paper's Table II: per architecture the 1st..kth methods with mean accuracy.
 
     A cell reads ``"method (0.9733)"``; tied methods share a cell, joined by ``" = "``, and
-    the next cell holds the next tie group (dense order).
+    the next cell holds the next tie group (dense order); ``""`` where ties left no group.
     """
     rows = []
     for arch, g in rankings.groupby("architecture", sort=False):
@@ -205,4 +205,5 @@ def top_k_table(rankings: pd.DataFrame, k: int = 3) -> pd.DataFrame:
             cells = (f"{m} ({v:.4f})" for m, v in zip(tie["method"], tie["mean"], strict=True))
             row[f"rank_{pos}"] = " = ".join(cells)
         rows.append(row)
-    return pd.DataFrame(rows, columns=["architecture", *(f"rank_{i}" for i in range(1, k + 1))])
+    cols = ["architecture", *(f"rank_{i}" for i in range(1, k + 1))]
+    return pd.DataFrame(rows, columns=cols).fillna("")

@@ -125,6 +125,10 @@ TABLES = {
     "weights": ("Weights by activation", "mean weight between neuron groups"),
     "runs": ("Seed runs", "the deduplicated seed runs analysed"),
 }
+ONE_METHOD_TABLES = {"selection", "selection_consistency", "depth_trend", "switching",
+                     "transition", "perlayer", "shapes", "weights"}
+"""Sections about the runs of particular methods: left out of the page when the analysed runs
+have none (their CSV is still written)."""
 FIGURES = {
     "mrr": "Mean reciprocal rank", "rank_distribution": "Rank distribution",
     "accuracy": "Accuracy per architecture", "cd_diagram": "Critical difference diagram",
@@ -311,7 +315,7 @@ def render_html(rep: Report, pngs: dict[str, bytes]) -> str:
                   "weights": ["weight_heatmap"]}
     for stem, (heading, desc) in TABLES.items():
         df = rep.tables.get(stem)
-        if df is None:
+        if df is None or (df.empty and stem in ONE_METHOD_TABLES):
             continue
         parts.append(f"<h2 id='{stem}'>{html.escape(heading)}</h2>")
         if desc:

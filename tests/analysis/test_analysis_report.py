@@ -99,3 +99,28 @@ def test_page_caps_long_tables_and_links_the_csv():
     assert page.count("<tr>") == MAX_HTML_ROWS + 126  # body rows (header rows carry a style)
     assert "First 50 of 10,080 rows; all in <a href='runs.csv'>runs.csv</a>" in page
     assert "2025-12-06 05:46:40 UTC" in page and "1765000000000" not in page
+
+
+def test_page_leaves_out_sections_of_methods_the_sweep_did_not_run():
+    rep = Report("exp", None, "sqlite:///x.db")
+    rep.tables = {"perlayer": pd.DataFrame(columns=["architecture", "layer_1"]),
+                  "shapes": pd.DataFrame({"layer": [1], "param": ["beta"], "mean": [1.2]}),
+                  "rankings": pd.DataFrame(columns=["architecture"])}
+    page = render_html(rep, {})
+    assert "id='perlayer'" not in page  # no perlayer runs: no "empty" section about them
+    assert "id='shapes'" in page and "beta" in page
+    assert "id='rankings'" in page  # an empty general table still says so
+    assert page.count("<em>empty</em>") == 1
+
+
+def test_importance_panels_show_only_the_params_each_method_searched():
+    from analysis.plots_params import plot_param_importances
+
+    imp = pd.DataFrame({"method": ["fixed:relu", "smartmixed", "smartmixed"],
+                        "param": ["lr", "lr", "temperature"], "importance": [1.0, 0.7, 0.3],
+                        "n_configs": [4, 4, 4]})
+    fig = plot_param_importances(imp)
+    labels = {ax.get_title(): [t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes
+              if ax.get_title()}
+    assert labels == {"fixed:relu (4 configs)": ["lr"],
+                      "smartmixed (4 configs)": ["lr", "temperature"]}
