@@ -89,7 +89,8 @@ def resume(
 ) -> int:
     """Continue an interrupted sweep: finished seeds are kept, the rest is trained."""
     from sweeps.cluster import check_resources, cluster_address, release_ray
-    from sweeps.launch import check_state, execute, load_state, locate
+    from sweeps.launch import execute
+    from sweeps.saved import check_state, load_state, locate
 
     _quiet(verbose)
     address = cluster_address(address)
@@ -112,7 +113,7 @@ def status(
     tracking_uri: Annotated[Optional[str], typer.Option(help=TRACKING_AGAIN)] = None,
 ) -> int:
     """Show a sweep's trials (from MLflow) without starting Ray."""
-    from sweeps.launch import check_state, load_state, locate
+    from sweeps.saved import check_state, load_state, locate
 
     path = locate(name_or_path, tracking_uri)
     spec, ctx = load_state(path, tracking_uri)
@@ -164,8 +165,8 @@ def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False
     from rich.table import Table
 
     from sweeps import tracking
-    from sweeps.launch import trial_rows
     from sweeps.redact import redact_uri
+    from sweeps.saved import trial_rows
 
     rows = trial_rows(ctx, spec)
     counts: dict[str, int] = {}
@@ -242,7 +243,7 @@ def dashboard(
 ) -> int:
     """Open optuna-dashboard on the sweep's Optuna studies (its journal), on 127.0.0.1 only;
     Ctrl+C stops it."""
-    from sweeps.launch import locate
+    from sweeps.saved import locate
     from sweeps.searcher import serve_dashboard
 
     if not 1 <= port <= 65535:

@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import threading
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,29 +27,22 @@ from typing import Any
 
 import yaml
 
-from smartmixed_core.errors import ConfigError, check_output_dir, first_line
+from smartmixed_core.errors import ConfigError, check_output_dir
 from sweeps import schema, store, tracking
 from sweeps.cluster import _init_ray, check_address, check_resources, release_ray
 from sweeps.redact import (
-    redact_text,
     redact_uri,
     use_credentials,
     without_password,
 )
-from sweeps.spec import SweepSpec, absolute_data_dir, check_datasets, check_tracking_uri, spec_doc
+from sweeps.saved import SPEC_FILE, STATE_FILE
+from sweeps.spec import SweepSpec, absolute_data_dir, check_datasets, spec_doc
 from sweeps.specfile import parse_spec
 from sweeps.trial import SweepContext
 from sweeps.tuner import JOURNAL_FILE, build_tuner, smartmixed_trial, study_names, total_trials
 
 __all__ = ["JOURNAL_FILE", "smartmixed_trial", "study_names", "total_trials"]
 """Re-exported: sweeps pickled before the split name ``sweeps.launch.smartmixed_trial``."""
-
-SPEC_FILE = "sweep.yaml"
-"""The resolved spec, saved in the Ray experiment folder for ``sweep resume``."""
-STATE_FILE = "sweep.json"
-"""Tracking URI, experiment id and sweep run id, next to it."""
-
-
 
 @dataclass
 class SweepOutcome:
@@ -82,27 +74,6 @@ def flat_params(doc: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _check_server(uri: str, given: str) -> None:
-    """The tracking store answers (``uri`` carries no credentials for http; errors show the
-    URI redacted)."""
-    try:
-        store.check_tracking(uri)
-    except ConfigError as exc:
-        raise ConfigError(exc.field, redact_text(exc.message, given)) from None
-
-
-def _mlflow_error(exc: BaseException, given: str, what: str) -> ConfigError:
-    hint = ("; if the server needs a login set MLFLOW_TRACKING_USERNAME and "
-            "MLFLOW_TRACKING_PASSWORD" if given.lower().startswith("http") else "")
-    return ConfigError("tracking_uri", redact_text(
-        f"{what} at {redact_uri(given)}: {first_line(exc)}{hint}", given))
-
-
-def _sqlite_missing(uri: str) -> bool:
-    path = store.sqlite_path(uri)
-    return path is not None and not path.exists()
-
-
 def _saved_differences(path: Path, doc: dict[str, Any]) -> list[str] | None:
     """Spec fields where the sweep saved in ``path`` differs from ``doc`` (None: unreadable)."""
     try:
@@ -130,7 +101,7 @@ def _refuse_existing(spec: SweepSpec, path: Path, doc: dict[str, Any]) -> None:
 
 def _refuse_tracked(spec: SweepSpec, uri: str, given: str) -> None:
     """A sweep run of this name already in the experiment (e.g. another storage_path)."""
-    if _sqlite_missing(uri):
+    if store.sqlite_missing(uri):
         return  # no store yet: nothing to collide with (and nothing gets created here)
     try:
         c = store.client(uri)
@@ -138,7 +109,7 @@ def _refuse_tracked(spec: SweepSpec, uri: str, given: str) -> None:
         found = exp is not None and tracking.find_runs(c, exp.experiment_id, schema.KIND_SWEEP,
                                                        spec.name)
     except Exception as exc:
-        raise _mlflow_error(exc, given, "cannot read the tracking store") from None
+        raise store.mlflow_error(exc, given, "cannot read the tracking store") from None
     if found:
         raise ConfigError("name", f"a sweep named {spec.name!r} already exists in experiment "
                           f"{spec.experiment!r} at {redact_uri(given)}; continue it with "
@@ -193,7 +164,7 @@ def _create_sweep_run(spec: SweepSpec, uri: str, given: str, saved: dict[str, An
         except ConfigError:
             raise
         except Exception as exc:
-            raise _mlflow_error(exc, given, "cannot create the sweep run") from None
+            raise store.mlflow_error(exc, given, "cannot create the sweep run") from None
     except ConfigError:
         release_ray()
         raise
@@ -232,7 +203,7 @@ def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | Non
             grid(spec)  # a range in a grid space is a spec error, reported now
         if address is None:  # a cluster's workers read their own disks
             check_datasets(spec)
-        _check_server(uri, given)
+        store.check_server(uri, given)
         exp_id, run_id = _create_sweep_run(spec, uri, given, saved, path, address,
                                            start_ray, verbose)
         path.mkdir(parents=True)
@@ -242,82 +213,6 @@ def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | Non
                                                    "sweep_run_id": run_id}, indent=1))
     ctx = SweepContext(saved, uri, exp_id, run_id)
     return spec, path, ctx
-
-
-def locate(name_or_path: str, tracking_uri: str | None = None,
-           storage_path: str = "./ray_results") -> Path:
-    """The experiment folder of a sweep given its folder, or its name: under
-    ``./ray_results``, else where the tracking store's sweep run of that name says
-    (``--tracking-uri``, default ``sqlite:///mlflow.db``)."""
-    for cand in (Path(name_or_path), Path(storage_path) / name_or_path):
-        if _is_sweep(cand):
-            return cand.resolve()
-    given = tracking_uri or schema.DEFAULT_TRACKING_URI
-    try:
-        uri = store.normalize_uri(check_tracking_uri(given))
-    except ValueError as exc:
-        raise ConfigError("tracking_uri", str(exc)) from None
-    looked = f"looked for {SPEC_FILE} and {STATE_FILE} in {name_or_path} and " \
-             f"{Path(storage_path) / name_or_path}"
-    if _sqlite_missing(uri):
-        raise ConfigError("sweep", f"no sweep at {name_or_path!r} ({looked}; no tracking store "
-                          f"at {given}: pass --tracking-uri)")
-    _check_server(use_credentials(uri), given)
-    try:
-        folders = tracking.sweep_folders(store.client(use_credentials(uri)))
-    except Exception as exc:
-        raise _mlflow_error(exc, given, "cannot list the sweeps") from None
-    folder = folders.get(name_or_path)
-    if folder and _is_sweep(Path(folder)):
-        return Path(folder)
-    if folder is not None:
-        raise ConfigError("sweep", f"the sweep {name_or_path!r} of {given} was in "
-                          f"{folder or 'a folder it did not record'}, which holds no sweep now; "
-                          "pass the sweep's folder (<storage_path>/<name>)")
-    known = ", ".join(sorted(folders)) or "none"
-    raise ConfigError("sweep", f"no sweep named {name_or_path!r} ({looked}; sweeps in "
-                      f"{given}: {known})")
-
-
-def _is_sweep(folder: Path) -> bool:
-    return (folder / SPEC_FILE).is_file() and (folder / STATE_FILE).is_file()
-
-
-def load_state(path: Path, tracking_uri: str | None = None) -> tuple[SweepSpec, SweepContext]:
-    """The saved spec and context of the sweep in ``path``.  ``tracking_uri`` (``--tracking-uri``
-    of resume/status) replaces the saved URI, e.g. to give the password again; otherwise
-    credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD."""
-    try:
-        spec = parse_spec(yaml.safe_load((path / SPEC_FILE).read_text()))
-        state = json.loads((path / STATE_FILE).read_text())
-        saved_uri, exp_id, run_id = (state["tracking_uri"], state["experiment_id"],
-                                     state["sweep_run_id"])
-    except ConfigError as exc:
-        raise ConfigError("sweep", f"the spec saved in {path / SPEC_FILE} is invalid: "
-                          f"{exc}") from None
-    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
-        raise ConfigError("sweep", f"cannot read the state saved in {path} "
-                          f"({type(exc).__name__}: {first_line(exc)})") from None
-    given = saved_uri
-    if tracking_uri:
-        given = store.normalize_uri(parse_spec(
-            {**spec_doc(spec), "tracking_uri": tracking_uri}).tracking_uri)
-    uri = use_credentials(given)
-    spec = spec.model_copy(update={"tracking_uri": without_password(given)})
-    return spec, SweepContext(spec_doc(spec), uri, exp_id, run_id)
-
-
-def check_state(ctx: SweepContext, given: str | None = None) -> None:
-    """The saved sweep run can be read from the tracking store (before resume or status)."""
-    given = given or ctx.tracking_uri
-    _check_server(ctx.tracking_uri, given)
-    if _sqlite_missing(ctx.tracking_uri):
-        raise ConfigError("tracking_uri", f"the sweep's SQLite store {ctx.tracking_uri} does "
-                          "not exist; pass --tracking-uri where it is now")
-    try:
-        store.client(ctx.tracking_uri).get_run(ctx.sweep_run_id)
-    except Exception as exc:
-        raise _mlflow_error(exc, given, f"cannot read the sweep run {ctx.sweep_run_id}") from None
 
 
 def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | None = None,
@@ -389,32 +284,3 @@ def trial_statuses(name: str, results: Any) -> dict[str, str]:
 def _second_interrupt(signum: int, frame: Any) -> None:
     """SIGINT handler in place while Ray runs (Ray's own handler wraps it)."""
     raise KeyboardInterrupt
-
-
-def trial_rows(ctx: SweepContext, spec: SweepSpec) -> list[dict[str, Any]]:
-    """One row per trial run: status, sampled params and seed-mean results, best first."""
-    c = store.client(ctx.tracking_uri)
-    finished = Counter(r.data.tags.get(schema.TAG_TRIAL) for r in tracking.find_runs(
-        c, ctx.experiment_id, schema.KIND_SEED, spec.name, status="FINISHED"))
-    rows = []
-    for run in tracking.find_runs(c, ctx.experiment_id, schema.KIND_TRIAL, spec.name):
-        m, p = run.data.metrics, run.data.params
-        rows.append({
-            "trial": run.data.tags[schema.TAG_TRIAL], "status": run.info.status,
-            "method": p.get("method"), "dataset": p.get("dataset"),
-            "architecture": p.get("architecture"),
-            "params": {k[len(schema.SAMPLED_PREFIX):]: v for k, v in p.items()
-                       if k.startswith(schema.SAMPLED_PREFIX)},
-            # A running trial shows its latest epoch; a failed one has no result to show.
-            "metric": m.get(f"{spec.search.metric}_mean",
-                            m.get(schema.epoch_metric(spec.search.metric))
-                            if run.info.status == "RUNNING" else None),
-            "val_accuracy_std": m.get("val_accuracy_std"),
-            "test_accuracy": m.get("test_accuracy_mean"),
-            "seeds_finished": finished[run.data.tags[schema.TAG_TRIAL]],
-            "reason": run.data.tags.get(schema.TAG_STATUS_REASON, ""),
-        })
-    sign = -1 if spec.search.mode == "max" else 1
-    rows.sort(key=lambda r: (r["status"] != "FINISHED",
-                             sign * r["metric"] if r["metric"] is not None else 0.0))
-    return rows

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from sweeps import schema, store, tracking
-from sweeps.launch import load_state, locate
+from sweeps.saved import load_state, locate
 
 
 def trial_params(name_or_path: str) -> tuple[Any, list[dict[str, Any]]]:

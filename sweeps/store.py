@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from smartmixed_core.errors import ConfigError
+from smartmixed_core.errors import ConfigError, first_line
 from sweeps import schema
+from sweeps.redact import redact_text, redact_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -136,6 +137,27 @@ MAX_RETRY_WAIT = 15.0
 # are shortened so that an outage reaches the loop below within seconds; users' values win.
 _MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
                          "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def check_server(uri: str, given: str) -> None:
+    """The tracking store answers (``uri`` carries no credentials for http; errors show the
+    URI redacted)."""
+    try:
+        check_tracking(uri)
+    except ConfigError as exc:
+        raise ConfigError(exc.field, redact_text(exc.message, given)) from None
+
+
+def mlflow_error(exc: BaseException, given: str, what: str) -> ConfigError:
+    hint = ("; if the server needs a login set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD" if given.lower().startswith("http") else "")
+    return ConfigError("tracking_uri", redact_text(
+        f"{what} at {redact_uri(given)}: {first_line(exc)}{hint}", given))
+
+
+def sqlite_missing(uri: str) -> bool:
+    path = sqlite_path(uri)
+    return path is not None and not path.exists()
 
 
 def outage_seconds() -> float:

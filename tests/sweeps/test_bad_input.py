@@ -373,7 +373,7 @@ def test_same_name_refusal_leaves_the_first_sweep_resumable(tmp_path, capsys):
     assert "differs in seeds" in capsys.readouterr().err
     assert ((path / "sweep.yaml").read_text(), json.loads((path / "sweep.json").read_text())) \
         == saved
-    from sweeps.launch import load_state
+    from sweeps.saved import load_state
 
     spec_, _ = load_state(path)
     assert spec_.seeds == [0, 1]

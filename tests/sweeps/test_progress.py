@@ -62,7 +62,7 @@ def test_best_results_are_kept_per_dataset_when_the_dataset_is_searched():
 
 
 def test_final_summary_shows_the_best_trial_of_each_method_on_each_dataset(monkeypatch, capsys):
-    from sweeps import cli, launch
+    from sweeps import cli, saved
     from sweeps.specfile import parse_spec
 
     spec = parse_spec({"name": "s", "seeds": [0], "search": {"algorithm": "optuna", "space": {
@@ -75,7 +75,7 @@ def test_final_summary_shows_the_best_trial_of_each_method_on_each_dataset(monke
                 "seeds_finished": 1, "reason": ""}
     rows = [row("t1", "fixed:relu", "breast_cancer", 1.0), row("t2", "smartmixed", "digits", 0.98),
             row("t3", "fixed:relu", "digits", 0.97), row("t4", "smartmixed", "digits", 0.9)]
-    monkeypatch.setattr(launch, "trial_rows", lambda ctx, spec: rows)
+    monkeypatch.setattr(saved, "trial_rows", lambda ctx, spec: rows)
     ctx = SimpleNamespace(tracking_uri="sqlite:///x.db", experiment_id="1", sweep_run_id="r")
     cli._print_summary(spec, ctx, "folder", best_per_method=True)
     out = capsys.readouterr().out

@@ -14,7 +14,8 @@ from smartmixed_core.config import RunConfig
 from smartmixed_core.runner import load_checkpoint, load_data
 from smartmixed_core.training import predict
 from sweeps import schema
-from sweeps.launch import JOURNAL_FILE, STATE_FILE
+from sweeps.launch import JOURNAL_FILE
+from sweeps.saved import STATE_FILE
 from tests.sweeps.sweep_helpers import (
     assert_run_tree,
     cli,
@@ -135,7 +136,8 @@ def test_a_second_sweep_with_the_same_name_is_refused(tmp_path, capsys):
 
 def test_status_finds_a_sweep_by_name_through_the_tracking_store(tmp_path, monkeypatch, capsys):
     from smartmixed_core.errors import ConfigError
-    from sweeps.launch import locate, prepare
+    from sweeps.launch import prepare
+    from sweeps.saved import locate
     from sweeps.specfile import load_spec
 
     _, path, ctx = prepare(load_spec(write_spec(
