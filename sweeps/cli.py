@@ -164,7 +164,7 @@ def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False
     from rich.console import Console
     from rich.table import Table
 
-    from sweeps import tracking
+    from sweeps import mlflow_ui
     from sweeps.redact import redact_uri
     from sweeps.saved import trial_rows
 
@@ -215,7 +215,7 @@ def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False
     console.print(f"Ray results: {path}")
     console.print(f"MLflow: experiment [bold]{spec.experiment}[/] (id {ctx.experiment_id}), "
                   f"sweep run {ctx.sweep_run_id} at {uri}", soft_wrap=True)
-    link = tracking.ui_link(ctx.experiment_id)
+    link = mlflow_ui.ui_link(ctx.experiment_id, ctx.sweep_run_id)
     if uri.startswith(("http://", "https://")):
         console.print(f"Open the UI: {uri}/{link}", soft_wrap=True)
     else:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from ray.tune import Callback
 
-from sweeps.tracking import describe
+from sweeps.mlflow_ui import describe
 
 LOG_EVERY_SECONDS = 60.0
 

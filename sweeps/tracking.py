@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from smartmixed_core.config import uses
 from smartmixed_core.errors import ConfigError
 from sweeps import schema
+from sweeps.mlflow_ui import share_trials_view, sweep_note, trial_note, trial_run_name
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -31,39 +32,6 @@ if TYPE_CHECKING:
 
 NONFINITE = "non-finite"
 """Prefix of the failure tag of a seed that hit a NaN/inf loss (retries stop there)."""
-
-
-def describe(params: dict[str, Any]) -> str:
-    """A trial's sampled values as short text, the method left out (it leads the name):
-    ``digits, 64-32, lr=0.00123, temperature=0.3``."""
-    parts = []
-    for key, value in params.items():
-        if key == "method":
-            continue
-        if isinstance(value, float):
-            value = f"{value:.3g}"
-        parts.append(str(value) if key in ("architecture", "arch", "dataset") else
-                     f"{key}={value}")
-    return ", ".join(parts)
-
-
-def trial_run_name(cfg: RunConfig, sampled: dict[str, Any], trial: str) -> str:
-    """``smartmixed · digits · 64-32 · lr=0.00123 · 5130616b``: what the runs table shows,
-    the distinguishing parts first (the table cuts long names)."""
-    rest = describe({k: v for k, v in sampled.items()
-                     if k not in ("dataset", "architecture", "arch")})
-    return " · ".join(p for p in (cfg.method, cfg.dataset, cfg.arch, rest, trial) if p)
-
-
-def trial_note(cfg: RunConfig, sampled: dict[str, Any]) -> str:
-    """The trial run's description (markdown): what it is and what was searched (its
-    configuration is the run's Parameters table)."""
-    searched = ", ".join(f"`{k}`" for k in sampled) or "nothing (a fixed configuration)"
-    return (f"**{cfg.method}** on **{cfg.dataset}**, architecture **{cfg.arch}**, trained once "
-            f"per seed of the sweep (the seed runs below it).\n\nSampled by the search: "
-            f"{searched} (as `sampled.*` parameters; the others are what they resolve to). "
-            "Final metrics `*_mean`/`*_std` are over seeds, of each seed's restored weights; "
-            "the `epoch/*` curves are seed means per epoch.\n")
 
 
 def _filter(**tags: Any) -> str:
@@ -142,8 +110,12 @@ def create_sweep_run(c: MlflowClient, experiment_id: str, name: str, params: dic
                           "(--set name=...)")
     run = c.create_run(experiment_id, run_name=name, tags={
         schema.TAG_KIND: schema.KIND_SWEEP, schema.TAG_SWEEP: name,
-        schema.TAG_NOTE: sweep_note(name, spec_yaml, experiment_id, params),
         **({} if folder is None else {schema.TAG_FOLDER: str(folder)})})
+    c.set_tag(run.info.run_id, schema.TAG_NOTE,
+              sweep_note(name, spec_yaml, experiment_id, run.info.run_id, params))
+    share_trials_view(c, experiment_id, name, run.info.run_id,
+                      params.get("search.metric", "val_accuracy"),
+                      params.get("search.mode", "max"))
     log_params(c, run.info.run_id, params, lookup=False)
     c.log_text(run.info.run_id, spec_yaml, schema.ARTIFACT_SPEC)
     return run.info.run_id
@@ -162,26 +134,6 @@ def sweep_folders(c: MlflowClient, name: str | None = None) -> dict[str, str]:
         if sweep and sweep not in folders:
             folders[sweep] = run.data.tags.get(schema.TAG_FOLDER, "")
     return folders
-
-
-def ui_link(experiment_id: str) -> str:
-    """The runs table of an experiment in MLflow's UI (after the server's address).  MLflow
-    3.17's UI takes an experiment's kind from this URL parameter or from the browser's last
-    choice, not from the ``mlflow.experimentKind`` tag: without it a fresh browser opens the
-    GenAI pages."""
-    return f"#/experiments/{experiment_id}?workflowType=machine_learning"
-
-
-def sweep_note(name: str, spec_yaml: str, experiment_id: str, params: dict[str, Any]) -> str:
-    """The sweep run's description (markdown): how to read the sweep, and its spec."""
-    uri = params.get("tracking_uri")
-    where = f" --tracking-uri {uri}" if uri else ""
-    return (f"Sweep **{name}**: every trial run below is one configuration, trained once per "
-            "seed (its seed runs). Configurations are chosen on validation data, never on the "
-            f"test set. [Runs table]({ui_link(experiment_id)}). Compare the methods with "
-            f"`smartmixed analyze --experiment {params.get('experiment', '')} --sweep {name}"
-            f"{where} --out report`: the report is also logged here, under the artifacts' "
-            f"`report/` folder.\n\n```yaml\n{spec_yaml}```\n")
 
 
 class TrialRunInfo(NamedTuple):

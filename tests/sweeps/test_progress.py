@@ -82,4 +82,4 @@ def test_final_summary_shows_the_best_trial_of_each_method_on_each_dataset(monke
     lines = [line for line in out.splitlines() if " t" in line and "FINISHED" in line]
     assert [line.split()[1] for line in lines] == ["t1", "t3", "t2"]  # by dataset, then method
     assert "smartmixed (2 trials)" in out and "fixed:relu (1 trials)" in out
-    assert "#/experiments/1?workflowType=machine_learning" in out
+    assert "#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=r" in out

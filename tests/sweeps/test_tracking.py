@@ -3,6 +3,7 @@ within MLflow's limits, a trial's first attempt told from a retry, write-ahead l
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -156,7 +157,14 @@ def test_runs_have_names_and_descriptions_a_reader_understands(tmp_path):
                                       "name: s\n", tmp_path / "s")
     note = c.get_run(sweep).data.tags[schema.TAG_NOTE]
     assert f"smartmixed analyze --experiment e --sweep s --tracking-uri {uri}" in note
-    assert f"(#/experiments/{exp}?workflowType=machine_learning)" in note  # the runs table
+    link = f"#/experiments/{exp}/runs?workflowType=machine_learning&viewStateShareKey={sweep}"
+    assert f"({link})" in note  # the runs table, on the sweep's shared view of its trials
+    view = json.loads(c.get_experiment(exp).tags[f"mlflow.sharedViewState.{sweep}"])
+    assert view["searchFilter"] == ("tags.`smartmixed.sweep` = 's' AND "
+                                    "tags.`smartmixed.kind` = 'trial'")
+    assert view["orderByKey"] == "metrics.`val_accuracy_mean`" and view["orderByAsc"] is False
+    assert "metrics.`test_accuracy_mean`" in view["selectedColumns"]
+    assert len(c.search_runs([exp], view["searchFilter"])) == 0  # MLflow accepts the filter
     cfg = RunConfig(method="smartmixed", arch="64-32")
     trial = tracking.open_trial_run(c, exp, "s", sweep, "ab12", cfg,
                                     {"lr": 0.0012345, "architecture": "64-32"})
