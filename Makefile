@@ -24,7 +24,8 @@ test: install
 
 # Multi-process tests (CI runs them after `make test`): two-node Ray cluster, killed worker,
 # interrupted and killed driver + resume, MLflow server outage, NaN trial, smoke sweep then
-# analysis (about 6-12 minutes on 2 cores).
+# analysis, MLflow server on PostgreSQL (tools/ensure-postgres.sh installs it) restarted with
+# its database mid-sweep (about 10-15 minutes on 2 cores).
 test-slow: install
 	bash tools/ensure-postgres.sh
 	$(PYTHON) -m pytest -m slow

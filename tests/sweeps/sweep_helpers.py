@@ -3,11 +3,15 @@ tree of docs/mlflow-schema.md."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ import yaml
 
 from smartmixed_core.config import uses
 from sweeps import schema
+from sweeps.checkpoints import CHECKPOINT_ENV
 
 VAL_CURVE = schema.epoch_metric("val_accuracy")
 LOSS_CURVE = schema.epoch_metric("train_loss")
@@ -209,3 +214,48 @@ def optuna_trials(folder: Path, name: str) -> list[Any]:
 
     storage = JournalStorage(JournalFileBackend(str(folder / JOURNAL_FILE)))
     return optuna.load_study(study_name=name, storage=storage).trials
+
+
+def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"sweep exited ({proc.returncode}) before {what}")
+        time.sleep(0.5)
+    raise TimeoutError(what)
+
+
+@contextlib.contextmanager
+def sweep_process(tmp_path: Path, *args: str, log: str = "sweep.log", **env: str):
+    """``smartmixed sweep ARGS`` in the background (output to ``tmp_path/log``, a checkpoint
+    every round).  Whatever it leaves running at the end (its local Ray) is killed: every
+    process it starts inherits a unique marker variable."""
+    marker = f"SMARTMIXED_TEST_{uuid.uuid4().hex}"
+    path = tmp_path / log
+    with path.open("w") as out:
+        proc = subprocess.Popen([*smartmixed_cmd(), "sweep", *args], stdout=out,
+                                stderr=subprocess.STDOUT,
+                                env={**os.environ, marker: "1", CHECKPOINT_ENV: "0", **env})
+        try:
+            yield proc, path
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=60)
+            left = kill_marked(marker)
+            if left:
+                print(f"killed {len(left)} processes left behind by `sweep {args[0]}`")
+
+
+def log_tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-4000:]
+
+
+def finish_sweep(proc: subprocess.Popen, log: Path, timeout: float) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"sweep still running after {timeout} s:\n{log_tail(log)}") from None

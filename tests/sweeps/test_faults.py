@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import optuna
@@ -26,12 +25,15 @@ from sweeps.checkpoints import CHECKPOINT_ENV
 from sweeps.searcher import RAY_TRIAL_ATTR
 from tests.sweeps.sweep_helpers import (
     assert_run_tree,
+    finish_sweep,
     free_port,
-    kill_marked,
+    log_tail,
     optuna_trials,
     runs_by_kind,
     smartmixed_cmd,
     start_mlflow_server,
+    sweep_process,
+    wait_until,
     write_spec,
 )
 
@@ -39,18 +41,6 @@ VAL_CURVE = schema.epoch_metric("val_accuracy")
 LOSS_CURVE = schema.epoch_metric("train_loss")
 
 pytestmark = pytest.mark.slow
-
-
-def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"sweep exited ({proc.returncode}) before {what}")
-        time.sleep(0.5)
-    raise TimeoutError(what)
 
 
 def _ray_pids(temp_dir: Path) -> list[int]:
@@ -100,41 +90,8 @@ def test_sweep_through_address_on_a_two_node_cluster(tmp_path, two_node_cluster)
     assert len(workers) == 2  # two trial processes, one CPU each: one per node
 
 
-@contextlib.contextmanager
-def sweep_process(tmp_path: Path, *args: str, log: str = "sweep.log", **env: str):
-    """``smartmixed sweep ARGS`` in the background (output to ``tmp_path/log``, a checkpoint
-    every round).  Whatever it leaves running at the end (its local Ray) is killed: every
-    process it starts inherits a unique marker variable."""
-    marker = f"SMARTMIXED_TEST_{uuid.uuid4().hex}"
-    path = tmp_path / log
-    with path.open("w") as out:
-        proc = subprocess.Popen([*smartmixed_cmd(), "sweep", *args], stdout=out,
-                                stderr=subprocess.STDOUT,
-                                env={**os.environ, marker: "1", CHECKPOINT_ENV: "0", **env})
-        try:
-            yield proc, path
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=60)
-            left = kill_marked(marker)
-            if left:
-                print(f"killed {len(left)} processes left behind by `sweep {args[0]}`")
-
-
-def _tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-4000:]
-
-
-def _finish(proc: subprocess.Popen, log: Path, timeout: float) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"sweep still running after {timeout} s:\n{_tail(log)}") from None
-
-
 def _trial_after(uri: str, c: MlflowClient, epochs: int):
-    """A :func:`_wait` predicate: the sweep's only trial run once it logged ``epochs``."""
+    """A :func:`wait_until` predicate: the sweep's only trial run once it logged ``epochs``."""
     def predicate():
         trials = runs_by_kind(uri, "t-exp")[schema.KIND_TRIAL]
         if trials and len(c.get_metric_history(trials[0].info.run_id, VAL_CURVE)) >= epochs:
@@ -169,11 +126,11 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, monkeypatc
                       search={"algorithm": "grid", "space": {"method": {"choice": ["smartmixed"]}}})
     c = MlflowClient(uri)
     with sweep_process(tmp_path, "run", str(spec)) as (proc, log):
-        trial = _wait(_trial_after(uri, c, 8), 300, "8 epochs", proc)
+        trial = wait_until(_trial_after(uri, c, 8), 300, "8 epochs", proc)
         pid = _worker_pid(trial)
         t_kill = time.time()
         os.kill(pid, signal.SIGKILL)
-        assert _finish(proc, log, 400) == 0, _tail(log)
+        assert finish_sweep(proc, log, 400) == 0, log_tail(log)
         print(f"killed worker {pid}; sweep finished {time.time() - t_kill:.0f} s later")
     runs = assert_run_tree(uri, "t-exp", "t-sweep", 1, [0, 1], 40)
     (trial,) = runs[schema.KIND_TRIAL]
@@ -213,9 +170,9 @@ def test_trial_whose_retries_are_spent_ends_failed_with_the_reason(tmp_path, mon
                       search={"algorithm": "grid", "space": {"method": {"choice": ["smartmixed"]}}})
     c = MlflowClient(uri)
     with sweep_process(tmp_path, "run", str(spec)) as (proc, log):
-        trial = _wait(_trial_after(uri, c, 3), 300, "3 epochs", proc)
+        trial = wait_until(_trial_after(uri, c, 3), 300, "3 epochs", proc)
         os.kill(_worker_pid(trial), signal.SIGKILL)
-        assert _finish(proc, log, 300) == 0, _tail(log)  # the sweep itself completed
+        assert finish_sweep(proc, log, 300) == 0, log_tail(log)  # the sweep itself completed
     runs = runs_by_kind(uri, "t-exp")
     (sweep,), (trial,) = runs[schema.KIND_SWEEP], runs[schema.KIND_TRIAL]
     assert sweep.info.status == "FINISHED"
@@ -253,16 +210,16 @@ def test_interrupted_driver_resumes_with_one_finished_seed_run_each(tmp_path):
                     and len(c.get_metric_history(t.info.run_id, VAL_CURVE)) >= 2]
             return busy[0] if done and busy else None
 
-        busy = _wait(seed_done_and_trial_two_epochs_in, 300,
+        busy = wait_until(seed_done_and_trial_two_epochs_in, 300,
                      "a finished seed and a trial 2 epochs in", proc)
         proc.send_signal(signal.SIGINT)
-        assert _finish(proc, log, 300) == 130, _tail(log)
+        assert finish_sweep(proc, log, 300) == 130, log_tail(log)
     before = runs_by_kind(uri, "t-exp")
     assert before[schema.KIND_SWEEP][0].info.status == "KILLED"
     assert not any(r.info.status == "RUNNING" for r in before[schema.KIND_SEED])
     with sweep_process(tmp_path, "resume", str(tmp_path / "ray_results" / "t-sweep"),
                        log="resume.log") as (proc, log):
-        assert _finish(proc, log, 500) == 0, _tail(log)
+        assert finish_sweep(proc, log, 500) == 0, log_tail(log)
     runs = assert_run_tree(uri, "t-exp", "t-sweep", 3, [0, 1], 80)
     trial = busy.data.tags[schema.TAG_TRIAL]
     mine = [r for r in runs[schema.KIND_SEED] if r.data.tags[schema.TAG_TRIAL] == trial]
@@ -296,7 +253,7 @@ def test_killed_driver_resumes_without_lost_or_repeated_runs_or_trial_numbers(tm
             trials = runs_by_kind(uri, "t-exp")[schema.KIND_TRIAL]
             return len(trials) >= 2 and any(t.info.status == "FINISHED" for t in trials)
 
-        _wait(second_started, 300, "a finished trial and a second one", proc)
+        wait_until(second_started, 300, "a finished trial and a second one", proc)
         proc.kill()  # SIGKILL: no handler, no cleanup
         proc.wait(timeout=60)
     before = runs_by_kind(uri, "t-exp")
@@ -309,7 +266,7 @@ def test_killed_driver_resumes_without_lost_or_repeated_runs_or_trial_numbers(tm
           numbers_before)
     with sweep_process(tmp_path, "resume", str(folder), log="resume.log") as (proc, log):
         t0 = time.time()
-        assert _finish(proc, log, 500) == 0, _tail(log)
+        assert finish_sweep(proc, log, 500) == 0, log_tail(log)
         print(f"resume took {time.time() - t0:.0f} s")
     after = runs_by_kind(uri, "t-exp")
     lost = {r.data.tags[schema.TAG_TRIAL] for r in after[schema.KIND_TRIAL]
@@ -363,15 +320,15 @@ def test_mlflow_server_outage_is_ridden_out(tmp_path):
                 return [t for t in trials if t.info.status == "RUNNING" and len(
                     c.get_metric_history(t.info.run_id, VAL_CURVE)) >= 2]
 
-            _wait(two_epochs, 300, "a trial 2 epochs in", proc)
+            wait_until(two_epochs, 300, "a trial 2 epochs in", proc)
             server.terminate()
             server.wait(timeout=60)
             down = time.time()
             time.sleep(10)
-            assert proc.poll() is None, _tail(log)  # the sweep waits for the server
+            assert proc.poll() is None, log_tail(log)  # the sweep waits for the server
             server = start_mlflow_server(port, db, artifacts)
             outage = time.time() - down
-            assert _finish(proc, log, 500) == 0, _tail(log)
+            assert finish_sweep(proc, log, 500) == 0, log_tail(log)
             print(f"server down {outage:.0f} s; sweep finished {time.time() - down:.0f} s "
                   "after the server stopped")
         text = log.read_text()
@@ -396,7 +353,7 @@ def test_nan_trial_fails_with_its_reason_and_optuna_never_sees_nan(tmp_path):
                               "space": {"method": {"choice": ["fixed:relu"]},
                                         "lr": {"choice": [0.001, 1.0]}}})
     with sweep_process(tmp_path, "run", str(spec)) as (proc, log):
-        assert _finish(proc, log, 400) == 0, _tail(log)
+        assert finish_sweep(proc, log, 400) == 0, log_tail(log)
     runs = runs_by_kind(uri, "t-exp")
     failed = [r for r in runs[schema.KIND_TRIAL] if r.info.status == "FAILED"]
     finished = [r for r in runs[schema.KIND_TRIAL] if r.info.status == "FINISHED"]
