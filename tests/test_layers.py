@@ -69,6 +69,14 @@ def test_no_module_imports_a_higher_layer():
     assert upward == []
 
 
+def test_analysis_reads_runs_through_the_run_schema_only():
+    """What ``analysis`` takes from ``sweeps``: the run schema (names, tags, parsers) and the
+    one tracking-URI parser/health check; never the driver, the trials or Ray."""
+    used = {d for name, deps in graph().items() if name.startswith("analysis.")
+            for d in deps if d.startswith("sweeps.")}
+    assert used <= {"sweeps.schema", "sweeps.redact", "sweeps.store"}, used
+
+
 def test_no_import_cycle_between_modules():
     edges = graph()
     state: dict[str, int] = {}
