@@ -15,12 +15,21 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def _predictions(logits: Tensor) -> np.ndarray:
+    return torch.softmax(logits.detach().float(), -1).cpu().numpy()
+
+
+def accuracy(logits: Tensor, y: Tensor) -> float:
+    """The ``accuracy`` of :func:`classification_metrics`, alone (no scikit-learn calls)."""
+    return float((_predictions(logits).argmax(1) == y.cpu().numpy()).mean())
+
+
 def classification_metrics(logits: Tensor, y: Tensor, num_classes: int) -> dict:
     """Accuracy, macro F1, ROC-AUC (binary, or macro one-vs-rest), per-class accuracy and the
     confusion matrix (rows = true class).  ROC-AUC is NaN when a class is absent from ``y``."""
     from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
-    probs = torch.softmax(logits.detach().float(), -1).cpu().numpy()
+    probs = _predictions(logits)
     y_true = y.cpu().numpy()
     y_pred = probs.argmax(1)
     labels = list(range(num_classes))
@@ -39,7 +48,7 @@ def classification_metrics(logits: Tensor, y: Tensor, num_classes: int) -> dict:
             auc = math.nan
     per_class = np.divide(np.diag(cm), support, out=np.full(num_classes, np.nan), where=support > 0)
     return {
-        "accuracy": float((y_pred == y_true).mean()),
+        "accuracy": accuracy(logits, y),
         "f1_macro": float(
             f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0)
         ),

@@ -33,7 +33,7 @@ from smartmixed_core.config import RunConfig
 from smartmixed_core.data import Splits
 from smartmixed_core.freeze import dominant_activations, freeze, selection_counts, unit_choices
 from smartmixed_core.layers import MixtureActivation, gate_entropy
-from smartmixed_core.metrics import classification_metrics, count_parameters
+from smartmixed_core.metrics import accuracy, classification_metrics, count_parameters
 from smartmixed_core.models import Backbone
 from smartmixed_core.phase1 import SampledEval, SelectionTracker, temperature_at
 from smartmixed_core.seeded import BATCHES, INIT, NOISE, REINIT, SeedNoise, seed_generator
@@ -147,6 +147,12 @@ def evaluate(model: nn.Module, data: Splits, split: str) -> list[dict[str, Any]]
             for s, logits in enumerate(predict_split(model, data, split))]
 
 
+def accuracies(model: nn.Module, data: Splits, split: str) -> list[float]:
+    """Every seed's accuracy on ``split`` (where the other metrics are not reported)."""
+    return [accuracy(logits, data.labels(split, s))
+            for s, logits in enumerate(predict_split(model, data, split))]
+
+
 def _start(cfg: RunConfig, seeds: list[int], data: Splits, state: RunState) -> Backbone:
     """The model of a new run, or of ``state``'s snapshot with its generators restored."""
     shape, classes, device = data.input_shape, data.num_classes, data.x_train.device
@@ -216,19 +222,19 @@ def train_together(
             if selective:
                 state.outs[i]["selection"] = selection_counts(model, i)
         if kind == "smartmixed":
-            val1, test1 = evaluate(model, data, "val"), evaluate(model, data, "test")
+            val1, test1 = accuracies(model, data, "val"), accuracies(model, data, "test")
             reinit = [seed_generator(s, REINIT) for s in seeds]
             model = state.model = freeze(model, cfg.phase2_init, reinit)  # type: ignore[arg-type]
-            test2 = evaluate(model, data, "test")
+            test2 = accuracies(model, data, "test")
             for i, r in enumerate(results):
                 last = r.history[-1]
                 state.outs[i]["phase1"] = {
-                    "val_accuracy": val1[i]["accuracy"], "test_accuracy": test1[i]["accuracy"],
+                    "val_accuracy": val1[i], "test_accuracy": test1[i],
                     "epochs": len(r.history), "best_epoch": r.best_epoch,
                     "last_val_accuracy": last["val_accuracy"],
                     "sampled_val_accuracy": last["sampled_val_accuracy"],
                     "sampled_val_loss": last["sampled_val_loss"]}
-                state.outs[i]["phase2_start_test_accuracy"] = test2[i]["accuracy"]
+                state.outs[i]["phase2_start_test_accuracy"] = test2[i]
             state.phase, state.fit = 2, FitState()
     if state.phase == 2:
         results = run(model, cfg.epochs - cfg.transition_epoch,
@@ -269,10 +275,10 @@ def finish_seed(
     mixture exports, history (``out`` holds what the phases recorded)."""
     kind = cfg.parsed_method.kind
     out["train_seconds"] = seconds
-    (val,), (test,) = evaluate(model, data, "val"), evaluate(model, data, "test")
+    (val,), (test,) = accuracies(model, data, "val"), evaluate(model, data, "test")
     out.update(
         {
-            "val_accuracy": val["accuracy"],
+            "val_accuracy": val,
             "test_accuracy": test["accuracy"],
             "test_f1_macro": test["f1_macro"],
             "test_roc_auc": test["roc_auc"],

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from smartmixed_core.metrics import classification_metrics, count_parameters
+from smartmixed_core.metrics import accuracy, classification_metrics, count_parameters
 
 
 def test_multiclass_metrics_by_hand():
@@ -29,3 +29,13 @@ def test_binary_auc_and_missing_class():
 
 def test_count_parameters():
     assert count_parameters(torch.nn.Linear(3, 2)) == 8
+
+
+def test_accuracy_alone_is_the_accuracy_of_the_full_metrics():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 10, generator=g)
+    logits[:50, 3] = logits[:50, 7]  # ties: both take the first maximum
+    y = torch.randint(0, 10, (500,), generator=g)
+    full = classification_metrics(logits, y, 10)["accuracy"]
+    assert accuracy(logits, y) == full and 0 < full < 1
+    assert accuracy(logits, logits.argmax(1)) == 1.0
