@@ -164,7 +164,7 @@ def open_trial_run(c: MlflowClient, experiment_id: str, sweep: str, sweep_run_id
         return TrialRunInfo(run_id, -1, True)
     run_id = runs[0].info.run_id
     _reopen(c, runs[0])
-    history = c.get_metric_history(run_id, "val_accuracy")
+    history = c.get_metric_history(run_id, schema.epoch_metric("val_accuracy"))
     c.set_tag(run_id, schema.TAG_WORKER, worker)
     log_params(c, run_id, params)
     return TrialRunInfo(run_id, max((m.step for m in history), default=-1), False)

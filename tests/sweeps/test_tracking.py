@@ -209,3 +209,18 @@ def test_seed_metrics_keep_curves_apart_from_final_values():
             assert values[key, 3] == names.count(act) / len(names)
             counts = outcome.summary["history"][2]["selection"][layer]
             assert values[key, 2] == counts[act] / sum(counts.values())
+
+
+def test_a_reopened_trial_run_knows_its_last_logged_epoch(store):
+    """A retry must not log an epoch twice: the trial run says how far its curves go."""
+    from smartmixed_core.config import RunConfig
+
+    _, c, exp = store
+    sweep = tracking.create_sweep_run(c, exp, "s", {}, "name: s\n")
+    cfg = RunConfig(method="fixed:relu", arch="16")
+    first = tracking.open_trial_run(c, exp, "s", sweep, "t1", cfg, {})
+    assert first.new and first.last_step == -1
+    tracking.log_metrics(c, first.run_id, [(schema.epoch_metric(k), 0.5, step)
+                                           for k in schema.EPOCH_METRICS for step in range(3)])
+    again = tracking.open_trial_run(c, exp, "s", sweep, "t1", cfg, {})
+    assert (again.run_id, again.last_step, again.new) == (first.run_id, 2, False)
