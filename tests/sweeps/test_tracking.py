@@ -58,7 +58,7 @@ def test_open_trial_run_tells_a_first_attempt_from_a_retry(store):
     assert first.new and first.last_step == -1
     run = c.get_run(first.run_id)
     assert run.data.tags[schema.TAG_WORKER] and run.data.params["sampled.lr"] == "0.01"
-    c.log_metric(first.run_id, "val_accuracy", 0.5, step=3)
+    c.log_metric(first.run_id, schema.epoch_metric("val_accuracy"), 0.5, step=3)  # the curve
     c.set_terminated(first.run_id, "FAILED")
     retry = tracking.open_trial_run(c, exp, "s", "parent", "t1", cfg, {"lr": 0.01})
     assert retry == (first.run_id, 3, False)
@@ -210,17 +210,3 @@ def test_seed_metrics_keep_curves_apart_from_final_values():
             counts = outcome.summary["history"][2]["selection"][layer]
             assert values[key, 2] == counts[act] / sum(counts.values())
 
-
-def test_a_reopened_trial_run_knows_its_last_logged_epoch(store):
-    """A retry must not log an epoch twice: the trial run says how far its curves go."""
-    from smartmixed_core.config import RunConfig
-
-    _, c, exp = store
-    sweep = tracking.create_sweep_run(c, exp, "s", {}, "name: s\n")
-    cfg = RunConfig(method="fixed:relu", arch="16")
-    first = tracking.open_trial_run(c, exp, "s", sweep, "t1", cfg, {})
-    assert first.new and first.last_step == -1
-    tracking.log_metrics(c, first.run_id, [(schema.epoch_metric(k), 0.5, step)
-                                           for k in schema.EPOCH_METRICS for step in range(3)])
-    again = tracking.open_trial_run(c, exp, "s", sweep, "t1", cfg, {})
-    assert (again.run_id, again.last_step, again.new) == (first.run_id, 2, False)
