@@ -4,8 +4,9 @@ and the one-seed checkpoint file (weights + config + slot layout + choices)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,11 +24,18 @@ from smartmixed_core.layers import (
 from smartmixed_core.models import MLP, Backbone, ConvNet, SlotFactory
 from smartmixed_core.shapes import PadeActivation, SwishBeta
 
-if TYPE_CHECKING:
-    from smartmixed_core.runner import SeedOutcome
-
 CHECKPOINT_FORMAT = 2
 """Version of :func:`save_checkpoint`'s file (1: before the seeds dimension, refused)."""
+
+
+@dataclass
+class SeedOutcome:
+    """Everything one seed produced: the JSON-ready summary and its trained (one-seed) model
+    (what :func:`save_checkpoint` writes; :mod:`smartmixed_core.runner` makes them)."""
+
+    summary: dict[str, Any]
+    model: Backbone
+    choices: dict[str, list[str]] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -20,6 +20,7 @@ from torch import nn
 
 from smartmixed_core.build import (
     CHECKPOINT_FORMAT,
+    SeedOutcome,
     build_model,
     load_checkpoint,
     load_data,
@@ -78,15 +79,6 @@ class _PhaseTag:
 
     def on_epoch_end(self, epoch: int, record: dict, model: nn.Module) -> None:
         record.setdefault("phase", self.phase)
-
-
-@dataclass
-class SeedOutcome:
-    """Everything one seed produced: the JSON-ready summary and its trained (one-seed) model."""
-
-    summary: dict[str, Any]
-    model: Backbone
-    choices: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
