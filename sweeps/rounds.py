@@ -100,16 +100,18 @@ class Rounds:
             self._pending = []
 
     def final(self, seeds: list[dict[str, Any]]) -> dict[str, Any]:
-        """Log the seed-mean final metrics of the seeds' summaries on the trial run; return
-        the final report (what the searcher receives)."""
+        """Log the seed-mean final metrics of the seeds' summaries on the trial run, with the
+        per-epoch metrics still buffered (one MLflow call); return the final report (what the
+        searcher receives)."""
         summary = summarize(seeds)
         val_loss = []
         for s in seeds:
             best = {r["epoch"]: r["val_loss"] for r in s["history"]}
             val_loss.append(best.get(s.get("best_epoch"), s["history"][-1]["val_loss"]))
         summary["val_loss_mean"] = mean(val_loss)
-        tracking.log_metrics(self.client, self.run_id, [
-            (k, v, 0) for k, v in summary.items() if isinstance(v, (int, float))])
+        tracking.log_metrics(self.client, self.run_id, [*self._pending, *(
+            (k, v, 0) for k, v in summary.items() if isinstance(v, (int, float)))])
+        self._pending = []
         epochs = max(len(s["history"]) for s in seeds)
         return {"val_accuracy": summary["val_accuracy_mean"], "val_loss": summary["val_loss_mean"],
                 "test_accuracy": summary["test_accuracy_mean"],

@@ -346,11 +346,12 @@ SYSTEM_METRICS_ENV = "SMARTMIXED_SYSTEM_METRICS_SECONDS"
 
 
 @contextlib.contextmanager
-def system_metrics(run_id: str, uri: str) -> Iterator[None]:
+def system_metrics(run_id: str, uri: str, resume: bool = True) -> Iterator[None]:
     """MLflow's own system metrics (``system/cpu_utilization_percentage``, memory, disk,
     network; GPU utilisation and memory where ``pynvml`` is installed) on the run while the
     block runs, sampled every :data:`SYSTEM_METRICS_ENV` seconds; nothing where ``psutil``
-    is missing."""
+    is missing.  ``resume``: continue the steps the run already has (a retried trial; off for
+    a new run, which saves reading the run)."""
     seconds = float(os.environ.get(SYSTEM_METRICS_ENV, "10") or 0)
     try:
         import psutil  # noqa: F401  (MLflow's monitor needs it)
@@ -361,7 +362,7 @@ def system_metrics(run_id: str, uri: str) -> Iterator[None]:
         yield
         return
     monitor = SystemMetricsMonitor(run_id, sampling_interval=seconds, samples_before_logging=1,
-                                   resume_logging=True, tracking_uri=uri)
+                                   resume_logging=resume, tracking_uri=uri)
     monitor.start()
     try:
         yield

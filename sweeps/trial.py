@@ -105,11 +105,14 @@ class TrialRun:
             self.client.set_tag(self.run_id, schema.TAG_RESUMED, str(self.resumed_after))
         try:
             if todo:
-                with tracking.system_metrics(self.run_id, ctx.tracking_uri):
+                with tracking.system_metrics(self.run_id, ctx.tracking_uri,
+                                             resume=not self.first_attempt):
                     self._train(todo, last_step)
-        finally:
-            self.rounds.flush()  # also after a failure: the epochs it trained stay visible
+        except BaseException:
+            self.rounds.flush()  # the epochs it trained stay visible
+            raise
         if self.errors:
+            self.rounds.flush()
             reason = self.abort_reason or str(next(iter(self.errors.values())))
             self._fail(self.run_id, reason)
             raise TrialFailed(reason)
