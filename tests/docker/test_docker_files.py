@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -374,7 +375,11 @@ def test_ray_image_installs_the_project(services: dict):
     assert pip_runs and pip_runs[0][0] > first_copy, "pip install before COPY pyproject.toml"
     assert any(re.search(r"pip install (--no-cache-dir )?\.(\s|$)", a) for _, a in pip_runs)
     sources = [src for _, a in copies for src in a.split()[:-1] if not src.startswith("--")]
-    for pkg in ("smartmixed_core/", "sweeps/", "analysis/", "pyproject.toml"):
+    # Every package pyproject.toml installs (the console command's ``smartmixed`` included).
+    tops = {p.split("*")[0].split(".")[0] for p in tomllib.loads(
+        (REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert "smartmixed" in tops
+    for pkg in [f"{t}/" for t in sorted(tops)] + ["pyproject.toml"]:
         assert pkg in sources, pkg
     # The Dockerfile-specific .dockerignore admits exactly what is copied.
     admitted = {x.strip()[1:] for x in (DOCKER / "Dockerfile.dockerignore").read_text()
@@ -445,3 +450,4 @@ def test_deployment_doc_smartmixed_commands_exist():
                 assert not re.search(r"//(127\.0\.0\.1|localhost)\b", opts["--tracking-uri"])
             if positional[0] in preset_names():  # every --set names a field with a valid value
                 load_spec(positional[0], [v for k, v in options if k == "--set"])
+

@@ -1,5 +1,6 @@
-"""docker/ray-start: every Ray node of the compose stack starts with an object store that fits
-the container's /dev/shm (Ray's own default, 30% of the host's RAM, falls back to disk)."""
+"""How the compose stack's containers start: every Ray node through docker/ray-start, with an
+object store that fits the container's /dev/shm (Ray's own default, 30% of the host's RAM,
+falls back to disk), and every service others wait for with its healthcheck in compose."""
 
 from __future__ import annotations
 
@@ -66,3 +67,16 @@ def test_every_ray_node_starts_through_the_script():
     assert "docker/ray-start /usr/local/bin/ray-start" in dockerfile
     ignore = (REPO / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
     assert "!docker/ray-start" in ignore  # else the build context lacks it
+
+
+def test_every_awaited_service_has_its_healthcheck_in_compose():
+    """``depends_on: {x: {condition: service_healthy}}`` needs x's healthcheck in compose:
+    an image's HEALTHCHECK is dropped by podman/buildah's default (OCI) image format."""
+    services = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())["services"]
+    awaited = {name for svc in services.values()
+               for name, dep in (svc.get("depends_on") or {}).items()
+               if isinstance(dep, dict) and dep.get("condition") == "service_healthy"}
+    assert awaited >= {"postgres", "mlflow", "ray-head"}
+    for name in awaited:
+        test = services[name].get("healthcheck", {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), name
