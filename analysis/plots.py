@@ -10,11 +10,11 @@ from matplotlib.figure import Figure
 
 from analysis.rank import architecture_order
 from analysis.selection import activation_order
-from smartmixed_core.activations import ACTIVATIONS
+from smartmixed_core.names import ACTIVATION_NAMES
 
 _PALETTE = colormaps["tab20"].colors
 ACTIVATION_COLORS = {name: _PALETTE[(2 * i) % 20 + (2 * i) // 20]
-                     for i, name in enumerate(ACTIVATIONS)}
+                     for i, name in enumerate(ACTIVATION_NAMES)}
 """One colour per registry activation (stable across every plot)."""
 
 

@@ -19,7 +19,7 @@ from scipy.spatial.distance import jensenshannon
 
 from analysis._stats import mean_ci_groups
 from analysis.load import hidden_widths
-from smartmixed_core.activations import ACTIVATIONS
+from smartmixed_core.names import ACTIVATION_NAMES
 from sweeps import schema
 
 _SELECTION = re.compile(re.escape(schema.SELECTION_PREFIX) + r"layer_(\d+)/(.+)$")
@@ -29,9 +29,9 @@ KEYS = ["config_id", "architecture", "method"]
 
 
 def activation_order(names) -> list[str]:
-    """Registry order (``ACTIVATIONS``); names the registry does not know go last."""
+    """Registry order (``ACTIVATION_NAMES``); names the registry does not know go last."""
     names = set(names)
-    known = [a for a in ACTIVATIONS if a in names]
+    known = [a for a in ACTIVATION_NAMES if a in names]
     return known + sorted(names - set(known))
 
 

@@ -75,9 +75,8 @@ def _pool(parts: list[pd.DataFrame]) -> pd.DataFrame:
 
 def weight_groups(client, run_ids: list[str]) -> tuple[pd.DataFrame, str]:
     """Pooled mean (and mean absolute) weight per (source, target) activation over the given
-    seed runs' checkpoints, and a note about runs skipped (no checkpoint, one hidden layer)."""
-    import torch
-
+    seed runs' checkpoints, and a note about runs skipped (no checkpoint, one hidden layer).
+    torch is imported at the first checkpoint (a store without any never loads it)."""
     parts, skipped = [], []
     with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
         for run_id in run_ids:
@@ -87,6 +86,8 @@ def weight_groups(client, run_ids: list[str]) -> tuple[pd.DataFrame, str]:
                     skipped.append(f"{run_id[:8]}: no {schema.ARTIFACT_CHECKPOINT} artifact")
                     continue
                 path = client.download_artifacts(run_id, schema.ARTIFACT_CHECKPOINT, tmp)
+                import torch
+
                 ckpt = torch.load(path, map_location="cpu", weights_only=False)
                 choices = ckpt.get("choices") or _choices_artifact(client, run_id, tmp)
                 part = group_weight_sums(ckpt["state_dict"], choices or {})

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from benchmarks.baselines import GatherScatterMixed, StackAllK, mnist_like_loader
-from smartmixed_core.activations import POOLS
-from smartmixed_core.freeze import freeze
 from smartmixed_core.layers import Activation, MixedActivation, SelectiveActivation
-from smartmixed_core.models import MLP, PAPER_ARCHITECTURES, REPRESENTATIVE
+from smartmixed_core.models import MLP
+from smartmixed_core.names import PAPER_ARCHITECTURES, POOLS, REPRESENTATIVE
+from smartmixed_core.phase2 import freeze
 from smartmixed_core.training import FitConfig, make_optimizer, seed_losses
 
 POOL = POOLS["paper"]

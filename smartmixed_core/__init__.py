@@ -5,79 +5,67 @@
 The library knows nothing of Ray or MLflow; ``sweeps`` and ``analysis`` build on it.
 """
 
-from smartmixed_core.activations import ACTIVATIONS, POOLS, canonical, get_activation, resolve_pool
-from smartmixed_core.config import Method, RunConfig, parse_method
-from smartmixed_core.data import DATASETS, Splits, load_dataset
-from smartmixed_core.errors import ConfigError
-from smartmixed_core.freeze import (
-    dominant_activations,
-    export_fixed,
-    freeze,
-    selection_counts,
-    unit_choices,
-)
-from smartmixed_core.layers import (
-    MixedActivation,
-    MixtureActivation,
-    SelectiveActivation,
-    hard_gumbel_softmax,
-)
-from smartmixed_core.metrics import classification_metrics, count_parameters
-from smartmixed_core.models import MLP, PAPER_ARCHITECTURES, ConvNet, parse_arch
-from smartmixed_core.runner import (
-    RunState,
-    SeedOutcome,
-    build_model,
-    load_checkpoint,
-    save_checkpoint,
-    summarize,
-    temperature_at,
-    train_seed,
-    train_seeds,
-    train_together,
-)
-from smartmixed_core.training import FitConfig, FitResult, NonFiniteLossError, fit
+from __future__ import annotations
 
-__all__ = [
-    "ACTIVATIONS",
-    "DATASETS",
-    "MLP",
-    "PAPER_ARCHITECTURES",
-    "POOLS",
-    "ConfigError",
-    "ConvNet",
-    "FitConfig",
-    "FitResult",
-    "Method",
-    "MixedActivation",
-    "MixtureActivation",
-    "NonFiniteLossError",
-    "RunConfig",
-    "RunState",
-    "SeedOutcome",
-    "SelectiveActivation",
-    "Splits",
-    "build_model",
-    "canonical",
-    "classification_metrics",
-    "count_parameters",
-    "dominant_activations",
-    "export_fixed",
-    "fit",
-    "freeze",
-    "get_activation",
-    "hard_gumbel_softmax",
-    "load_checkpoint",
-    "load_dataset",
-    "parse_arch",
-    "parse_method",
-    "resolve_pool",
-    "save_checkpoint",
-    "selection_counts",
-    "summarize",
-    "temperature_at",
-    "train_seed",
-    "train_seeds",
-    "train_together",
-    "unit_choices",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "ACTIVATIONS": "activations",
+    "build_model": "runner",
+    "canonical": "names",
+    "classification_metrics": "metrics",
+    "ConfigError": "errors",
+    "ConvNet": "models",
+    "count_parameters": "metrics",
+    "DATASETS": "data",
+    "dominant_activations": "phase2",
+    "export_fixed": "phase2",
+    "fit": "training",
+    "FitConfig": "training",
+    "FitResult": "training",
+    "freeze": "phase2",
+    "get_activation": "activations",
+    "hard_gumbel_softmax": "layers",
+    "load_checkpoint": "runner",
+    "load_dataset": "data",
+    "Method": "config",
+    "MixedActivation": "layers",
+    "MixtureActivation": "layers",
+    "MLP": "models",
+    "NonFiniteLossError": "training",
+    "PAPER_ARCHITECTURES": "names",
+    "parse_arch": "names",
+    "parse_method": "config",
+    "POOLS": "names",
+    "resolve_pool": "names",
+    "RunConfig": "config",
+    "RunState": "runner",
+    "save_checkpoint": "runner",
+    "SeedOutcome": "runner",
+    "selection_counts": "phase2",
+    "SelectiveActivation": "layers",
+    "Splits": "data",
+    "summarize": "runner",
+    "temperature_at": "runner",
+    "train_seed": "runner",
+    "train_seeds": "runner",
+    "train_together": "runner",
+    "unit_choices": "phase2",
+}
+"""Public name -> the module that defines it (imported on first use: ``import
+smartmixed_core.config`` and ``smartmixed_core.names`` stay free of torch)."""
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'smartmixed_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"smartmixed_core.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

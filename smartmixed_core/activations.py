@@ -1,11 +1,9 @@
 """The activation registry: one name -> activation mapping for the whole project.
 
-Every list of activation names anywhere (CLI choices, pools, spec validation, plots) derives
-from :data:`ACTIVATIONS` and :data:`POOLS`.  Strings are resolved here, at the config edge;
-layers receive resolved, canonical names.
-
->>> resolve_pool("paper")
-('relu', 'sigmoid', 'tanh', 'leaky_relu', 'elu', 'selu')
+The names, aliases and pools are :mod:`smartmixed_core.names` (importable without torch);
+:data:`ACTIVATIONS` gives each name its implementation, and the import checks that the two
+list the same names in the same order.  Strings are resolved at the config edge
+(:func:`~smartmixed_core.names.canonical`); layers receive resolved, canonical names.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smartmixed_core.errors import ConfigError, choice_error
+from smartmixed_core.names import ACTIVATION_NAMES, canonical
 
 
 @dataclass(frozen=True)
@@ -121,51 +119,12 @@ ACTIVATIONS: dict[str, ActivationSpec] = {
     )
 }
 """Canonical name -> spec."""
-
-ALIASES: dict[str, str] = {
-    "lrelu": "leaky_relu",
-    "leakyrelu": "leaky_relu",
-    "swish": "silu",
-}
-
-POOLS: dict[str, tuple[str, ...]] = {
-    # The six of the SmartMixed paper, in the paper's order.
-    "paper": ("relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu"),
-    # AdAct's seven (ReLU, ELU, LReLU, PReLU, RReLU, SiLU, Mish).
-    "adact": ("relu", "elu", "leaky_relu", "prelu", "rrelu", "silu", "mish"),
-}
-
-
-def canonical(name: str, field: str = "activation") -> str:
-    """Return the canonical registry name for ``name`` (case-insensitive, aliases allowed)."""
-    key = name.strip().lower().replace("-", "_")
-    key = ALIASES.get(key, key)
-    if key not in ACTIVATIONS:
-        raise choice_error(field, name, ACTIVATIONS)
-    return key
-
+if tuple(ACTIVATIONS) != ACTIVATION_NAMES:
+    raise ImportError("smartmixed_core.names.ACTIVATION_NAMES must list the registry's names")
 
 def get_activation(name: str) -> nn.Module:
     """A fresh module for ``name``."""
     return ACTIVATIONS[canonical(name)].module()
-
-
-def resolve_pool(pool: str | Sequence[str], field: str = "pool") -> tuple[str, ...]:
-    """A named pool (``paper``, ``adact``), a comma-separated string or a list of names."""
-    if isinstance(pool, str):
-        if pool.strip().lower() in POOLS:
-            return POOLS[pool.strip().lower()]
-        if "," not in pool:
-            if pool.strip().lower().replace("-", "_") in ACTIVATIONS:
-                raise ConfigError(field, "a pool needs at least two activations")
-            raise choice_error(field, pool, [*POOLS, "or a comma-separated list of activations"])
-        pool = [p for p in pool.split(",") if p.strip()]
-    names = tuple(canonical(p, field) for p in pool)
-    if len(names) < 2:
-        raise ConfigError(field, "a pool needs at least two activations")
-    if len(set(names)) != len(names):
-        raise ConfigError(field, f"duplicate activations in pool {list(names)}")
-    return names
 
 
 def fused_forms(names: Sequence[str]) -> tuple[tuple | None, tuple | None]:

@@ -17,7 +17,6 @@ from typing import Annotated, Any, Optional, get_args, get_type_hints
 import typer
 
 from smartmixed_core.config import RunConfig, field_docs
-from smartmixed_core.data import check_data
 from smartmixed_core.errors import ConfigError, check_output_dir
 
 
@@ -79,6 +78,7 @@ def train(
 ) -> None:
     """Train one configuration for several seeds; write OUT/result.json.  Every RunConfig
     setting is a flag (docs/contracts.md)."""
+    from smartmixed_core.data import check_data
     from smartmixed_core.progress import EpochProgress
     from smartmixed_core.runner import load_data, save_checkpoint, train_seeds
 

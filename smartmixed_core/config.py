@@ -1,4 +1,5 @@
-"""The run configuration: names only (serialisable, loggable), validated on construction."""
+"""The run configuration: names only (serialisable, loggable), validated on construction.
+Importable without torch (it validates with :mod:`smartmixed_core.names`)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,17 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from smartmixed_core.activations import ACTIVATIONS, canonical, resolve_pool
-from smartmixed_core.data import DATASETS
 from smartmixed_core.errors import ConfigError, choice_error
-from smartmixed_core.freeze import PHASE2_INITS
-from smartmixed_core.layers import GATES
-from smartmixed_core.models import canonical_arch, parse_arch
+from smartmixed_core.names import (
+    ACTIVATION_NAMES,
+    DATASET_NAMES,
+    GATES,
+    PHASE2_INITS,
+    canonical,
+    canonical_arch,
+    parse_arch,
+    resolve_pool,
+)
 
 METHOD_KINDS = ("smartmixed", "selective", "fixed", "adact", "gated", "perlayer", "pau",
                 "swish_beta")
@@ -66,7 +72,8 @@ def parse_method(text: str, field: str = "method") -> Method:
         if not rest:
             raise ConfigError(
                 field,
-                "fixed needs an activation, e.g. fixed:relu; allowed: " + ", ".join(ACTIVATIONS),
+                "fixed needs an activation, e.g. fixed:relu; allowed: "
+                + ", ".join(ACTIVATION_NAMES),
             )
         return Method(kind, tuple(canonical(a, field) for a in rest.split(",")))
     if rest:
@@ -197,8 +204,8 @@ class RunConfig:
         if isinstance(self.arch, int) and not isinstance(self.arch, bool):
             object.__setattr__(self, "arch", str(self.arch))  # YAML `arch: 64`: one layer
         _check_types(self, ("str", "bool"))
-        if self.dataset not in DATASETS:
-            raise choice_error("dataset", self.dataset, DATASETS)
+        if self.dataset not in DATASET_NAMES:
+            raise choice_error("dataset", self.dataset, DATASET_NAMES)
         if self.model not in MODELS:
             raise choice_error("model", self.model, MODELS)
         if self.model == "convnet" and self.dataset in TABULAR_DATASETS:
@@ -280,7 +287,7 @@ class RunConfig:
         if not isinstance(text, str) or not text.strip():
             raise ConfigError("layer_activations", "perlayer needs one activation per hidden "
                               "layer (or one for all), e.g. relu,elu; allowed: "
-                              + ", ".join(ACTIVATIONS))
+                              + ", ".join(ACTIVATION_NAMES))
         names = [canonical(a, "layer_activations") for a in text.split(",")]
         if len(names) not in (1, self.depth):
             raise ConfigError("layer_activations", f"needs 1 or {self.depth} activations (one "

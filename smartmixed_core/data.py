@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from smartmixed_core.errors import ConfigError, choice_error
+from smartmixed_core.names import DATASET_NAMES
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,8 @@ DATASETS: dict[str, Callable[[Path | None, bool], RawData]] = {
     "svhn": _svhn,
 }
 """Name -> loader.  ``digits``/``breast_cancer`` are embedded; the rest read ``data_dir``."""
+if tuple(DATASETS) != DATASET_NAMES:
+    raise ImportError("smartmixed_core.names.DATASET_NAMES must list the loaders' names")
 
 EMBEDDED = ("digits", "breast_cancer")
 

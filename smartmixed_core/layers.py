@@ -27,6 +27,7 @@ from smartmixed_core.grouping import (
     selection_forms,
     straight_through,
 )
+from smartmixed_core.names import GATES
 from smartmixed_core.seeded import SeedLinear, SeedNoise, per_seed
 
 # Uniform draws are clamped into [tiny, 1 - eps] of float32: 1 - 1e-10 would round to 1.0
@@ -212,7 +213,8 @@ class MixedActivation(nn.Module):
     """Phase 2: fixed choices, each seed's units grouped as contiguous slices in ``pool`` order.
 
     ``counts[s][j]`` units of seed ``s`` (a contiguous slice) use ``pool[j]``;
-    :func:`smartmixed_core.freeze` permutes the surrounding weights so that this layout holds.
+    :func:`~smartmixed_core.phase2.freeze` permutes the surrounding weights so that this
+    layout holds.
     ``counts`` may be one seed's list.
     """
 
@@ -272,9 +274,6 @@ class MixedActivation(nn.Module):
     def extra_repr(self) -> str:
         return "; ".join(", ".join(f"{n}={c}" for n, c in zip(self.pool, row) if c)
                          for row in self.seed_counts)
-
-
-GATES = ("layer", "neuron", "input")
 
 
 class MixtureActivation(nn.Module):

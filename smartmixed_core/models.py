@@ -15,82 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smartmixed_core.errors import ConfigError
 from smartmixed_core.layers import flat_units, unflat_units
 from smartmixed_core.seeded import SeedBatchNorm2d, SeedConv2d, SeedLinear, SeedNoise
 
 SlotFactory = Callable[[int, int], nn.Module]
-
-# Paper Table II, written as full layer lists (input, hidden..., output).  A tuple of
-# names keeps every architecture exactly once; a test checks there are 18 distinct ones.
-_PAPER_LAYERS: tuple[tuple[int, ...], ...] = (
-    (784, 512, 10),
-    (784, 512, 256, 128, 10),
-    (784, 512, 256, 128, 64, 10),
-    (784, 512, 256, 256, 128, 10),
-    (784, 256, 128, 10),
-    (784, 768, 10),
-    (784, 768, 512, 10),
-    (784, 768, 512, 512, 10),
-    (784, 768, 512, 512, 256, 10),
-    (784, 768, 512, 512, 256, 256, 10),
-    (784, 768, 512, 512, 256, 256, 128, 10),
-    (784, 768, 512, 512, 256, 256, 128, 128, 10),
-    (784, 768, 512, 512, 256, 256, 128, 128, 64, 10),
-    (784, 768, 512, 512, 256, 256, 128, 128, 64, 64, 10),
-    (784, 768, 512, 512, 256, 256, 128, 128, 64, 64, 32, 10),
-    (784, 768, 512, 512, 256, 256, 128, 128, 64, 64, 32, 32, 10),
-    (784, 768, 512, 512, 256, 256, 128, 128, 64, 64, 32, 32, 16, 10),
-    (784, 768, 512, 512, 256, 256, 128, 128, 64, 64, 32, 32, 16, 16, 10),
-)
-
-PAPER_ARCHITECTURES: dict[str, tuple[int, ...]] = {
-    "-".join(map(str, layers)): layers[1:-1] for layers in _PAPER_LAYERS
-}
-"""Paper name ("784-512-256-128-10") -> hidden widths; the representative net is
-``"784-768-512-512-256-256-128-10"``."""
-
-REPRESENTATIVE = "784-768-512-512-256-256-128-10"
-
-
-def canonical_arch(hidden: Sequence[int]) -> str:
-    """The canonical architecture string "w1-w2-..." of hidden widths."""
-    return "-".join(str(int(w)) for w in hidden)
-
-
-def parse_arch(spec: str | Sequence[int], field: str = "arch") -> tuple[int, ...]:
-    """Hidden widths from ``"64,32"``, ``"64-32"``, ``[64, 32]``, a paper name or ``paper:NAME``.
-
-    Paper names give the hidden widths only: input and output sizes come from the dataset.
-    """
-    if not isinstance(spec, str):
-        widths = tuple(spec)
-    else:
-        s = spec.strip()
-        name = s.removeprefix("paper:")
-        if name in PAPER_ARCHITECTURES:
-            return PAPER_ARCHITECTURES[name]
-        if s.startswith("paper:"):
-            raise ConfigError(
-                field,
-                f"unknown paper architecture {name!r}; allowed: " + ", ".join(PAPER_ARCHITECTURES),
-            )
-        parts = [p for p in s.replace(",", "-").split("-")] if s else []
-        try:
-            widths = tuple(int(p) for p in parts)
-        except ValueError:
-            raise ConfigError(
-                field,
-                "expected hidden widths like '64,32' or a paper architecture "
-                f"such as 'paper:{REPRESENTATIVE}', got {spec!r}",
-            ) from None
-    if not widths:
-        raise ConfigError(field, "needs at least one hidden width")
-    for w in widths:
-        if isinstance(w, bool) or not isinstance(w, int) or w < 1 or w > 1_000_000:
-            raise ConfigError(field, f"hidden widths must be integers in 1..1000000, got {w!r}")
-    return widths
-
 
 def _gather(t: Tensor, dim: int, perm: Tensor) -> None:
     """Reorder ``t`` (leading seeds dimension) along ``dim`` by each seed's ``perm[s]``."""

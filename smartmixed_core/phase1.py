@@ -16,8 +16,8 @@ from torch import nn
 
 from smartmixed_core.config import RunConfig
 from smartmixed_core.data import Splits
-from smartmixed_core.freeze import selection_counts
 from smartmixed_core.layers import SelectiveActivation
+from smartmixed_core.phase2 import selection_counts
 from smartmixed_core.seeded import SeedNoise
 from smartmixed_core.training import predict_split
 

@@ -32,11 +32,11 @@ from smartmixed_core.build import (
 )
 from smartmixed_core.config import RunConfig
 from smartmixed_core.data import Splits
-from smartmixed_core.freeze import dominant_activations, freeze, selection_counts, unit_choices
 from smartmixed_core.layers import MixtureActivation, gate_entropy
 from smartmixed_core.metrics import accuracy, classification_metrics, count_parameters
 from smartmixed_core.models import Backbone
 from smartmixed_core.phase1 import SampledEval, SelectionTracker, temperature_at
+from smartmixed_core.phase2 import dominant_activations, freeze, selection_counts, unit_choices
 from smartmixed_core.seeded import BATCHES, INIT, NOISE, REINIT, SeedNoise, seed_generator
 from smartmixed_core.shapes import learned_shapes
 from smartmixed_core.training import FitConfig, FitState, fit, predict_split

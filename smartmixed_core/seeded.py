@@ -36,7 +36,7 @@ def seed_generator(seed: int, purpose: int) -> torch.Generator:
 class SeedNoise:
     """Per-seed generators that the slots draw their noise from (Gumbel, RReLU slopes).
 
-    Shared by reference: a copied model (:func:`~smartmixed_core.freeze.freeze`) keeps
+    Shared by reference: a copied model (:func:`~smartmixed_core.phase2.freeze`) keeps
     drawing from the same streams."""
 
     def __init__(self, generators: Sequence[torch.Generator]):

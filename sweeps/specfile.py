@@ -16,9 +16,8 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from smartmixed_core.activations import resolve_pool
 from smartmixed_core.errors import ConfigError
-from smartmixed_core.models import PAPER_ARCHITECTURES
+from smartmixed_core.names import PAPER_ARCHITECTURES, resolve_pool
 from sweeps.redact import redact_text
 from sweeps.spec import (
     ALIASES,

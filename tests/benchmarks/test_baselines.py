@@ -4,8 +4,8 @@ import torch
 
 from benchmarks.__main__ import run, selective_net
 from benchmarks.baselines import GatherScatterMixed, StackAllK
-from smartmixed_core.activations import POOLS
-from smartmixed_core.freeze import freeze
+from smartmixed_core.names import POOLS
+from smartmixed_core.phase2 import freeze
 
 POOL = POOLS["paper"]
 

@@ -2,16 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smartmixed_core.activations import (
-    ACTIVATIONS,
-    IDENTITY,
-    POOLS,
-    candidate_basis,
-    canonical,
-    get_activation,
-    resolve_pool,
-)
+from smartmixed_core.activations import ACTIVATIONS, IDENTITY, candidate_basis, get_activation
 from smartmixed_core.errors import ConfigError
+from smartmixed_core.names import POOLS, canonical, resolve_pool
 
 REFERENCES = {
     "relu": torch.relu,

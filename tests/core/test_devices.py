@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smartmixed_core.activations import POOLS
 from smartmixed_core.config import RunConfig
-from smartmixed_core.freeze import freeze
 from smartmixed_core.layers import MixedActivation, SelectiveActivation
 from smartmixed_core.models import MLP, ConvNet
+from smartmixed_core.names import POOLS
+from smartmixed_core.phase2 import freeze
 from smartmixed_core.runner import load_data, train_seeds
 from smartmixed_core.seeded import SeedNoise
 from smartmixed_core.training import FitConfig, make_optimizer

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from smartmixed_core.activations import ACTIVATIONS, POOLS
+from smartmixed_core.activations import ACTIVATIONS
 from smartmixed_core.grouping import apply_choices
 from smartmixed_core.layers import (
     MixedActivation,
@@ -11,6 +11,7 @@ from smartmixed_core.layers import (
     hard_gumbel_softmax,
     noise_shape,
 )
+from smartmixed_core.names import POOLS
 from smartmixed_core.seeded import SeedNoise
 
 PAPER = POOLS["paper"]

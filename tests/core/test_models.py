@@ -2,15 +2,14 @@
 import pytest
 import torch
 
-from smartmixed_core.activations import POOLS
 from smartmixed_core.errors import ConfigError
 from smartmixed_core.layers import Activation
-from smartmixed_core.models import (
+from smartmixed_core.models import MLP, ConvNet
+from smartmixed_core.names import (
     _PAPER_LAYERS,
-    MLP,
     PAPER_ARCHITECTURES,
+    POOLS,
     REPRESENTATIVE,
-    ConvNet,
     parse_arch,
 )
 

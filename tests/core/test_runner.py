@@ -169,8 +169,8 @@ def test_compile_decision_by_device():
 def test_compile_forms_equal_the_eager_forms(kind):
     """What torch.compile traces (masks, no data-dependent shapes) computes what the eager
     slots compute: outputs, input and logit gradients."""
-    from smartmixed_core.activations import POOLS
     from smartmixed_core.layers import Activation, MixedActivation, SelectiveActivation
+    from smartmixed_core.names import POOLS
     from smartmixed_core.seeded import SeedNoise
 
     torch.manual_seed(0)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from smartmixed_core.activations import POOLS
 from smartmixed_core.errors import ConfigError
-from smartmixed_core.models import PAPER_ARCHITECTURES
+from smartmixed_core.names import PAPER_ARCHITECTURES, POOLS
 from sweeps.space import decode, define_by_run, grid
 from sweeps.spec import spec_doc
 from sweeps.specfile import load_spec, parse_spec, preset_names

@@ -16,9 +16,9 @@ from smartmixed_core.layers import (
     SelectiveActivation,
 )
 from smartmixed_core.models import Backbone
+from smartmixed_core.names import PHASE2_INITS
 
 Phase2Init = Literal["transfer", "reinit"]
-PHASE2_INITS: tuple[str, ...] = ("transfer", "reinit")
 
 
 def freeze(model: Backbone, init: Phase2Init = "transfer",

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from smartmixed_core.activations import POOLS
-from smartmixed_core.freeze import freeze, selection_counts, unit_choices
 from smartmixed_core.layers import Activation, MixedActivation, SelectiveActivation
 from smartmixed_core.models import MLP, ConvNet
+from smartmixed_core.names import POOLS
+from smartmixed_core.phase2 import freeze, selection_counts, unit_choices
 
 SEEDS = 2
 
