@@ -10,7 +10,10 @@ several FINISHED copies of the same computation; the newest is the most complete
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import pandas as pd
@@ -72,26 +75,33 @@ def get_experiment(client, experiment: str):
     return exp
 
 
-PAGE = 1000
-"""Runs per search page: a page's run entities are freed before the next is read."""
+SEARCH_LIMIT = 10_000_000
+"""Runs one search may return (``mlflow.search_runs`` pages through them)."""
+
+
+@contextlib.contextmanager
+def _tracking_uri(uri: str) -> Iterator[None]:
+    """``mlflow.search_runs`` reads the process-wide tracking URI: set it to ``uri`` for the
+    call and put back what was there (nothing, if nothing was set)."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def _search(client, experiment_id: str, filter_string: str) -> pd.DataFrame:
-    """All runs matching ``filter_string`` as a flat DataFrame (paged)."""
-    rows, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string,
-                                  max_results=PAGE, page_token=token)
-        for r in page:
-            row = {"run_id": r.info.run_id, "status": r.info.status,
-                   "start_time": r.info.start_time, "end_time": r.info.end_time}
-            row.update({f"params.{k}": v for k, v in r.data.params.items()})
-            row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
-            row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
-            rows.append(row)
-        token = page.token
-        if not token:
-            return pd.DataFrame(rows)
+    """All runs matching ``filter_string``: ``mlflow.search_runs``'s DataFrame (columns
+    ``run_id``, ``status``, ``start_time``/``end_time`` as UTC datetimes, ``params.*``,
+    ``metrics.*``, ``tags.*``), on ``client``'s store."""
+    import mlflow
+
+    with _tracking_uri(client.tracking_uri):
+        return mlflow.search_runs([experiment_id], filter_string=filter_string,
+                                  max_results=SEARCH_LIMIT)
 
 
 def _tag_filter(kind: str, sweep: str | None) -> str:
@@ -105,7 +115,8 @@ def load_runs(experiment: str, sweep: str | None = None,
               tracking_uri: str | None = None) -> pd.DataFrame:
     """FINISHED seed runs of ``experiment`` (optionally one sweep), deduplicated.
 
-    Columns: ``run_id, sweep, trial, seed, status, start_time, end_time``, the config params
+    Columns: ``run_id, sweep, trial, seed, status, start_time, end_time`` (UTC datetimes, as
+    ``mlflow.search_runs`` gives them), the config params
     (:data:`CONFIG_PARAMS` that were logged; a param a run did not log is ``""``),
     ``config_id`` (same id = same configuration), and every metric by its schema name
     (``test_accuracy``, ``selection/layer_1/relu``, ...; latest value).  ``df.attrs`` holds
@@ -219,11 +230,17 @@ def _flatten(raw: pd.DataFrame) -> pd.DataFrame:
         if col in raw.columns:
             out[p] = raw[col].fillna("").astype(str)
     metrics = {c[len("metrics."):]: pd.to_numeric(raw[c], errors="coerce")
-               for c in raw.columns if c.startswith("metrics.")}
+               for c in sorted(raw.columns, key=_natural) if c.startswith("metrics.")}
     if "n_params" not in metrics and "params.n_params" in raw.columns:
         metrics["n_params"] = pd.to_numeric(raw["params.n_params"], errors="coerce")
     out = pd.concat([out, pd.DataFrame(metrics, index=raw.index)], axis=1)
     return out.fillna({c: "" for c in ("sweep", "trial")})
+
+
+def _natural(name: str) -> list:
+    """Sort key: ``layer_2`` before ``layer_10`` (``mlflow.search_runs`` orders columns as it
+    meets them, which is not stable)."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
 def config_columns(runs: pd.DataFrame) -> list[str]:

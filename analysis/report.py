@@ -275,11 +275,14 @@ def best_configs(rankings: pd.DataFrame, runs: pd.DataFrame,
 
 
 def readable_times(runs: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` with start/end times as UTC text (``2026-12-06 20:41:40``), not epoch ms."""
+    """``runs`` with start/end times (datetimes, or MLflow's epoch ms) as UTC text
+    (``2026-12-06 20:41:40 UTC``)."""
     out = runs.copy()
     for c in ("start_time", "end_time"):
         if c in out.columns:
-            t = pd.to_datetime(pd.to_numeric(out[c], errors="coerce"), unit="ms", utc=True)
+            col = out[c]
+            numeric = pd.api.types.is_numeric_dtype(col)
+            t = pd.to_datetime(col, unit="ms" if numeric else None, utc=True)
             out[c] = t.dt.strftime("%Y-%m-%d %H:%M:%S UTC").fillna("")
     return out
 

@@ -3,7 +3,7 @@
     python -m benchmarks.analysis_scale fill /tmp/scale/mlflow.db        # ~10,080 seed runs
     python -m benchmarks.analysis_scale time /tmp/scale/mlflow.db /tmp/scale/report
     python -m benchmarks.analysis_scale fill /tmp/s.db --configs 2 --seeds 2   # small
-    python -m benchmarks.analysis_scale search /tmp/scale/mlflow.db search_runs   # or client
+    python -m benchmarks.analysis_scale search /tmp/scale/mlflow.db   # the seed runs alone
 
 The store has the shape of the paper preset swept over 16 configurations: 7 methods
 (smartmixed and the 6 fixed activations of the paper pool) x the 18 paper architectures x 16
@@ -29,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smartmixed_core.activations import POOLS
-from smartmixed_core.models import PAPER_ARCHITECTURES
+from smartmixed_core.names import PAPER_ARCHITECTURES, POOLS
 from sweeps import schema
 
 EXPERIMENT, SWEEP = "smartmixed-scale", "scale"
@@ -139,25 +138,19 @@ def time_analyze(db: Path, out: Path, extra: list[str]) -> dict:
     return result
 
 
-def time_search(db: Path, reader: str) -> dict:
-    """Read the seed runs once with ``mlflow.search_runs`` or the client's paged search (run
-    each in a fresh process: peak memory is the process's)."""
-    import mlflow
+def time_search(db: Path) -> dict:
+    """Read the seed runs once the way ``load_runs`` does (``mlflow.search_runs``), in this
+    process (run it in a fresh one: peak memory is the process's)."""
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{db}"
-    client = MlflowClient(uri)
+    from analysis.load import _search
+
+    client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
     where = f"tags.`{schema.TAG_KIND}` = 'seed' AND tags.`{schema.TAG_SWEEP}` = '{SWEEP}'"
     start = time.perf_counter()
-    if reader == "search_runs":
-        mlflow.set_tracking_uri(uri)  # a benchmark process: the global URI is fine here
-        n = len(mlflow.search_runs([exp], filter_string=where, max_results=100_000))
-    else:
-        from analysis.load import _search
-
-        n = len(_search(client, exp, where))
-    return {"reader": reader, "runs": n, "wall_s": round(time.perf_counter() - start, 1),
+    n = len(_search(client, exp, where))
+    return {"runs": n, "wall_s": round(time.perf_counter() - start, 1),
             "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
@@ -175,10 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("extra", nargs="*", help="more analyze flags (e.g. --no-weights)")
     r = sub.add_parser("search", help="time reading the seed runs back")
     r.add_argument("db", type=Path)
-    r.add_argument("reader", choices=["search_runs", "client"])
     args = ap.parse_args(argv)
     if args.cmd == "search":
-        print(json.dumps(time_search(args.db, args.reader)))
+        print(json.dumps(time_search(args.db)))
         return
     if args.cmd == "fill":
         if args.db.exists():
