@@ -14,7 +14,6 @@ import contextlib
 import json
 import re
 from collections.abc import Iterator
-from urllib.parse import urlparse
 
 import pandas as pd
 
@@ -30,32 +29,16 @@ CONFIG_PARAMS: tuple[str, ...] = schema.CONFIG_PARAMS
 BASE_COLUMNS = ("run_id", "sweep", "trial", "seed", "status", "start_time", "end_time")
 
 
-def _check_uri(tracking_uri: str) -> None:
-    """Refuse URIs that cannot be read, before MLflow silently creates an empty store."""
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme == "sqlite":
-        path = store.sqlite_path(tracking_uri)
-        if path is None or not path.is_file():
-            raise ConfigError("tracking_uri", f"no SQLite tracking store at {tracking_uri!r}")
-    elif parsed.scheme in ("", "file"):
-        raise ConfigError("tracking_uri", f"{tracking_uri!r} is a folder store; MLflow 3 needs "
-                          "sqlite:///PATH or http(s)://HOST:PORT")
-    elif parsed.scheme not in ("http", "https", "databricks", "postgresql", "mysql", "mssql"):
-        raise ConfigError("tracking_uri", f"unsupported scheme {parsed.scheme!r} in "
-                          f"{tracking_uri!r}")
-
-
 def client_for(tracking_uri: str | None):
-    """An ``MlflowClient`` for ``tracking_uri`` (validated; nothing global is changed)."""
-    from mlflow.tracking import MlflowClient
-
+    """The project's MLflow client (:func:`sweeps.store.client`) for ``tracking_uri``, checked
+    first (:func:`sweeps.store.check_tracking`: the store must exist, a server must answer);
+    nothing global is changed."""
     uri = tracking_uri or DEFAULT_TRACKING_URI
-    _check_uri(uri)
+    store.check_tracking(uri, existing=True)
     try:
-        client = MlflowClient(tracking_uri=uri)
-    except Exception as exc:  # a corrupt database, a bad server URL, ...
+        return store.client(uri)
+    except Exception as exc:  # a bad server URL, an unknown scheme, ...
         raise ConfigError("tracking_uri", f"cannot read {uri!r}: {first_line(exc)}") from None
-    return client
 
 
 def get_experiment(client, experiment: str):

@@ -104,8 +104,10 @@ def _pragma(uri: str, pragma: str) -> str | None:
     return str(row[0]).lower() if row else None
 
 
-def check_tracking(uri: str) -> None:
-    """Fail with one line before any trial starts when ``uri`` cannot be used."""
+def check_tracking(uri: str, *, existing: bool = False) -> None:
+    """Fail with one line, before any work, when ``uri`` cannot be used: a server that does
+    not answer ``/health``, a SQLite store whose folder is missing (``existing``: whose file is
+    missing, for readers, since MLflow would create an empty store), a folder store."""
     if uri.startswith(("http://", "https://")):
         from sweeps.redact import credentials
 
@@ -121,6 +123,8 @@ def check_tracking(uri: str) -> None:
             raise ConfigError("tracking_uri", f"{bare}/health did not answer 200")
     elif (path := sqlite_path(uri)) is not None:
         folder = path.parent
+        if existing and not path.is_file():
+            raise ConfigError("tracking_uri", f"no SQLite tracking store at {uri!r}")
         if not folder.is_dir():
             raise ConfigError("tracking_uri", f"folder {folder} of the SQLite store does not exist")
     elif uri.startswith("file:") or "://" not in uri:
