@@ -131,6 +131,9 @@ def _quiet(verbose: bool) -> None:
         import optuna
 
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow loads
+        # MLflow prints "View run ... at: URL" when a run on a tracking server ends; the
+        # sweep prints its own link once.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         from sweeps.trial import QUIET_ENV
 
         os.environ[QUIET_ENV] = "1"  # read by the trials (local Ray inherits the environment)

@@ -33,8 +33,13 @@ from sweeps.spec import SweepSpec
 from sweeps.specfile import parse_spec
 
 QUIET_ENV = "SMARTMIXED_QUIET"
-"""Set (by ``sweep run``/``resume`` without --verbose): the trials keep Ray's INFO notices
-out of the console."""
+"""Set (by ``sweep run``/``resume`` without --verbose): the trials keep Ray's and MLflow's
+INFO notices out of the console."""
+
+CONSOLE_ENV = (QUIET_ENV, "MLFLOW_LOGGING_LEVEL", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+"""The driver's console settings that the trials receive with the credentials (workers on a
+cluster do not inherit the driver's environment): without them, each finished run of a sweep
+against a tracking server printed MLflow's two "View run" lines into the console."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,7 @@ def smartmixed_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     from ray import tune
     if os.environ.get(QUIET_ENV):  # "Checkpoint successfully created at ..." every epoch
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # loaded before the env arrived
     torch.set_num_threads(max(1, int(ctx.spec.get("resources", {}).get("cpu", 1))))
     params = config.get("trial", config)
     trial_id = tune.get_context().get_trial_id()

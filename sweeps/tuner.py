@@ -10,7 +10,7 @@ from typing import Any
 from sweeps import trial as trial_module
 from sweeps.redact import PASSWORD_ENV, USERNAME_ENV, tracking_env
 from sweeps.spec import SweepSpec
-from sweeps.trial import SweepContext
+from sweeps.trial import CONSOLE_ENV, SweepContext
 
 JOURNAL_FILE = "optuna-journal.log"
 """The Optuna study (JournalFileStorage), study name = sweep name."""
@@ -56,8 +56,9 @@ def _searcher(spec: SweepSpec, path: Path) -> Any:
 
 
 def smartmixed_trial(config: dict[str, Any], ctx: SweepContext, env: dict[str, str]) -> None:
-    """The trainable: sets the MLflow credential variables handed over by the driver (a Ray
-    worker on another node does not inherit them), then runs
+    """The trainable: sets the MLflow credential variables and the console settings
+    (:data:`~sweeps.trial.CONSOLE_ENV`) handed over by the driver (a Ray worker on another
+    node does not inherit them), then runs
     :func:`sweeps.trial.smartmixed_trial`.  Same name, so Ray's trial names are unchanged."""
     for key in (USERNAME_ENV, PASSWORD_ENV):  # a reused worker may hold an earlier sweep's
         os.environ.pop(key, None)
@@ -88,7 +89,8 @@ def build_tuner(spec: SweepSpec, ctx: SweepContext, path: Path, restore: bool,
     from sweeps.progress import SweepProgress, TrialStatuses
     from sweeps.space import grid
 
-    fn = tune.with_resources(tune.with_parameters(smartmixed_trial, ctx=ctx, env=tracking_env()),
+    env = {**tracking_env(), **{k: os.environ[k] for k in CONSOLE_ENV if k in os.environ}}
+    fn = tune.with_resources(tune.with_parameters(smartmixed_trial, ctx=ctx, env=env),
                              {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     if restore:
         return tune.Tuner.restore(str(path), trainable=fn, resume_unfinished=True,
