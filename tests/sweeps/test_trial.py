@@ -117,6 +117,36 @@ def test_trial_runs_carry_mlflow_system_metrics(ctx, monkeypatch):
     assert len(history) >= 2 and all(m.value >= 0 for m in history)
 
 
+def test_the_system_monitor_starts_one_interval_into_the_trial(monkeypatch):
+    """A trial shorter than the sampling interval (no sample either way) never starts
+    MLflow's monitor; a longer one starts it, and it is stopped when the trial ends."""
+    import time
+
+    from mlflow.system_metrics import system_metrics_monitor as smm
+
+    events = []
+
+    class Spy:
+        def __init__(self, run_id, **kwargs):
+            events.append(("new", kwargs["sampling_interval"], kwargs["resume_logging"]))
+
+        def start(self):
+            events.append("start")
+
+        def finish(self):
+            events.append("finish")
+
+    monkeypatch.setattr(smm, "SystemMetricsMonitor", Spy)
+    monkeypatch.setenv(tracking.SYSTEM_METRICS_ENV, "0.5")
+    with tracking.system_metrics("r", "sqlite:///x.db", resume=False):
+        time.sleep(0.05)
+    assert events == []
+    monkeypatch.setenv(tracking.SYSTEM_METRICS_ENV, "0.02")
+    with tracking.system_metrics("r", "sqlite:///x.db", resume=False):
+        time.sleep(0.3)
+    assert events == [("new", 0.02, False), "start", "finish"]
+
+
 def _seed_runs(ctx, status=None):
     c = store.client(ctx.tracking_uri)
     return tracking.find_runs(c, ctx.experiment_id, schema.KIND_SEED, "tr", status=status)
