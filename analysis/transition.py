@@ -5,8 +5,9 @@ into phase 2 -- at its argmax choices.  The table follows validation accuracy ac
 hand-off: the sampled network and the argmax network at the last phase-1 epoch, the argmax
 network with the weights phase 2 starts from (restored by ``restore``), the first phase-2
 epoch, and the final result.  Each stage is the seed mean per block (architecture), then the
-mean over blocks with a Student-t 95% CI; ``jump`` is the paired change from the argmax
-network at the last phase-1 epoch to the first phase-2 epoch.
+mean over blocks with a Student-t 95% CI, cut to the values an accuracy can take ([0, 1];
+near 1 with few blocks the symmetric interval reaches past it); ``jump`` is the paired change
+from the argmax network at the last phase-1 epoch to the first phase-2 epoch ([-1, 1]).
 
 >>> transition_table(runs, rankings)
 """
@@ -48,5 +49,7 @@ def transition_table(runs: pd.DataFrame, rankings: pd.DataFrame) -> pd.DataFrame
                 continue
             values = blocks[metric].dropna()
             low, high, _, _ = mean_ci(values)
+            floor = -1.0 if metric == "jump" else 0.0
+            low, high = max(low, floor), min(high, 1.0)  # NaN (too few blocks) stays NaN
             rows.append((method, stage, float(values.mean()), low, high, len(values)))
     return pd.DataFrame(rows, columns=list(COLUMNS))

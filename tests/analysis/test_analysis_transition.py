@@ -66,3 +66,18 @@ def test_baseline_tables_show_what_the_chosen_configurations_picked_and_learned(
     (row,) = shape_table(runs, rankings).itertuples(index=False)
     assert (row.method, row.layer, row.coefficient, row.n_seeds) == ("swish_beta", 1, "beta", 3)
     assert row.mean == pytest.approx(1.1) and row.ci_low < 1.1 < row.ci_high
+
+
+def test_transition_intervals_stay_within_what_an_accuracy_can_be():
+    """Near 1 with three blocks the Student-t interval reaches past 1: cut to [0, 1]."""
+    rows = [dict(method="smartmixed", architecture=arch, config_id=b, seed=0,
+                 phase1_last_val_accuracy=acc - 0.5, phase2_first_val_accuracy=acc,
+                 val_accuracy=acc)
+            for b, (arch, acc) in enumerate([("16", 1.0), ("32", 0.99), ("64", 0.94)])]
+    t = transition_table(pd.DataFrame(rows), pd.DataFrame({"config_id": [0, 1, 2]}))
+    final = t.set_index("stage").loc["final (reported weights)"]
+    from analysis._stats import mean_ci
+
+    assert mean_ci([1.0, 0.99, 0.94])[1] > 1  # the raw interval does reach past 1
+    assert final["ci_high"] == 1.0 and 0 <= final["ci_low"] < final["mean"]
+    assert (t["ci_high"] <= 1).all() and (t["ci_low"] >= -1).all()
