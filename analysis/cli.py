@@ -34,12 +34,11 @@ def analyze(
     from analysis.report import build_report, log_report, write_report
     from smartmixed_core.errors import check_output_dir
     from sweeps.redact import redact_uri, use_credentials
-    from sweeps.store import check_tracking
 
     # Every input is checked before any analysis: the output folder (a file on the way,
-    # /proc, no permission), then the server (a dead one answers within seconds, not minutes).
+    # /proc, no permission) here, then the store (load_runs checks it first: a dead server
+    # answers within seconds, not minutes; a SQLite file must exist).
     check_output_dir("out", out)
-    check_tracking(tracking_uri)
     # http(s) user/password go to MLFLOW_TRACKING_USERNAME/PASSWORD; the report (HTML, also
     # logged to MLflow) shows the URI with its password masked.
     rep = build_report(experiment, sweep, use_credentials(tracking_uri), weights=weights,
