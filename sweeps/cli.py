@@ -126,11 +126,13 @@ def _quiet(verbose: bool) -> None:
     """Without --verbose, MLflow's, Optuna's and Ray's INFO notices (store created, study
     created, checkpoint saved) stay out of the console; warnings and errors still show."""
     if not verbose:
+        import logging
         import os
 
         import optuna
 
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow loads
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # here it is loaded already
         # MLflow prints "View run ... at: URL" when a run on a tracking server ends; the
         # sweep prints its own link once.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

@@ -83,3 +83,20 @@ def test_final_summary_shows_the_best_trial_of_each_method_on_each_dataset(monke
     assert [line.split()[1] for line in lines] == ["t1", "t3", "t2"]  # by dataset, then method
     assert "smartmixed (2 trials)" in out and "fixed:relu (1 trials)" in out
     assert "#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=r" in out
+
+
+def test_without_verbose_mlflow_notices_stay_out_of_the_console(monkeypatch):
+    """The driver has loaded MLflow before ``_quiet`` runs, so the environment variable alone
+    came too late ("Creating initial MLflow database tables..." reached the demo's console)."""
+    import logging
+    import os
+
+    import mlflow  # noqa: F401  (loaded, as in the driver)
+
+    from sweeps import cli
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # what _quiet sets stays here
+    logger = logging.getLogger("mlflow")
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    cli._quiet(verbose=False)
+    assert not logger.isEnabledFor(logging.INFO) and logger.isEnabledFor(logging.WARNING)
