@@ -39,3 +39,26 @@ def test_accuracy_alone_is_the_accuracy_of_the_full_metrics():
     full = classification_metrics(logits, y, 10)["accuracy"]
     assert accuracy(logits, y) == full and 0 < full < 1
     assert accuracy(logits, logits.argmax(1)) == 1.0
+
+
+def test_f1_and_auc_equal_scikit_learns():
+    """The rank and confusion-matrix forms give scikit-learn's numbers: many classes, ties,
+    a class never predicted, binary."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    g = torch.Generator().manual_seed(3)
+    for classes, n in ((10, 360), (3, 50), (2, 40), (2, 7)):
+        logits = torch.randn(n, classes, generator=g).round(decimals=1)  # many ties
+        logits[:, -1] -= 5  # the last class is rarely, if ever, predicted
+        y = torch.cat([torch.arange(classes), torch.randint(0, classes, (n - classes,),
+                                                             generator=g)])
+        m = classification_metrics(logits, y, classes)
+        probs = torch.softmax(logits, -1).numpy()
+        labels = list(range(classes))
+        f1 = f1_score(y, probs.argmax(1), average="macro", labels=labels, zero_division=0)
+        auc = (roc_auc_score(y, probs[:, 1]) if classes == 2 else
+               roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=labels))
+        assert math.isclose(m["f1_macro"], f1, rel_tol=1e-12)
+        assert math.isclose(m["roc_auc"], auc, rel_tol=1e-12)
+    absent = classification_metrics(torch.randn(6, 3, generator=g), torch.tensor([0, 1] * 3), 3)
+    assert math.isnan(absent["roc_auc"])
