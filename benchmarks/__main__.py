@@ -173,7 +173,7 @@ def run(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
 
 def run_compiled(device: str, batch: int, hidden, repeats: int) -> dict[str, float]:
     """The phase ratios with every net trained and evaluated through ``torch.compile`` (the
-    slots in their mask forms, as ``--compile on`` trains), and the compile time."""
+    slots in their compile forms, as ``--compile on`` trains), and the compile time."""
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     in_f, classes = 784, 10

@@ -30,11 +30,11 @@ def inverse(perm: Tensor) -> Tensor:
 def apply_choices(x: Tensor, choice: Tensor, fns: Sequence, dim: int = 1) -> Tensor:
     """Apply ``fns[choice[i]]`` to unit ``i`` of ``x`` (units in any order, along ``dim``)."""
     perm, counts = sort_units(choice, len(fns))
-    outs = _grouped_apply(x.index_select(dim, perm), counts, fns, dim)
+    outs = grouped_apply(x.index_select(dim, perm), counts, fns, dim)
     return outs.index_select(dim, inverse(perm))
 
 
-def _grouped_apply(xp: Tensor, counts: Sequence[int], fns: Sequence, dim: int = 1) -> Tensor:
+def grouped_apply(xp: Tensor, counts: Sequence[int], fns: Sequence, dim: int = 1) -> Tensor:
     """``fns[j]`` on the ``j``-th contiguous block of ``counts[j]`` units (along ``dim``)."""
     used = [(fn, c) for fn, c in zip(fns, counts) if c]
     if len(used) == 1:
@@ -169,7 +169,7 @@ class _SelectST(torch.autograd.Function):
         if inplace is not None:
             outs = activate_blocks(xs, counts, inplace, dim)  # xs is a fresh copy
         else:
-            outs = _grouped_apply(xs, counts, fns, dim)
+            outs = grouped_apply(xs, counts, fns, dim)
         ctx.save_for_backward(x, perm, inv, outs if grads is not None else None)
         ctx.fns, ctx.grads, ctx.counts, ctx.dim = fns, grads, counts, dim
         ctx.evals, ctx.matrix = evals, matrix
@@ -188,7 +188,7 @@ class _SelectST(torch.autograd.Function):
             else:
                 with torch.enable_grad():
                     xp = x.index_select(dim, perm).requires_grad_(True)
-                    (gxs,) = torch.autograd.grad(_grouped_apply(xp, counts, ctx.fns, dim), xp, gs)
+                    (gxs,) = torch.autograd.grad(grouped_apply(xp, counts, ctx.fns, dim), xp, gs)
             grad_x = gxs.index_select(dim, inv)
         if ctx.needs_input_grad[1]:
             grad_y = _candidate_sums(x, grad, ctx.evals, ctx.matrix, dim)

@@ -4,10 +4,11 @@ Every slot maps a pre-activation ``x`` of shape ``[S, batch, units, *spatial]`` 
 of the same shape: S seeds (:mod:`smartmixed_core.seeded`), "units" MLP neurons or ConvNet
 channels (dimension 2).  Per-seed parameters have a leading S dimension; noise comes from the
 per-seed generators of :attr:`noise` (set by the backbone's ``use_noise``), never from torch's
-global generator.  The selective and mixed slots lay the seeds' units end to end
-(:func:`flat_units`) and group them by choice (:mod:`smartmixed_core.grouping`); under
-``torch.compile`` (``compiled = True``) they use the select-by-mask form instead, which has no
-data-dependent shapes and which the compiler fuses into one elementwise kernel.
+global generator.  The selective and mixed slots group units by choice
+(:mod:`smartmixed_core.grouping`).  Under ``torch.compile`` (``compiled = True``) a selective
+slot uses the select-by-mask form instead, which has no data-dependent shapes and which the
+compiler fuses into one elementwise kernel, and a mixed slot activates its groups as static
+slices (its counts are fixed when it is built).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from smartmixed_core.grouping import (
     activate_blocks,
     activate_groups,
     apply_choices,
+    grouped_apply,
     selection_forms,
     straight_through,
 )
@@ -267,8 +269,11 @@ class MixedActivation(nn.Module):
         return apply_choices(x, self._choice[s], self._fns)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.compiled or self._inplace is None:
+        if self._inplace is None:  # PReLU/RReLU: per-seed parameters or noise
             return select(x, self._choice, self.candidates)
+        if self.compiled:  # the counts are Python ints: static slices, one fused kernel
+            fns, counts = self._fns, self.seed_counts
+            return seed_by_seed(lambda xs, s: grouped_apply(xs, counts[s], fns), x)
         return seed_by_seed(self._seed, x)
 
     def extra_repr(self) -> str:

@@ -67,7 +67,7 @@ class Backbone(nn.Module):
                 m.noise = noise
 
     def use_compiled_forms(self, on: bool) -> None:
-        """Slots in their ``torch.compile``-friendly form (masks, no data-dependent shapes)."""
+        """Slots in their ``torch.compile``-friendly forms (no data-dependent shapes)."""
         for m in self.modules():
             if hasattr(m, "compiled"):
                 m.compiled = on

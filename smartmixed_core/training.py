@@ -65,7 +65,7 @@ class FitConfig:
     eval_batch_size: int = 4096
     """Batch size for validation/test passes (memory only; results do not depend on it)."""
     compile: bool = False
-    """Train through ``torch.compile`` of the model (slots in their mask forms); evaluation
+    """Train through ``torch.compile`` of the model (slots in their compile forms); evaluation
     stays eager."""
 
 

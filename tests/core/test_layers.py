@@ -236,3 +236,19 @@ def test_seeds_of_a_slot_equal_each_seed_alone_bit_for_bit(kind, one_thread):
         assert torch.equal(xs.grad[0], xt.grad[s])
         if kind == "selective":
             assert torch.equal(alone.logits.grad[0], together.logits.grad[s])
+
+
+def test_a_compiled_mixed_slot_is_one_graph_of_static_slices(monkeypatch):
+    """Under torch.compile a mixed slot of pure activations activates each seed's groups as
+    slices (no select-by-mask over every activation) and traces to one graph (fullgraph
+    refuses a break); it computes what the eager slot computes."""
+    from smartmixed_core import layers
+
+    slot = MixedActivation(PAPER, [[1, 2, 0, 3, 2, 1], [0, 0, 4, 1, 0, 4]])
+    x = torch.randn(2, 5, 9, generator=torch.Generator().manual_seed(0))
+    eager = slot(x.clone())
+    monkeypatch.setattr(layers, "select", lambda *a: pytest.fail("selected by mask"))
+    slot.compiled = True
+    torch._dynamo.reset()
+    compiled = torch.compile(slot, fullgraph=True, backend="eager")(x.clone())
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
