@@ -21,8 +21,6 @@ from smartmixed_core.names import (
 
 METHOD_KINDS = ("smartmixed", "selective", "fixed", "adact", "gated", "perlayer", "pau",
                 "swish_beta")
-METHODS_HELP = ("smartmixed, selective, fixed:<activation>[,<activation>...], adact, gated, "
-                "perlayer (with --layer-activations), pau, swish_beta")
 MODELS = ("mlp", "convnet")
 SCHEDULES = ("exponential", "linear")
 OPTIMIZERS = ("adam", "adamw")

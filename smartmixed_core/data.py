@@ -61,10 +61,6 @@ class Splits:
         return tuple(self.x_train.shape[1 + self.per_seed:])
 
     @property
-    def is_image(self) -> bool:
-        return len(self.input_shape) == 3
-
-    @property
     def n_train(self) -> int:
         return self.y_train.shape[-1]
 
@@ -275,8 +271,6 @@ DATASETS: dict[str, Callable[[Path | None, bool], RawData]] = {
 """Name -> loader.  ``digits``/``breast_cancer`` are embedded; the rest read ``data_dir``."""
 if tuple(DATASETS) != DATASET_NAMES:
     raise ImportError("smartmixed_core.names.DATASET_NAMES must list the loaders' names")
-
-EMBEDDED = ("digits", "breast_cancer")
 
 
 @functools.lru_cache(maxsize=4)

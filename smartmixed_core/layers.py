@@ -243,10 +243,6 @@ class MixedActivation(nn.Module):
         """Seed 0's counts (the only seed's, once :meth:`select_seeds` took one)."""
         return self.seed_counts[0]
 
-    @property
-    def units(self) -> int:
-        return sum(self.counts)
-
     def choices(self) -> Tensor:
         """``[S, units]``."""
         return self._choice
