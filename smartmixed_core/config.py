@@ -323,11 +323,7 @@ class RunConfig:
     def phase1_epochs(self) -> int:
         """Epochs with a selective layer (0 for methods without phase 1)."""
         kind = self.parsed_method.kind
-        return (
-            self.transition_epoch
-            if kind == "smartmixed"
-            else (self.epochs if kind == "selective" else 0)
-        )
+        return {"smartmixed": self.transition_epoch, "selective": self.epochs}.get(kind, 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -299,12 +299,8 @@ class MixtureActivation(nn.Module):
         k = len(self.pool)
         self.candidates = candidates(self.pool, seeds)
         self.head = SeedLinear(units, k, seeds) if gate == "input" else None
-        self.weights: nn.Parameter | None
-        if gate == "input":
-            self.register_parameter("weights", None)
-        else:
-            shape = (seeds, units, k) if gate == "neuron" else (seeds, k)
-            self.weights = nn.Parameter(torch.zeros(shape))
+        shape = (seeds, units, k) if gate == "neuron" else (seeds, k)
+        self.weights = None if gate == "input" else nn.Parameter(torch.zeros(shape))
         self.register_buffer("gate_mean", torch.full((seeds, k), 1.0 / k))
         self._entropy: Tensor | None = None
 
