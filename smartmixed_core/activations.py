@@ -48,10 +48,6 @@ class ActivationSpec:
         return self.fn is not None
 
 
-def _leaky_relu(x: Tensor) -> Tensor:
-    return F.leaky_relu(x, 0.01)
-
-
 IDENTITY = "identity"
 """The basis function ``x -> x`` of :attr:`ActivationSpec.basis` (not an activation)."""
 
@@ -96,7 +92,7 @@ ACTIVATIONS: dict[str, ActivationSpec] = {
         ActivationSpec(
             "leaky_relu",
             nn.LeakyReLU,
-            _leaky_relu,
+            partial(F.leaky_relu, negative_slope=0.01),
             partial(F.leaky_relu_, negative_slope=0.01),
             _leaky_relu_grad,
             basis=(("relu", 0.99), (IDENTITY, 0.01)),

@@ -45,10 +45,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def slot_factory(cfg: RunConfig, seeds: int = 1, kind: str | None = None) -> SlotFactory:
-    """The activation slot of every hidden layer for ``cfg``'s method (or ``kind``)."""
-    method = cfg.parsed_method
-    kind = kind or method.kind
+def slot_factory(cfg: RunConfig, seeds: int = 1) -> SlotFactory:
+    """The activation slot of every hidden layer for ``cfg``'s method."""
+    kind = cfg.parsed_method.kind
     pool = cfg.pool_names
     if kind in ("fixed", "perlayer"):
         acts = cfg.layer_acts

@@ -21,8 +21,6 @@ from smartmixed_core.names import (
 
 METHOD_KINDS = ("smartmixed", "selective", "fixed", "adact", "gated", "perlayer", "pau",
                 "swish_beta")
-METHODS_HELP = ("smartmixed, selective, fixed:<activation>[,<activation>...], adact, gated, "
-                "perlayer (with --layer-activations), pau, swish_beta")
 MODELS = ("mlp", "convnet")
 SCHEDULES = ("exponential", "linear")
 OPTIMIZERS = ("adam", "adamw")
@@ -325,11 +323,7 @@ class RunConfig:
     def phase1_epochs(self) -> int:
         """Epochs with a selective layer (0 for methods without phase 1)."""
         kind = self.parsed_method.kind
-        return (
-            self.transition_epoch
-            if kind == "smartmixed"
-            else (self.epochs if kind == "selective" else 0)
-        )
+        return {"smartmixed": self.transition_epoch, "selective": self.epochs}.get(kind, 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,10 +60,6 @@ class Splits:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1 + self.per_seed:])
-
-    @property
-    def is_image(self) -> bool:
-        return len(self.input_shape) == 3
 
     @property
     def n_train(self) -> int:
@@ -168,10 +165,10 @@ def _creatable(root: Path) -> None:
 
 
 def _fetched(name: str, data_dir: Path | None, download: bool,
-             fetch: Callable[[Path], object]) -> Path:
+             fetch: Callable[[Any, str], object]) -> Path:
     """``data_dir`` with every file of ``name`` present: with ``download``, the folder is
-    created and ``fetch(root)`` downloads what is missing.  A failed download says why and
-    leaves the disk as it was (what it created is removed)."""
+    created and ``fetch(torchvision.datasets, root)`` downloads what is missing.  A failed
+    download says why and leaves the disk as it was (what it created is removed)."""
     check_data(name, data_dir, download)
     assert data_dir is not None
     if download and not all((data_dir / f).is_file() for f in DISK_FILES[name]):
@@ -181,7 +178,9 @@ def _fetched(name: str, data_dir: Path | None, download: bool,
         before = set(data_dir.iterdir()) if data_dir.exists() else None
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
-            fetch(data_dir)
+            import torchvision
+
+            fetch(torchvision.datasets, str(data_dir))
         except Exception as exc:  # network errors come in many types
             if before is None:
                 shutil.rmtree(top, ignore_errors=True)
@@ -202,29 +201,19 @@ def _torchvision_mnist(cls_name: str, name: str) -> Callable[[Path | None, bool]
     def load(data_dir: Path | None, download: bool) -> RawData:
         import torchvision
 
+        root = str(_fetched(name, data_dir, download, lambda tv, r: [
+            getattr(tv, cls_name)(r, train=t, download=True) for t in (True, False)]))
         cls = getattr(torchvision.datasets, cls_name)
-        root = str(_fetched(name, data_dir, download,
-                            lambda r: [cls(str(r), train=t, download=True) for t in (True, False)]))
         tr, te = (cls(root, train=t, download=False) for t in (True, False))
-        return RawData(
-            tr.data[:, None].numpy(),
-            tr.targets.numpy(),
-            te.data[:, None].numpy(),
-            te.targets.numpy(),
-            scale=255.0,
-            standardize=False,
-        )
+        return RawData(tr.data[:, None].numpy(), tr.targets.numpy(), te.data[:, None].numpy(),
+                       te.targets.numpy(), scale=255.0, standardize=False)
 
     return load
 
 
 def _cifar10(data_dir: Path | None, download: bool) -> RawData:
-    def fetch(root: Path) -> None:
-        import torchvision
-
-        torchvision.datasets.CIFAR10(str(root), download=True)
-
-    folder = _fetched("cifar10", data_dir, download, fetch) / "cifar-10-batches-py"
+    folder = _fetched("cifar10", data_dir, download,
+                      lambda tv, root: tv.CIFAR10(root, download=True)) / "cifar-10-batches-py"
 
     def read(n: str) -> tuple[np.ndarray, np.ndarray]:
         with open(folder / n, "rb") as f:
@@ -236,26 +225,15 @@ def _cifar10(data_dir: Path | None, download: bool) -> RawData:
 
     train = [read(f"data_batch_{i}") for i in range(1, 6)]
     xte, yte = read("test_batch")
-    return RawData(
-        np.concatenate([x for x, _ in train]),
-        np.concatenate([y for _, y in train]),
-        xte,
-        yte,
-        scale=255.0,
-        standardize=False,
-    )
+    return RawData(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
+                   xte, yte, scale=255.0, standardize=False)
 
 
 def _svhn(data_dir: Path | None, download: bool) -> RawData:
     from scipy.io import loadmat
 
-    def fetch(root: Path) -> None:
-        import torchvision
-
-        for split in ("train", "test"):
-            torchvision.datasets.SVHN(str(root), split=split, download=True)
-
-    root = _fetched("svhn", data_dir, download, fetch)
+    root = _fetched("svhn", data_dir, download, lambda tv, r: [
+        tv.SVHN(r, split=split, download=True) for split in ("train", "test")])
     arrays = []
     for n in DISK_FILES["svhn"]:
         m = loadmat(root / n)
@@ -275,8 +253,6 @@ DATASETS: dict[str, Callable[[Path | None, bool], RawData]] = {
 """Name -> loader.  ``digits``/``breast_cancer`` are embedded; the rest read ``data_dir``."""
 if tuple(DATASETS) != DATASET_NAMES:
     raise ImportError("smartmixed_core.names.DATASET_NAMES must list the loaders' names")
-
-EMBEDDED = ("digits", "breast_cancer")
 
 
 @functools.lru_cache(maxsize=4)

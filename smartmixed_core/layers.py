@@ -243,10 +243,6 @@ class MixedActivation(nn.Module):
         """Seed 0's counts (the only seed's, once :meth:`select_seeds` took one)."""
         return self.seed_counts[0]
 
-    @property
-    def units(self) -> int:
-        return sum(self.counts)
-
     def choices(self) -> Tensor:
         """``[S, units]``."""
         return self._choice
@@ -303,12 +299,8 @@ class MixtureActivation(nn.Module):
         k = len(self.pool)
         self.candidates = candidates(self.pool, seeds)
         self.head = SeedLinear(units, k, seeds) if gate == "input" else None
-        self.weights: nn.Parameter | None
-        if gate == "input":
-            self.register_parameter("weights", None)
-        else:
-            shape = (seeds, units, k) if gate == "neuron" else (seeds, k)
-            self.weights = nn.Parameter(torch.zeros(shape))
+        shape = (seeds, units, k) if gate == "neuron" else (seeds, k)
+        self.weights = None if gate == "input" else nn.Parameter(torch.zeros(shape))
         self.register_buffer("gate_mean", torch.full((seeds, k), 1.0 / k))
         self._entropy: Tensor | None = None
 

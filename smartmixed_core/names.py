@@ -127,7 +127,7 @@ def parse_arch(spec: str | Sequence[int], field: str = "arch") -> tuple[int, ...
                 field,
                 f"unknown paper architecture {name!r}; allowed: " + ", ".join(PAPER_ARCHITECTURES),
             )
-        parts = [p for p in s.replace(",", "-").split("-")] if s else []
+        parts = s.replace(",", "-").split("-") if s else []
         try:
             widths = tuple(int(p) for p in parts)
         except ValueError:

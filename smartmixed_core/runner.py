@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from smartmixed_core.build import (
-    CHECKPOINT_FORMAT,
     SeedOutcome,
     build_model,
     load_checkpoint,
@@ -27,7 +26,6 @@ from smartmixed_core.build import (
     model_from_slots,
     resolve_device,
     save_checkpoint,
-    slot_factory,
     slot_layout,
 )
 from smartmixed_core.config import RunConfig
@@ -41,10 +39,9 @@ from smartmixed_core.seeded import BATCHES, INIT, NOISE, REINIT, SeedNoise, seed
 from smartmixed_core.shapes import learned_shapes
 from smartmixed_core.training import FitConfig, FitState, fit, predict_split
 
-__all__ = [  # the run's building blocks live in build.py; re-exported for callers
-    "CHECKPOINT_FORMAT", "RunState", "SeedOutcome", "build_model", "load_checkpoint",
-    "load_data", "model_from_slots", "resolve_device", "save_checkpoint", "slot_factory",
-    "slot_layout", "summarize", "temperature_at", "train_seed", "train_seeds", "train_together",
+__all__ = [  # build_model, the data and checkpoint functions (build.py) re-exported for callers
+    "RunState", "SeedOutcome", "build_model", "load_checkpoint", "load_data", "save_checkpoint",
+    "summarize", "temperature_at", "train_seed", "train_seeds", "train_together",
 ]
 
 CallbackFactory = Callable[[int], Sequence[object]]
@@ -60,17 +57,9 @@ def use_compile(cfg: RunConfig) -> bool:
 
 def fit_config(cfg: RunConfig) -> FitConfig:
     """The :class:`FitConfig` of ``cfg`` for all of its epochs."""
-    return FitConfig(
-        compile=use_compile(cfg),
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        optimizer=cfg.optimizer,
-        batch_size=cfg.batch_size,
-        grad_clip=cfg.grad_clip,
-        patience=cfg.patience,
-        restore=cfg.restore,
-    )
+    same = ("epochs", "lr", "weight_decay", "optimizer", "batch_size", "grad_clip", "patience",
+            "restore")
+    return FitConfig(compile=use_compile(cfg), **{name: getattr(cfg, name) for name in same})
 
 
 class _PhaseTag:
@@ -131,12 +120,6 @@ class RunState:
         return cls(**{k: snap[k] for k in keys}, fit=FitState.restore(snap["fit"]),
                    restored={k: snap[k] for k in ("seeds", "slots", "model_state",
                                                   "generators")})
-
-
-def evaluate(model: nn.Module, data: Splits, split: str) -> list[dict[str, Any]]:
-    """Every seed's classification metrics on ``split``."""
-    return [classification_metrics(logits, data.labels(split, s), data.num_classes)
-            for s, logits in enumerate(predict_split(model, data, split))]
 
 
 def accuracies(model: nn.Module, data: Splits, split: str) -> list[float]:
@@ -267,18 +250,11 @@ def finish_seed(
     mixture exports, history (``out`` holds what the phases recorded)."""
     kind = cfg.parsed_method.kind
     out["train_seconds"] = seconds
-    (val,), (test,) = accuracies(model, data, "val"), evaluate(model, data, "test")
-    out.update(
-        {
-            "val_accuracy": val,
-            "test_accuracy": test["accuracy"],
-            "test_f1_macro": test["f1_macro"],
-            "test_roc_auc": test["roc_auc"],
-            "test_per_class_accuracy": test["per_class_accuracy"],
-            "test_confusion_matrix": test["confusion_matrix"],
-            "n_params": count_parameters(model),
-        }
-    )
+    (out["val_accuracy"],) = accuracies(model, data, "val")
+    (logits,) = predict_split(model, data, "test")
+    test = classification_metrics(logits, data.labels("test", 0), data.num_classes)
+    out.update({f"test_{key}": value for key, value in test.items()})  # accuracy, f1_macro, ...
+    out["n_params"] = count_parameters(model)
     if kind in ("adact", "gated"):
         predict_split(model, data, "val")  # refresh the mean gates on validation data
         out["optimized_activations"] = dominant_activations(model)
@@ -291,14 +267,8 @@ def finish_seed(
     return SeedOutcome(out, model, unit_choices(model))
 
 
-SUMMARY_KEYS = (
-    "val_accuracy",
-    "test_accuracy",
-    "test_f1_macro",
-    "test_roc_auc",
-    "train_seconds",
-    "n_params",
-)
+SUMMARY_KEYS = ("val_accuracy", "test_accuracy", "test_f1_macro", "test_roc_auc", "train_seconds",
+                "n_params")
 
 
 def summarize(seeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -308,13 +278,8 @@ def summarize(seeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if seeds and "phase1" in seeds[0]:
         keys += ["phase1_test_accuracy", "phase2_start_test_accuracy"]
     for key in keys:
-        vals = np.array(
-            [
-                s["phase1"]["test_accuracy"] if key == "phase1_test_accuracy" else s[key]
-                for s in seeds
-            ],
-            dtype=float,
-        )
+        vals = np.array([s["phase1"]["test_accuracy"] if key == "phase1_test_accuracy" else s[key]
+                         for s in seeds], dtype=float)
         summary[f"{key}_mean"] = float(vals.mean()) if len(vals) else math.nan
         summary[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
     return summary

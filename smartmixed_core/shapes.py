@@ -18,8 +18,6 @@ trained beside others equals the seed alone, bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
@@ -44,14 +42,7 @@ def pade(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return p / (q + 1)
 
 
-class _PerLayer(nn.Module):
-    compiled = False
-
-    def _run(self, fn: Callable[[Tensor, int | None], Tensor], x: Tensor) -> Tensor:
-        return fn(x, None) if self.compiled else seed_by_seed(fn, x)
-
-
-class PadeActivation(_PerLayer):
+class PadeActivation(nn.Module):
     """A PAU shared by the units of one layer, per seed (``numerator [S, 6]``,
     ``denominator [S, 4]``)."""
 
@@ -59,6 +50,7 @@ class PadeActivation(_PerLayer):
         super().__init__()
         self.numerator = nn.Parameter(torch.tensor(PAU_NUMERATOR).repeat(seeds, 1))
         self.denominator = nn.Parameter(torch.tensor(PAU_DENOMINATOR).repeat(seeds, 1))
+        self.compiled = False
 
     def init_seed(self, s: int, gen: torch.Generator) -> None:
         with torch.no_grad():
@@ -67,22 +59,19 @@ class PadeActivation(_PerLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = self.numerator, self.denominator
-
-        def one(xs: Tensor, s: int | None) -> Tensor:
-            if s is None:  # all seeds at once (compiled form)
-                return pade(xs, a, b)
-            return pade(xs.unsqueeze(0), a[s : s + 1], b[s : s + 1]).squeeze(0)
-
-        return self._run(one, x)
+        if self.compiled:  # all seeds at once
+            return pade(x, a, b)
+        return seed_by_seed(
+            lambda xs, s: pade(xs.unsqueeze(0), a[s : s + 1], b[s : s + 1]).squeeze(0), x)
 
 
-
-class SwishBeta(_PerLayer):
+class SwishBeta(nn.Module):
     """``x * sigmoid(beta * x)`` with one learnable beta per layer and seed (``beta [S]``)."""
 
     def __init__(self, seeds: int = 1):
         super().__init__()
         self.beta = nn.Parameter(torch.ones(seeds))
+        self.compiled = False
 
     def init_seed(self, s: int, gen: torch.Generator) -> None:
         with torch.no_grad():
@@ -90,13 +79,9 @@ class SwishBeta(_PerLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         beta = self.beta
-
-        def one(xs: Tensor, s: int | None) -> Tensor:
-            if s is not None:
-                return xs * torch.sigmoid(beta[s] * xs)
-            return xs * torch.sigmoid(per_seed(beta, xs) * xs)
-
-        return self._run(one, x)
+        if self.compiled:  # all seeds at once
+            return x * torch.sigmoid(per_seed(beta, x) * x)
+        return seed_by_seed(lambda xs, s: xs * torch.sigmoid(beta[s] * xs), x)
 
 
 def learned_shapes(model: nn.Module, seed: int = 0) -> dict[str, dict[str, float]]:

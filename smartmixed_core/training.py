@@ -153,30 +153,22 @@ def seed_losses(logits: Tensor, target: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
-    """Eval-mode logits ``[S, len(x), classes]`` of every seed (mode restored afterwards)."""
+def predict(model: nn.Module, x: Tensor, batch_size: int = 4096,
+            per_seed: bool = False) -> Tensor:
+    """Eval-mode logits ``[S, n, classes]`` of every seed (mode restored afterwards): of the
+    shared examples ``x`` ``[n, ...]``, or with ``per_seed`` of each seed's own ``x[s]``."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model.shared(x[i : i + batch_size]) for i in range(0, len(x), batch_size)],
-                    dim=1)
+    forward, dim = (model, 1) if per_seed else (model.shared, 0)
+    out = torch.cat([forward(chunk) for chunk in x.split(batch_size, dim)], dim=1)
     model.train(was_training)
     return out
 
 
-@torch.no_grad()
 def predict_split(model: nn.Module, data: Splits, split: str,
                   batch_size: int = 4096) -> Tensor:
-    """Eval-mode logits ``[S, n, classes]`` of ``data``'s ``split`` (``val``, ``test``):
-    the shared examples, or with per-seed splits each seed's own."""
-    x = getattr(data, f"x_{split}")
-    if not data.per_seed:
-        return predict(model, x, batch_size)
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model(x[:, i : i + batch_size]) for i in range(0, x.shape[1], batch_size)],
-                    dim=1)
-    model.train(was_training)
-    return out
+    """:func:`predict` on ``data``'s ``split`` (``val``, ``test``)."""
+    return predict(model, getattr(data, f"x_{split}"), batch_size, data.per_seed)
 
 
 class _SeedwiseFused:
@@ -238,11 +230,6 @@ def aux_loss(modules: Sequence[nn.Module]) -> Tensor | None:
     return torch.stack(terms).sum() if terms else None
 
 
-def _callbacks(callbacks: Sequence[Sequence[object]], seeds: int) -> list[list[object]]:
-    out = [list(c) for c in callbacks]
-    return out + [[] for _ in range(seeds - len(out))]
-
-
 def fit(
     model: nn.Module,
     data: Splits,
@@ -272,7 +259,7 @@ def fit(
     seeds = len(generators)
     ids = list(seed_ids) if seed_ids is not None else [None] * seeds
     starts = list(start_epochs) if start_epochs is not None else [0] * seeds
-    cbs = _callbacks(callbacks, seeds)
+    cbs = [list(c) for c in callbacks] + [[] for _ in range(seeds - len(callbacks))]
     opt = make_optimizer(model, cfg)
     aux_modules = [m for m in model.modules() if hasattr(m, "aux_loss")]
     forward = model
