@@ -26,7 +26,7 @@ def study_names(spec: SweepSpec) -> list[str]:
 
 
 def _searcher(spec: SweepSpec, path: Path) -> Any:
-    from sweeps.space import define_by_run
+    from sweeps.space import DefineByRun
 
     if spec.search.algorithm == "grid":
         return None
@@ -39,7 +39,7 @@ def _searcher(spec: SweepSpec, path: Path) -> Any:
         sampler = (optuna.samplers.RandomSampler(seed=spec.search.seed)
                    if spec.search.algorithm == "random"
                    else optuna.samplers.TPESampler(seed=spec.search.seed))
-        return ResumableOptunaSearch(space=define_by_run(spec, cell), metric=spec.search.metric,
+        return ResumableOptunaSearch(space=DefineByRun(spec, cell), metric=spec.search.metric,
                                      mode=spec.search.mode, sampler=sampler, study_name=study,
                                      storage=journal_storage(path / JOURNAL_FILE))
 
@@ -105,13 +105,11 @@ def build_tuner(spec: SweepSpec, ctx: SweepContext, path: Path, restore: bool,
                                   mode=spec.search.mode, max_t=epochs + 1,
                                   grace_period=spec.scheduler.asha.grace_period,
                                   reduction_factor=spec.scheduler.asha.reduction_factor)
-    if searcher is None:  # grid (or a fixed configuration): the factorial as one grid axis
-        param_space: dict[str, Any] = {"trial": tune.grid_search(grid(spec))}
-        num_samples = 1
-    else:
-        param_space, num_samples = {}, spec.search.num_samples * len(spec.search.cells())
+    # grid (or a fixed configuration): the factorial as one grid axis, sampled once
+    param_space = {"trial": tune.grid_search(grid(spec))} if searcher is None else {}
     tune_config = tune.TuneConfig(
-        search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
+        search_alg=searcher, scheduler=scheduler,
+        num_samples=1 if searcher is None else total_trials(spec),
         reuse_actors=True,  # one worker process per slot: imports and DB setup paid once
         max_concurrent_trials=spec.max_concurrent if searcher is None else None,
         **({} if searcher is not None or scheduler is not None
