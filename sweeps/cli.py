@@ -10,6 +10,7 @@ inside the commands, so ``smartmixed train`` does not pay for them.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Callable
 from typing import Annotated, Any, Optional
 
@@ -174,9 +175,7 @@ def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False
     from sweeps.saved import trial_rows
 
     rows = trial_rows(ctx, spec)
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    counts = Counter(r["status"] for r in rows)
     title = f"sweep {spec.name}: {len(rows)} trials " + ", ".join(
         f"{n} {s.lower()}" for s, n in sorted(counts.items()))
     datasets = len({r["dataset"] for r in rows}) > 1  # best per dataset: scores differ by data
@@ -184,9 +183,7 @@ def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False
         return (r["dataset"] or "" if datasets else "", arm(spec, r))
 
     if best_per_method:
-        budget: dict[tuple[str, str], int] = {}
-        for r in rows:
-            budget[cell(r)] = budget.get(cell(r), 0) + 1
+        budget = Counter(cell(r) for r in rows)
         best: dict[tuple[str, str], dict[str, Any]] = {}
         for r in rows:  # best first (trial_rows' order)
             best.setdefault(cell(r), r)

@@ -30,11 +30,7 @@ import yaml
 from smartmixed_core.errors import ConfigError, check_output_dir
 from sweeps import schema, store, tracking
 from sweeps.cluster import _init_ray, check_address, check_resources, release_ray
-from sweeps.redact import (
-    redact_uri,
-    use_credentials,
-    without_password,
-)
+from sweeps.redact import redact_uri, use_credentials, without_password
 from sweeps.saved import SPEC_FILE, STATE_FILE
 from sweeps.spec import SweepSpec, absolute_data_dir, check_datasets, spec_doc
 from sweeps.specfile import parse_spec
