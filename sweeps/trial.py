@@ -27,6 +27,7 @@ from smartmixed_core.errors import ConfigError
 from smartmixed_core.runner import RunState, load_data, train_together
 from smartmixed_core.training import NonFiniteLossError
 from sweeps import checkpoints, schema, store, tracking
+from sweeps.redact import PASSWORD_ENV, USERNAME_ENV
 from sweeps.rounds import Report, Rounds
 from sweeps.space import decode
 from sweeps.spec import SweepSpec
@@ -191,10 +192,16 @@ class TrialRun:
             self.summaries[seed] = outcome.summary
 
 
-def smartmixed_trial(config: dict[str, Any], ctx: SweepContext) -> None:
+def smartmixed_trial(config: dict[str, Any], ctx: SweepContext, env: dict[str, str]) -> None:
     """The Ray Tune function trainable (``config`` = sampled params, or ``{"trial": {...}}``
-    for the grid)."""
+    for the grid).  ``env``: the MLflow credential variables and the console settings
+    (:data:`CONSOLE_ENV`) handed over by the driver (a Ray worker on another node does not
+    inherit them)."""
     from ray import tune
+
+    for key in (USERNAME_ENV, PASSWORD_ENV):  # a reused worker may hold an earlier sweep's
+        os.environ.pop(key, None)
+    os.environ.update(env)
     if os.environ.get(QUIET_ENV):  # "Checkpoint successfully created at ..." every epoch
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # loaded before the env arrived

@@ -1,5 +1,6 @@
 """The Ray Tune side of a sweep: the searcher (one Optuna study per ``search.per`` cell, in
-the sweep's journal), the trainable, and the Tuner that runs or restores them."""
+the sweep's journal), and the Tuner that runs or restores them with the trainable
+(:func:`sweeps.trial.smartmixed_trial`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sweeps import trial as trial_module
-from sweeps.redact import PASSWORD_ENV, USERNAME_ENV, tracking_env
+from sweeps.redact import tracking_env
 from sweeps.spec import SweepSpec
-from sweeps.trial import CONSOLE_ENV, SweepContext
+from sweeps.trial import CONSOLE_ENV, SweepContext, smartmixed_trial
 
 JOURNAL_FILE = "optuna-journal.log"
 """The Optuna study (JournalFileStorage), study name = sweep name."""
@@ -53,17 +53,6 @@ def _searcher(spec: SweepSpec, path: Path) -> Any:
     if spec.max_concurrent:
         return ConcurrencyLimiter(search, max_concurrent=spec.max_concurrent)
     return search
-
-
-def smartmixed_trial(config: dict[str, Any], ctx: SweepContext, env: dict[str, str]) -> None:
-    """The trainable: sets the MLflow credential variables and the console settings
-    (:data:`~sweeps.trial.CONSOLE_ENV`) handed over by the driver (a Ray worker on another
-    node does not inherit them), then runs
-    :func:`sweeps.trial.smartmixed_trial`.  Same name, so Ray's trial names are unchanged."""
-    for key in (USERNAME_ENV, PASSWORD_ENV):  # a reused worker may hold an earlier sweep's
-        os.environ.pop(key, None)
-    os.environ.update(env)
-    trial_module.smartmixed_trial(config, ctx)
 
 
 def total_trials(spec: SweepSpec) -> int:
