@@ -188,13 +188,8 @@ def preset_names() -> list[str]:
 
 
 def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part not in ("function-after",) and not str(part).startswith("function-"):
-            out += ("." if out else "") + str(part)
-    return out
+    """A pydantic error location as the dotted path in the YAML: ``search.space.x.choice[1]``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).removeprefix(".")
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
@@ -239,7 +234,7 @@ def _from_pydantic(exc: ValidationError) -> ConfigError:
     elif isinstance(err.get("input"), (str, int, float, bool)) and "got" not in msg:
         shown = redact_text(repr(err["input"]))
         msg += f", got {shown if len(shown) <= 60 else shown[:57] + '...'}"
-    return ConfigError(_path(err["loc"]) or "spec", msg)
+    return ConfigError(_path(loc) or "spec", msg)
 
 
 def _check_configs(spec: SweepSpec) -> None:

@@ -35,20 +35,17 @@ NONFINITE = "non-finite"
 """Prefix of the failure tag of a seed that hit a NaN/inf loss (retries stop there)."""
 
 
-def _filter(**tags: Any) -> str:
-    return " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+def _filter(tags: dict[str, Any]) -> str:
+    """A search filter on the tags that are not None."""
+    return " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items() if v is not None)
 
 
 def find_runs(c: MlflowClient, experiment_id: str, kind: str, sweep: str,
               trial: str | None = None, seed: int | None = None,
               status: str | None = None) -> list[Run]:
     """Runs of one kind of a sweep (optionally one trial / seed / status)."""
-    tags: dict[str, Any] = {schema.TAG_KIND: kind, schema.TAG_SWEEP: sweep}
-    if trial is not None:
-        tags[schema.TAG_TRIAL] = trial
-    if seed is not None:
-        tags[schema.TAG_SEED] = seed
-    query = _filter(**tags)
+    query = _filter({schema.TAG_KIND: kind, schema.TAG_SWEEP: sweep, schema.TAG_TRIAL: trial,
+                     schema.TAG_SEED: seed})
     if status is not None:
         query += f" and attributes.status = '{status}'"
     runs: list[Run] = []
@@ -126,9 +123,7 @@ def sweep_folders(c: MlflowClient, name: str | None = None) -> dict[str, str]:
     """Sweep name -> folder of the sweep runs in every experiment of the store (newest first
     wins); only ``name`` when given."""
     exps = [e.experiment_id for e in c.search_experiments()]
-    flt = f"tags.`{schema.TAG_KIND}` = '{schema.KIND_SWEEP}'"
-    if name is not None:
-        flt += f" and tags.`{schema.TAG_SWEEP}` = '{name}'"
+    flt = _filter({schema.TAG_KIND: schema.KIND_SWEEP, schema.TAG_SWEEP: name})
     folders: dict[str, str] = {}
     for run in c.search_runs(exps, flt, order_by=["attributes.start_time DESC"]) if exps else ():
         sweep = run.data.tags.get(schema.TAG_SWEEP)
