@@ -70,26 +70,19 @@ def flat_params(doc: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _saved_differences(path: Path, doc: dict[str, Any]) -> list[str] | None:
-    """Spec fields where the sweep saved in ``path`` differs from ``doc`` (None: unreadable)."""
+def _refuse_existing(spec: SweepSpec, path: Path, doc: dict[str, Any]) -> None:
+    """A sweep of this name already has a folder: never overwrite it, whatever its spec (the
+    error names the fields where the spec saved there differs from ``doc``)."""
     try:
         old = flat_params(yaml.safe_load((path / SPEC_FILE).read_text()))
     except Exception:
-        return None
-    new = flat_params(doc)
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-
-
-def _refuse_existing(spec: SweepSpec, path: Path, doc: dict[str, Any]) -> None:
-    """A sweep of this name already has a folder: never overwrite it, whatever its spec."""
-    diff = _saved_differences(path, doc)
-    if diff is None:
         how = "(a folder that holds no readable sweep)"
-    elif not diff:
-        how = "with the same spec"
     else:
+        new = flat_params(doc)
+        diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         more = ", ..." if len(diff) > 5 else ""
-        how = f"with a different spec (differs in {', '.join(diff[:5])}{more})"
+        how = (f"with a different spec (differs in {', '.join(diff[:5])}{more})" if diff
+               else "with the same spec")
     raise ConfigError("name", f"a sweep named {spec.name!r} already exists at {path} {how}; "
                       f"continue it with `smartmixed sweep resume {path}` (it keeps its saved "
                       "spec) or choose a new name (--set name=...)")
