@@ -184,9 +184,7 @@ def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False
 
     if best_per_method:
         budget = Counter(cell(r) for r in rows)
-        best: dict[tuple[str, str], dict[str, Any]] = {}
-        for r in rows:  # best first (trial_rows' order)
-            best.setdefault(cell(r), r)
+        best = {cell(r): r for r in reversed(rows)}  # rows come best first: the first wins
         rows = sorted(best.values(), key=cell)
         title += (f"; the best trial of each method{' on each dataset' if datasets else ''} "
                   "(trials it had)")

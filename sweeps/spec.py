@@ -130,16 +130,14 @@ class Distribution(_Strict):
 
     @model_validator(mode="after")
     def _one(self) -> Distribution:
-        given = [k for k in _KINDS if getattr(self, _KINDS[k]) is not None]
-        if len(given) != 1:
+        if sum(getattr(self, attr) is not None for attr in _KINDS.values()) != 1:
             raise ValueError("give exactly one of choice: [...], uniform: [lo, hi], "
                              "loguniform: [lo, hi], int: [lo, hi]")
-        kind = given[0]
-        if kind != "choice":
-            lo, hi = getattr(self, _KINDS[kind])
+        if self.kind != "choice":
+            lo, hi = self.values
             if not lo < hi:
-                raise ValueError(f"{kind} needs lo < hi, got [{lo}, {hi}]")
-            if kind == "loguniform" and lo <= 0:
+                raise ValueError(f"{self.kind} needs lo < hi, got [{lo}, {hi}]")
+            if self.kind == "loguniform" and lo <= 0:
                 raise ValueError(f"loguniform needs lo > 0, got {lo}")
         return self
 

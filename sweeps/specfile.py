@@ -103,12 +103,10 @@ def smoke(doc: dict[str, Any]) -> dict[str, Any]:
     """Shrink a spec document to 1-2 trials, one seed, 2 epochs, CPU."""
     doc = copy.deepcopy(doc)
     doc["seeds"] = list(doc.get("seeds") or [0])[:1]
-    fixed = doc.setdefault("fixed", {}) or {}
-    doc["fixed"] = fixed
+    fixed = doc["fixed"] = doc.get("fixed") or {}
     fixed.update(epochs=2, transition_epoch=1, device="cpu")
     fixed.pop("patience", None)
-    search = doc.setdefault("search", {}) or {}
-    doc["search"] = search
+    search = doc["search"] = doc.get("search") or {}
     search["num_samples"] = min(int(search.get("num_samples", 2)), 2)
     space = search.get("space") or {}
     if space.pop("transition_epoch", None) is not None and not space:

@@ -294,9 +294,7 @@ def seed_metrics(cfg: RunConfig, summary: dict[str, Any],
     frozen = summary.get("phase1", {}).get("epochs", last)
     flat = {k: summary.get(k) for k in schema.FINAL_METRICS}
     if "phase1" in summary:
-        flat["phase1_test_accuracy"] = summary["phase1"]["test_accuracy"]
-        flat["phase1_val_accuracy"] = summary["phase1"]["val_accuracy"]
-        for k in ("last_val_accuracy", "sampled_val_accuracy"):
+        for k in ("test_accuracy", "val_accuracy", "last_val_accuracy", "sampled_val_accuracy"):
             flat[f"phase1_{k}"] = summary["phase1"].get(k)
     out = [(k, v, last) for k, v in flat.items() if isinstance(v, (int, float))]
     for rec in summary["history"]:
