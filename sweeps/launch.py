@@ -32,6 +32,7 @@ from sweeps import schema, store, tracking
 from sweeps.cluster import _init_ray, check_address, check_resources, release_ray
 from sweeps.redact import redact_uri, use_credentials, without_password
 from sweeps.saved import SPEC_FILE, STATE_FILE
+from sweeps.space import grid
 from sweeps.spec import SweepSpec, absolute_data_dir, check_datasets, spec_doc
 from sweeps.specfile import parse_spec
 from sweeps.trial import SweepContext
@@ -187,8 +188,6 @@ def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | Non
         if path.exists():
             _refuse_existing(spec, path, saved)
         if spec.search.algorithm == "grid":
-            from sweeps.space import grid
-
             grid(spec)  # a range in a grid space is a spec error, reported now
         if address is None:  # a cluster's workers read their own disks
             check_datasets(spec)

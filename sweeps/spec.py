@@ -4,16 +4,16 @@ Every error becomes one :class:`~smartmixed_core.errors.ConfigError` whose field
 path inside the YAML (``search.space.method.choice[1]``) and whose message says what is
 allowed.  Names (datasets, methods, activations) are validated by the core registries through
 :class:`~smartmixed_core.config.RunConfig`, never by lists written here.
-
-
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -81,8 +81,6 @@ def check_tracking_uri(v: str) -> str:
         raise ValueError(f"{v!r}: the trial workers need a SQLite file they can share; "
                          "use sqlite:///PATH/mlflow.db")
     if scheme.lower() in ("http", "https"):
-        from urllib.parse import urlsplit
-
         try:
             parts = urlsplit(v)
             parts.port  # noqa: B018  (raises ValueError on a bad port)
@@ -186,8 +184,6 @@ class Search(_Strict):
 
     def cells(self) -> list[dict[str, Any]]:
         """Every combination of the ``per`` keys' choices ([{}] without ``per``)."""
-        import itertools
-
         values = [self.space[k].values for k in self.per]
         out: list[dict[str, Any]] = []
         for combo in itertools.product(*values):

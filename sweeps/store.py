@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote
 
 from smartmixed_core.errors import ConfigError, first_line
 from sweeps import schema
-from sweeps.redact import redact_text, redact_uri
+from sweeps.redact import credentials, redact_text, redact_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -107,8 +107,6 @@ def check_tracking(uri: str, *, existing: bool = False) -> None:
     not answer ``/health``, a SQLite store whose folder is missing (``existing``: whose file is
     missing, for readers, since MLflow would create an empty store), a folder store."""
     if uri.startswith(("http://", "https://")):
-        from sweeps.redact import credentials
-
         bare = credentials(uri)[0]  # /health needs no login; urllib cannot parse user:pass@
         try:
             with urllib.request.urlopen(bare.rstrip("/") + "/health", timeout=5) as resp:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -145,8 +146,6 @@ class TrialRunInfo(NamedTuple):
 def open_trial_run(c: MlflowClient, experiment_id: str, sweep: str, sweep_run_id: str,
                    trial: str, cfg: RunConfig, sampled: dict[str, Any]) -> TrialRunInfo:
     """The trial's run, reopened on retry (seed runs are created only after it exists)."""
-    import socket
-
     worker = f"{socket.gethostname()}:{os.getpid()}"
     params = {**config_params(cfg), **{f"{schema.SAMPLED_PREFIX}{k}": v
                                        for k, v in sampled.items()}}
@@ -168,11 +167,9 @@ def open_trial_run(c: MlflowClient, experiment_id: str, sweep: str, sweep_run_id
 
 def nonfinite_failure(c: MlflowClient, experiment_id: str, sweep: str, trial: str) -> str | None:
     """The reason when an earlier attempt of ``trial`` hit a non-finite loss."""
-    for run in find_runs(c, experiment_id, schema.KIND_SEED, sweep, trial=trial, status="FAILED"):
-        reason = run.data.tags.get(schema.TAG_STATUS_REASON, "")
-        if reason.startswith(NONFINITE):
-            return reason
-    return None
+    reasons = (run.data.tags.get(schema.TAG_STATUS_REASON, "") for run in
+               find_runs(c, experiment_id, schema.KIND_SEED, sweep, trial=trial, status="FAILED"))
+    return next((reason for reason in reasons if reason.startswith(NONFINITE)), None)
 
 
 def finished_seeds(c: MlflowClient, experiment_id: str, sweep: str,
@@ -188,15 +185,12 @@ def finished_seeds(c: MlflowClient, experiment_id: str, sweep: str,
     return out
 
 
-def close_running(c: MlflowClient, runs: Iterable[Run], status: str, reason: str) -> int:
-    """Terminate RUNNING ``runs`` with ``status`` and the reason tag; returns how many."""
-    n = 0
+def close_running(c: MlflowClient, runs: Iterable[Run], status: str, reason: str) -> None:
+    """Terminate RUNNING ``runs`` with ``status`` and the reason tag."""
     for run in runs:
         if run.info.status == "RUNNING":
             c.set_tag(run.info.run_id, schema.TAG_STATUS_REASON, reason)
             c.set_terminated(run.info.run_id, status)
-            n += 1
-    return n
 
 
 def _reopen(c: MlflowClient, run: Run) -> None:

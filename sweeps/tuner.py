@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from smartmixed_core.config import RunConfig
 from sweeps.redact import tracking_env
+from sweeps.space import DefineByRun, cell_label, grid
 from sweeps.spec import SweepSpec
 from sweeps.trial import CONSOLE_ENV, SweepContext, smartmixed_trial
 
@@ -18,16 +20,12 @@ JOURNAL_FILE = "optuna-journal.log"
 
 def study_names(spec: SweepSpec) -> list[str]:
     """The Optuna studies of a sweep: its name, or ``NAME/CELL`` for each ``search.per`` cell."""
-    from sweeps.space import cell_label
-
     if not spec.search.per:
         return [spec.name]
     return [f"{spec.name}/{cell_label(cell)}" for cell in spec.search.cells()]
 
 
 def _searcher(spec: SweepSpec, path: Path) -> Any:
-    from sweeps.space import DefineByRun
-
     if spec.search.algorithm == "grid":
         return None
     import optuna
@@ -57,8 +55,6 @@ def _searcher(spec: SweepSpec, path: Path) -> Any:
 
 def total_trials(spec: SweepSpec) -> int:
     """How many trials the sweep runs: the grid's size, or ``num_samples`` per cell."""
-    from sweeps.space import grid
-
     if spec.search.algorithm == "grid":
         return len(grid(spec))
     return spec.search.num_samples * len(spec.search.cells())
@@ -74,9 +70,7 @@ def build_tuner(spec: SweepSpec, ctx: SweepContext, path: Path, restore: bool,
            verbose: bool = False) -> Any:
     from ray import tune
 
-    from smartmixed_core.config import RunConfig
     from sweeps.progress import SweepProgress, TrialStatuses
-    from sweeps.space import grid
 
     env = {**tracking_env(), **{k: os.environ[k] for k in CONSOLE_ENV if k in os.environ}}
     fn = tune.with_resources(tune.with_parameters(smartmixed_trial, ctx=ctx, env=env),
