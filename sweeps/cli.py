@@ -9,9 +9,9 @@ inside the commands, so ``smartmixed train`` does not pay for them.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Annotated, Any, Optional
 
 import typer
@@ -27,24 +27,20 @@ def register(app: typer.Typer) -> None:
     app.add_typer(sweep_app, name="sweep")
 
 
-def closing_stores(command: Callable[..., int]) -> Callable[..., int]:
-    """Run ``command``, then close the tracking-store connections it opened, whether it
-    succeeded or failed (an error line must leave no ``-wal``/``-shm`` file behind)."""
+@contextlib.contextmanager
+def closing_stores() -> Iterator[None]:
+    """As a decorator: run the command, then close the tracking-store connections it opened,
+    whether it succeeded or failed (an error line must leave no ``-wal``/``-shm`` file)."""
+    try:
+        yield
+    finally:
+        from sweeps.store import close_stores
 
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> int:
-        try:
-            return command(*args, **kwargs)
-        finally:
-            from sweeps.store import close_stores
-
-            close_stores()
-
-    return run
+        close_stores()
 
 
 @sweep_app.command("run")
-@closing_stores
+@closing_stores()
 def run(
     spec: Annotated[str, typer.Argument(help="Spec YAML file or preset name "
                                         "(quick, mnist, paper, search, adact, gated).")],
@@ -79,7 +75,7 @@ TRACKING_AGAIN = ("MLflow tracking URI, e.g. to give the password again (the swe
 
 
 @sweep_app.command("resume")
-@closing_stores
+@closing_stores()
 def resume(
     name_or_path: Annotated[str, typer.Argument(help="Sweep folder, or its name under "
                                                 "./ray_results.")],
@@ -107,7 +103,7 @@ def resume(
 
 
 @sweep_app.command("status")
-@closing_stores
+@closing_stores()
 def status(
     name_or_path: Annotated[str, typer.Argument(help="Sweep folder, or its name under "
                                                 "./ray_results.")],
@@ -234,7 +230,7 @@ def _short(v: str) -> str:
 
 
 @sweep_app.command("dashboard")
-@closing_stores
+@closing_stores()
 def dashboard(
     name_or_path: Annotated[str, typer.Argument(help="Sweep folder, or its name under "
                                                 "./ray_results.")],

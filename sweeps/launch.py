@@ -112,17 +112,14 @@ def _creation_lock(*folders: Path | None) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the nearest existing folder of each of ``folders`` (the
     storage folder, a SQLite store's folder): two ``sweep run``s racing for one new name, or
     for one new store, take turns instead of clashing half-way."""
-    targets: list[Path] = []
-    for folder in folders:
-        if folder is None:
-            continue
+    targets: dict[str, Path] = {}  # resolved path -> the folder
+    for folder in filter(None, folders):
         target = folder.absolute()
         while not target.exists():
             target = target.parent
-        if target.resolve() not in {t.resolve() for t in targets}:
-            targets.append(target)
+        targets.setdefault(str(target.resolve()), target)
     with contextlib.ExitStack() as stack:
-        for target in sorted(targets, key=lambda t: str(t.resolve())):  # one order: no deadlock
+        for _, target in sorted(targets.items()):  # one order: no deadlock
             fd = os.open(target, os.O_RDONLY)
             stack.callback(os.close, fd)
             fcntl.flock(fd, fcntl.LOCK_EX)

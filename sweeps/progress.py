@@ -83,8 +83,7 @@ class SweepProgress(Callback):
         key = f"{method} · {params['dataset']}" if "dataset" in params else method
         if isinstance(value, (int, float)) and value == value:
             old = self.best.get(key)
-            better = old is None or (value > old[0] if self.mode == "max" else value < old[0])
-            if better:
+            if old is None or (value > old[0] if self.mode == "max" else value < old[0]):
                 self.best[key] = (float(value), describe(params))
         self._line(f"trial {self.done + self.failed}/{self.total} done: {method} "
                    f"({describe(params)}) {self.metric} {_value(value)}")

@@ -12,10 +12,11 @@ import itertools
 import re
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args
+from typing import Annotated, Any, Literal, Optional, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -233,7 +234,7 @@ class SweepSpec(_Strict):
 
     name: str
     experiment: str = Field("smartmixed", min_length=1, max_length=250)
-    tracking_uri: str = schema.DEFAULT_TRACKING_URI
+    tracking_uri: Annotated[str, AfterValidator(check_tracking_uri)] = schema.DEFAULT_TRACKING_URI
     storage_path: str = Field("./ray_results", min_length=1)
     dataset: str = "digits"
     model: str = "mlp"
@@ -263,11 +264,6 @@ class SweepSpec(_Strict):
             raise ValueError("1 to 100 characters: letters, digits, '.', '_' or '-', starting "
                              "with a letter or digit (it names folders and runs)")
         return v
-
-    @field_validator("tracking_uri")
-    @classmethod
-    def _tracking_uri(cls, v: str) -> str:
-        return check_tracking_uri(v)
 
     @field_validator("storage_path")
     @classmethod

@@ -268,7 +268,6 @@ def ensure_experiment(c: MlflowClient, name: str, uri: str) -> str:
         if schema.TAG_EXPERIMENT_KIND not in exp.tags:
             c.set_experiment_tag(exp.experiment_id, *next(iter(kind.items())))
         return exp.experiment_id
-    location = None
-    if (path := sqlite_path(uri)) is not None:
-        location = (path.parent / "mlartifacts").resolve().as_uri()
+    path = sqlite_path(uri)
+    location = None if path is None else (path.parent / "mlartifacts").resolve().as_uri()
     return c.create_experiment(name, artifact_location=location, tags=kind)
