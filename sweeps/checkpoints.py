@@ -8,7 +8,6 @@ runs.  Ray keeps it (``tune.report(..., checkpoint=...)``) and hands it back to 
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -18,30 +17,18 @@ from typing import Any
 import torch
 
 from smartmixed_core.runner import RunState
+from sweeps.store import env_seconds
 
 CHECKPOINT_FILE = "trial_state.pt"
 """The file inside a Ray checkpoint of a trial (``torch.save`` of :func:`make`'s dict)."""
 CHECKPOINT_VERSION = 2
 """1: before the seeds dimension (per-seed or batched states); not resumed from."""
 CHECKPOINT_ENV = "SMARTMIXED_CHECKPOINT_SECONDS"
+"""Minimum seconds between a trial's checkpoints (default 60; 0 = every round)."""
 DEFAULT_CHECKPOINT_SECONDS = 60.0
 CHECKPOINT_OVERHEAD = 20
 """Checkpoints are at least this many times their own cost apart (<= 5% of the time),
 unless the interval is 0 (every round)."""
-
-
-def env_seconds(env: str, default: float) -> float:
-    """A non-negative number of seconds from the environment variable ``env``."""
-    try:
-        return max(0.0, float(os.environ.get(env, default)))
-    except ValueError:
-        return default
-
-
-def checkpoint_seconds() -> float:
-    """Minimum seconds between a trial's checkpoints (env ``SMARTMIXED_CHECKPOINT_SECONDS``,
-    default 60; 0 = every round)."""
-    return env_seconds(CHECKPOINT_ENV, DEFAULT_CHECKPOINT_SECONDS)
 
 
 def make(trial_id: str, epoch: int, runs: dict[int, str], state: RunState) -> dict[str, Any]:
@@ -64,11 +51,11 @@ def restore(ckpt: dict[str, Any] | None,
 
 
 class Throttle:
-    """When the next checkpoint is due: every :func:`checkpoint_seconds`, and at least
+    """When the next checkpoint is due: every :data:`CHECKPOINT_ENV` seconds, and at least
     :data:`CHECKPOINT_OVERHEAD` times the last one's cost apart."""
 
     def __init__(self) -> None:
-        self.interval = checkpoint_seconds()
+        self.interval = env_seconds(CHECKPOINT_ENV, DEFAULT_CHECKPOINT_SECONDS)
         self._last, self._cost = time.monotonic(), 0.0
 
     def due(self) -> bool:

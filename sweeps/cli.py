@@ -9,8 +9,9 @@ inside the commands, so ``smartmixed train`` does not pay for them.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
 from typing import Annotated, Any, Optional
 
 import typer
@@ -26,24 +27,20 @@ def register(app: typer.Typer) -> None:
     app.add_typer(sweep_app, name="sweep")
 
 
-def closing_stores(command: Callable[..., int]) -> Callable[..., int]:
-    """Run ``command``, then close the tracking-store connections it opened, whether it
-    succeeded or failed (an error line must leave no ``-wal``/``-shm`` file behind)."""
+@contextlib.contextmanager
+def closing_stores() -> Iterator[None]:
+    """As a decorator: run the command, then close the tracking-store connections it opened,
+    whether it succeeded or failed (an error line must leave no ``-wal``/``-shm`` file)."""
+    try:
+        yield
+    finally:
+        from sweeps.store import close_stores
 
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> int:
-        try:
-            return command(*args, **kwargs)
-        finally:
-            from sweeps.store import close_stores
-
-            close_stores()
-
-    return run
+        close_stores()
 
 
 @sweep_app.command("run")
-@closing_stores
+@closing_stores()
 def run(
     spec: Annotated[str, typer.Argument(help="Spec YAML file or preset name "
                                         "(quick, mnist, paper, search, adact, gated).")],
@@ -78,7 +75,7 @@ TRACKING_AGAIN = ("MLflow tracking URI, e.g. to give the password again (the swe
 
 
 @sweep_app.command("resume")
-@closing_stores
+@closing_stores()
 def resume(
     name_or_path: Annotated[str, typer.Argument(help="Sweep folder, or its name under "
                                                 "./ray_results.")],
@@ -106,7 +103,7 @@ def resume(
 
 
 @sweep_app.command("status")
-@closing_stores
+@closing_stores()
 def status(
     name_or_path: Annotated[str, typer.Argument(help="Sweep folder, or its name under "
                                                 "./ray_results.")],
@@ -174,9 +171,7 @@ def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False
     from sweeps.saved import trial_rows
 
     rows = trial_rows(ctx, spec)
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    counts = Counter(r["status"] for r in rows)
     title = f"sweep {spec.name}: {len(rows)} trials " + ", ".join(
         f"{n} {s.lower()}" for s, n in sorted(counts.items()))
     datasets = len({r["dataset"] for r in rows}) > 1  # best per dataset: scores differ by data
@@ -184,12 +179,8 @@ def _print_summary(spec: Any, ctx: Any, path: Any, best_per_method: bool = False
         return (r["dataset"] or "" if datasets else "", arm(spec, r))
 
     if best_per_method:
-        budget: dict[tuple[str, str], int] = {}
-        for r in rows:
-            budget[cell(r)] = budget.get(cell(r), 0) + 1
-        best: dict[tuple[str, str], dict[str, Any]] = {}
-        for r in rows:  # best first (trial_rows' order)
-            best.setdefault(cell(r), r)
+        budget = Counter(cell(r) for r in rows)
+        best = {cell(r): r for r in reversed(rows)}  # rows come best first: the first wins
         rows = sorted(best.values(), key=cell)
         title += (f"; the best trial of each method{' on each dataset' if datasets else ''} "
                   "(trials it had)")
@@ -239,7 +230,7 @@ def _short(v: str) -> str:
 
 
 @sweep_app.command("dashboard")
-@closing_stores
+@closing_stores()
 def dashboard(
     name_or_path: Annotated[str, typer.Argument(help="Sweep folder, or its name under "
                                                 "./ray_results.")],

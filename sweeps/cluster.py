@@ -53,21 +53,14 @@ def cluster_address(address: str | None) -> str | None:
     return env
 
 
-def _bootstrap(address: str) -> str | None:
-    """The host:port that ``address`` stands for; None for ``auto``, which only Ray can
-    resolve (from the cluster file ``ray start`` writes; no public API gives it), so
-    ``ray.init`` finds the cluster or says it found none."""
-    if address == "auto":
-        return None
-    return address.removeprefix("ray://")
-
-
 def _probe(address: str) -> None:
     """Fail in seconds, not minutes, when nothing listens at ``address`` (Ray retries for
-    minutes and prints a line per retry)."""
-    target = _bootstrap(address)
-    if target is None:
+    minutes and prints a line per retry).  ``auto`` is not probed: only Ray can resolve it
+    (from the cluster file ``ray start`` writes; no public API gives it), so ``ray.init``
+    finds the cluster or says it found none."""
+    if address == "auto":
         return
+    target = address.removeprefix("ray://")
     host, _, port = target.rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()

@@ -30,12 +30,9 @@ import yaml
 from smartmixed_core.errors import ConfigError, check_output_dir
 from sweeps import schema, store, tracking
 from sweeps.cluster import _init_ray, check_address, check_resources, release_ray
-from sweeps.redact import (
-    redact_uri,
-    use_credentials,
-    without_password,
-)
+from sweeps.redact import redact_uri, use_credentials, without_password
 from sweeps.saved import SPEC_FILE, STATE_FILE
+from sweeps.space import grid
 from sweeps.spec import SweepSpec, absolute_data_dir, check_datasets, spec_doc
 from sweeps.specfile import parse_spec
 from sweeps.trial import SweepContext
@@ -74,26 +71,19 @@ def flat_params(doc: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _saved_differences(path: Path, doc: dict[str, Any]) -> list[str] | None:
-    """Spec fields where the sweep saved in ``path`` differs from ``doc`` (None: unreadable)."""
+def _refuse_existing(spec: SweepSpec, path: Path, doc: dict[str, Any]) -> None:
+    """A sweep of this name already has a folder: never overwrite it, whatever its spec (the
+    error names the fields where the spec saved there differs from ``doc``)."""
     try:
         old = flat_params(yaml.safe_load((path / SPEC_FILE).read_text()))
     except Exception:
-        return None
-    new = flat_params(doc)
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-
-
-def _refuse_existing(spec: SweepSpec, path: Path, doc: dict[str, Any]) -> None:
-    """A sweep of this name already has a folder: never overwrite it, whatever its spec."""
-    diff = _saved_differences(path, doc)
-    if diff is None:
         how = "(a folder that holds no readable sweep)"
-    elif not diff:
-        how = "with the same spec"
     else:
+        new = flat_params(doc)
+        diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         more = ", ..." if len(diff) > 5 else ""
-        how = f"with a different spec (differs in {', '.join(diff[:5])}{more})"
+        how = (f"with a different spec (differs in {', '.join(diff[:5])}{more})" if diff
+               else "with the same spec")
     raise ConfigError("name", f"a sweep named {spec.name!r} already exists at {path} {how}; "
                       f"continue it with `smartmixed sweep resume {path}` (it keeps its saved "
                       "spec) or choose a new name (--set name=...)")
@@ -122,17 +112,14 @@ def _creation_lock(*folders: Path | None) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the nearest existing folder of each of ``folders`` (the
     storage folder, a SQLite store's folder): two ``sweep run``s racing for one new name, or
     for one new store, take turns instead of clashing half-way."""
-    targets: list[Path] = []
-    for folder in folders:
-        if folder is None:
-            continue
+    targets: dict[str, Path] = {}  # resolved path -> the folder
+    for folder in filter(None, folders):
         target = folder.absolute()
         while not target.exists():
             target = target.parent
-        if target.resolve() not in {t.resolve() for t in targets}:
-            targets.append(target)
+        targets.setdefault(str(target.resolve()), target)
     with contextlib.ExitStack() as stack:
-        for target in sorted(targets, key=lambda t: str(t.resolve())):  # one order: no deadlock
+        for _, target in sorted(targets.items()):  # one order: no deadlock
             fd = os.open(target, os.O_RDONLY)
             stack.callback(os.close, fd)
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -198,8 +185,6 @@ def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | Non
         if path.exists():
             _refuse_existing(spec, path, saved)
         if spec.search.algorithm == "grid":
-            from sweeps.space import grid
-
             grid(spec)  # a range in a grid space is a spec error, reported now
         if address is None:  # a cluster's workers read their own disks
             check_datasets(spec)

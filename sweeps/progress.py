@@ -43,8 +43,7 @@ class SweepProgress(Callback):
     def __init__(self, name: str, total: int, metric: str, mode: str, concurrency: int):
         self.name, self.total, self.metric, self.mode = name, total, metric, mode
         self.concurrency = max(1, concurrency)
-        self.setup()
-        self.live = None  # started by Ray's own call of setup()
+        self.setup()  # the live view starts with Ray's own call of setup()
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: self.__dict__[k] for k in ("name", "total", "metric", "mode", "concurrency")}
@@ -52,7 +51,6 @@ class SweepProgress(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.setup()
-        self.live = None
 
     # -- Ray Tune hooks --------------------------------------------------------------------
     def setup(self, **info: Any) -> None:
@@ -85,8 +83,7 @@ class SweepProgress(Callback):
         key = f"{method} · {params['dataset']}" if "dataset" in params else method
         if isinstance(value, (int, float)) and value == value:
             old = self.best.get(key)
-            better = old is None or (value > old[0] if self.mode == "max" else value < old[0])
-            if better:
+            if old is None or (value > old[0] if self.mode == "max" else value < old[0]):
                 self.best[key] = (float(value), describe(params))
         self._line(f"trial {self.done + self.failed}/{self.total} done: {method} "
                    f"({describe(params)}) {self.metric} {_value(value)}")

@@ -13,20 +13,16 @@ from mlflow import MlflowClient
 
 from smartmixed_core.runner import summarize
 from sweeps import schema, tracking
-from sweeps.checkpoints import env_seconds
+from sweeps.store import env_seconds
 
 Report = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
 """``report(metrics, checkpoint)``: ``ray.tune.report`` inside Ray (checkpoint may be None)."""
 
 REPORT_ENV = "SMARTMIXED_REPORT_SECONDS"
+"""Least seconds between two progress reports of a trial (seed means to Ray, per-epoch trial
+metrics to MLflow, which are buffered in between); default 2, 0 reports every epoch.  With a
+scheduler (ASHA) Ray gets every epoch regardless."""
 DEFAULT_REPORT_SECONDS = 2.0
-
-
-def report_seconds() -> float:
-    """Least time between two progress reports of a trial (seed means to Ray, per-epoch trial
-    metrics to MLflow, which are buffered in between): ``$SMARTMIXED_REPORT_SECONDS`` or 2;
-    0 reports every epoch.  With a scheduler (ASHA) Ray gets every epoch regardless."""
-    return env_seconds(REPORT_ENV, DEFAULT_REPORT_SECONDS)
 
 
 def row(record: dict[str, Any]) -> dict[str, float]:
@@ -55,7 +51,7 @@ class Rounds:
                  every_epoch: bool = False):
         self.client, self.run_id, self.report = client, run_id, report
         self.records: dict[int, list[dict[str, float]]] = {}
-        self.interval = report_seconds()
+        self.interval = env_seconds(REPORT_ENV, DEFAULT_REPORT_SECONDS)
         self.every_epoch = every_epoch or self.interval == 0
         self.report_error: BaseException | None = None
         """The exception ``report`` raised (e.g. Ray stopping the trial): not a failure."""
@@ -76,7 +72,7 @@ class Rounds:
         latest record); seeds that stopped early carry their last record.  ``logged``: the
         trial run has this epoch already (a retry repeating it).
 
-        Sent at most every :func:`report_seconds`, and always with a checkpoint, after the
+        Sent at most every :data:`REPORT_ENV` seconds, and always with a checkpoint, after the
         buffer is written: whatever a checkpoint covers is in MLflow before Ray holds it."""
         rows = [recs[-1 if seed in latest else min(epoch, len(recs) - 1)]
                 for seed, recs in self.records.items() if recs]

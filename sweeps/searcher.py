@@ -20,7 +20,10 @@ FAIL otherwise.  Imports Ray and Optuna: load it inside the commands only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import pickle
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,8 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
+
+from smartmixed_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +99,10 @@ class PerCellSearch(Searcher):
             self.cells[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
 
     def save(self, checkpoint_path: str) -> None:
-        import pickle
-
         with open(checkpoint_path, "wb") as f:
             pickle.dump(self.__dict__, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        import pickle
-
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
 
@@ -140,14 +141,10 @@ elsewhere through an SSH tunnel)."""
 def serve_dashboard(folder: Path, port: int) -> None:
     """Serve optuna-dashboard on the sweep's journal (every study of the sweep) at
     ``http://127.0.0.1:PORT`` until interrupted."""
-    from smartmixed_core.errors import ConfigError
-
     journal = folder / "optuna-journal.log"
     if not journal.is_file():
         raise ConfigError("sweep", f"{folder} has no Optuna journal ({journal.name}): a grid "
                           "sweep has no studies, and a sweep that never started has none yet")
-    import socket
-
     with socket.socket() as probe:  # a taken port is one error line, not a traceback
         try:
             probe.bind((DASHBOARD_HOST, port))
@@ -158,7 +155,5 @@ def serve_dashboard(folder: Path, port: int) -> None:
 
     print(f"optuna-dashboard for {folder.name}: http://{DASHBOARD_HOST}:{port}  (Ctrl+C stops)",
           flush=True)
-    import contextlib
-
     with contextlib.suppress(KeyboardInterrupt):
         run_server(journal_storage(journal), host=DASHBOARD_HOST, port=port)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from smartmixed_core.errors import ConfigError
 from sweeps.spec import LAYER_ACTIVATIONS, SweepSpec, applies
 
 if TYPE_CHECKING:
@@ -48,10 +48,9 @@ class DefineByRun:
         method = str(self.cell.get("method", spec.base_method()))
         chosen: dict[str, Any] = dict(self.cell)
         for key in _order(spec):
-            dist = spec.search.space[key]
             if key in self.cell or not applies(key, method):
                 continue
-            kind, vals = dist.kind, dist.values
+            kind, vals = spec.search.space[key].kind, spec.search.space[key].values
             if key == LAYER_ACTIVATIONS:  # each hidden layer its own categorical parameter
                 depth = spec.run_config({**chosen, key: str(vals[0])}).depth
                 for i in range(1, depth + 1):
@@ -67,12 +66,6 @@ class DefineByRun:
             if key == "method":
                 method = str(value)
         return {k: _encode(v) for k, v in self.cell.items()} or None
-
-
-def define_by_run(spec: SweepSpec, cell: dict[str, Any] | None = None
-                  ) -> Callable[[optuna.Trial], dict[str, Any] | None]:
-    """The Optuna define-by-run function for ``spec``'s space (one ``search.per`` cell)."""
-    return DefineByRun(spec, cell)
 
 
 def cell_label(cell: dict[str, Any]) -> str:
@@ -95,14 +88,10 @@ def grid(spec: SweepSpec) -> list[dict[str, Any]]:
     """The full factorial of the space's ``choice`` lists, without conditional duplicates."""
     keys = _order(spec)
     if LAYER_ACTIVATIONS in keys:
-        from smartmixed_core.errors import ConfigError
-
         raise ConfigError(f"search.space.{LAYER_ACTIVATIONS}", "the per-layer search samples "
                           "each layer's activation; use algorithm optuna or random")
     for key in keys:
         if spec.search.space[key].kind != "choice":
-            from smartmixed_core.errors import ConfigError
-
             raise ConfigError(f"search.space.{key}", "grid needs choice: [...] for every "
                               "parameter (use algorithm optuna or random for ranges)")
     base_method = spec.base_method()

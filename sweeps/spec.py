@@ -4,18 +4,19 @@ Every error becomes one :class:`~smartmixed_core.errors.ConfigError` whose field
 path inside the YAML (``search.space.method.choice[1]``) and whose message says what is
 allowed.  Names (datasets, methods, activations) are validated by the core registries through
 :class:`~smartmixed_core.config.RunConfig`, never by lists written here.
-
-
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args
+from typing import Annotated, Any, Literal, Optional, get_args
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -81,8 +82,6 @@ def check_tracking_uri(v: str) -> str:
         raise ValueError(f"{v!r}: the trial workers need a SQLite file they can share; "
                          "use sqlite:///PATH/mlflow.db")
     if scheme.lower() in ("http", "https"):
-        from urllib.parse import urlsplit
-
         try:
             parts = urlsplit(v)
             parts.port  # noqa: B018  (raises ValueError on a bad port)
@@ -130,16 +129,14 @@ class Distribution(_Strict):
 
     @model_validator(mode="after")
     def _one(self) -> Distribution:
-        given = [k for k in _KINDS if getattr(self, _KINDS[k]) is not None]
-        if len(given) != 1:
+        if sum(getattr(self, attr) is not None for attr in _KINDS.values()) != 1:
             raise ValueError("give exactly one of choice: [...], uniform: [lo, hi], "
                              "loguniform: [lo, hi], int: [lo, hi]")
-        kind = given[0]
-        if kind != "choice":
-            lo, hi = getattr(self, _KINDS[kind])
+        if self.kind != "choice":
+            lo, hi = self.values
             if not lo < hi:
-                raise ValueError(f"{kind} needs lo < hi, got [{lo}, {hi}]")
-            if kind == "loguniform" and lo <= 0:
+                raise ValueError(f"{self.kind} needs lo < hi, got [{lo}, {hi}]")
+            if self.kind == "loguniform" and lo <= 0:
                 raise ValueError(f"loguniform needs lo > 0, got {lo}")
         return self
 
@@ -188,8 +185,6 @@ class Search(_Strict):
 
     def cells(self) -> list[dict[str, Any]]:
         """Every combination of the ``per`` keys' choices ([{}] without ``per``)."""
-        import itertools
-
         values = [self.space[k].values for k in self.per]
         out: list[dict[str, Any]] = []
         for combo in itertools.product(*values):
@@ -239,7 +234,7 @@ class SweepSpec(_Strict):
 
     name: str
     experiment: str = Field("smartmixed", min_length=1, max_length=250)
-    tracking_uri: str = schema.DEFAULT_TRACKING_URI
+    tracking_uri: Annotated[str, AfterValidator(check_tracking_uri)] = schema.DEFAULT_TRACKING_URI
     storage_path: str = Field("./ray_results", min_length=1)
     dataset: str = "digits"
     model: str = "mlp"
@@ -269,11 +264,6 @@ class SweepSpec(_Strict):
             raise ValueError("1 to 100 characters: letters, digits, '.', '_' or '-', starting "
                              "with a letter or digit (it names folders and runs)")
         return v
-
-    @field_validator("tracking_uri")
-    @classmethod
-    def _tracking_uri(cls, v: str) -> str:
-        return check_tracking_uri(v)
 
     @field_validator("storage_path")
     @classmethod

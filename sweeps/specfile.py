@@ -103,12 +103,10 @@ def smoke(doc: dict[str, Any]) -> dict[str, Any]:
     """Shrink a spec document to 1-2 trials, one seed, 2 epochs, CPU."""
     doc = copy.deepcopy(doc)
     doc["seeds"] = list(doc.get("seeds") or [0])[:1]
-    fixed = doc.setdefault("fixed", {}) or {}
-    doc["fixed"] = fixed
+    fixed = doc["fixed"] = doc.get("fixed") or {}
     fixed.update(epochs=2, transition_epoch=1, device="cpu")
     fixed.pop("patience", None)
-    search = doc.setdefault("search", {}) or {}
-    doc["search"] = search
+    search = doc["search"] = doc.get("search") or {}
     search["num_samples"] = min(int(search.get("num_samples", 2)), 2)
     space = search.get("space") or {}
     if space.pop("transition_epoch", None) is not None and not space:
@@ -188,13 +186,8 @@ def preset_names() -> list[str]:
 
 
 def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part not in ("function-after",) and not str(part).startswith("function-"):
-            out += ("." if out else "") + str(part)
-    return out
+    """A pydantic error location as the dotted path in the YAML: ``search.space.x.choice[1]``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).removeprefix(".")
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
@@ -239,7 +232,7 @@ def _from_pydantic(exc: ValidationError) -> ConfigError:
     elif isinstance(err.get("input"), (str, int, float, bool)) and "got" not in msg:
         shown = redact_text(repr(err["input"]))
         msg += f", got {shown if len(shown) <= 60 else shown[:57] + '...'}"
-    return ConfigError(_path(err["loc"]) or "spec", msg)
+    return ConfigError(_path(loc) or "spec", msg)
 
 
 def _check_configs(spec: SweepSpec) -> None:

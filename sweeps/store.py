@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote
 
 from smartmixed_core.errors import ConfigError, first_line
 from sweeps import schema
-from sweeps.redact import redact_text, redact_uri
+from sweeps.redact import credentials, redact_text, redact_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -79,8 +79,6 @@ def close_stores() -> None:
     them, so a SQLite store in write-ahead mode would keep its ``-wal`` and ``-shm`` files
     beside it; closed, SQLite removes them (when no other process has the store open).
     The next call through a client opens a new connection."""
-    import sys
-
     store_module = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
     if store_module is None:  # no SQL store was opened by this process
         return
@@ -109,8 +107,6 @@ def check_tracking(uri: str, *, existing: bool = False) -> None:
     not answer ``/health``, a SQLite store whose folder is missing (``existing``: whose file is
     missing, for readers, since MLflow would create an empty store), a folder store."""
     if uri.startswith(("http://", "https://")):
-        from sweeps.redact import credentials
-
         bare = credentials(uri)[0]  # /health needs no login; urllib cannot parse user:pass@
         try:
             with urllib.request.urlopen(bare.rstrip("/") + "/health", timeout=5) as resp:
@@ -132,8 +128,17 @@ def check_tracking(uri: str, *, existing: bool = False) -> None:
                           "sqlite:///path/mlflow.db or http://host:port")
 
 
+def env_seconds(env: str, default: float) -> float:
+    """A non-negative number of seconds from the environment variable ``env``."""
+    try:
+        return max(0.0, float(os.environ.get(env, default)))
+    except ValueError:
+        return default
+
+
 OUTAGE_ENV = "SMARTMIXED_TRACKING_OUTAGE_SECONDS"
-"""How long one tracking call keeps retrying while the MLflow server is unreachable."""
+"""How long one tracking call keeps retrying while the MLflow server is unreachable (default
+30 min; 0 disables retrying)."""
 DEFAULT_OUTAGE_SECONDS = 1800.0
 MAX_RETRY_WAIT = 15.0
 """Longest pause between two attempts: writes resume within ~20 s of the server's return."""
@@ -162,14 +167,6 @@ def mlflow_error(exc: BaseException, given: str, what: str) -> ConfigError:
 def sqlite_missing(uri: str) -> bool:
     path = sqlite_path(uri)
     return path is not None and not path.exists()
-
-
-def outage_seconds() -> float:
-    """``$SMARTMIXED_TRACKING_OUTAGE_SECONDS`` or the default (30 min); 0 disables retrying."""
-    try:
-        return max(0.0, float(os.environ.get(OUTAGE_ENV, DEFAULT_OUTAGE_SECONDS)))
-    except ValueError:
-        return DEFAULT_OUTAGE_SECONDS
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -249,14 +246,14 @@ def _say(message: str) -> None:
 
 def client(uri: str) -> MlflowClient:
     """A thread-safe client for ``uri``; for a tracking server, one that rides out outages of
-    up to :func:`outage_seconds` (see :class:`RetryingClient`)."""
+    up to :data:`OUTAGE_ENV` seconds (see :class:`RetryingClient`)."""
     from mlflow import MlflowClient
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if uri.startswith(("http://", "https://")):
         for key, value in _MLFLOW_HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
-        patience = outage_seconds()
+        patience = env_seconds(OUTAGE_ENV, DEFAULT_OUTAGE_SECONDS)
         if patience > 0:
             return RetryingClient(MlflowClient(tracking_uri=uri), uri, patience)  # type: ignore[return-value]
     return MlflowClient(tracking_uri=uri)
@@ -271,7 +268,6 @@ def ensure_experiment(c: MlflowClient, name: str, uri: str) -> str:
         if schema.TAG_EXPERIMENT_KIND not in exp.tags:
             c.set_experiment_tag(exp.experiment_id, *next(iter(kind.items())))
         return exp.experiment_id
-    location = None
-    if (path := sqlite_path(uri)) is not None:
-        location = (path.parent / "mlartifacts").resolve().as_uri()
+    path = sqlite_path(uri)
+    location = None if path is None else (path.parent / "mlartifacts").resolve().as_uri()
     return c.create_experiment(name, artifact_location=location, tags=kind)

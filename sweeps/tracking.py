@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -35,20 +36,17 @@ NONFINITE = "non-finite"
 """Prefix of the failure tag of a seed that hit a NaN/inf loss (retries stop there)."""
 
 
-def _filter(**tags: Any) -> str:
-    return " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+def _filter(tags: dict[str, Any]) -> str:
+    """A search filter on the tags that are not None."""
+    return " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items() if v is not None)
 
 
 def find_runs(c: MlflowClient, experiment_id: str, kind: str, sweep: str,
               trial: str | None = None, seed: int | None = None,
               status: str | None = None) -> list[Run]:
     """Runs of one kind of a sweep (optionally one trial / seed / status)."""
-    tags: dict[str, Any] = {schema.TAG_KIND: kind, schema.TAG_SWEEP: sweep}
-    if trial is not None:
-        tags[schema.TAG_TRIAL] = trial
-    if seed is not None:
-        tags[schema.TAG_SEED] = seed
-    query = _filter(**tags)
+    query = _filter({schema.TAG_KIND: kind, schema.TAG_SWEEP: sweep, schema.TAG_TRIAL: trial,
+                     schema.TAG_SEED: seed})
     if status is not None:
         query += f" and attributes.status = '{status}'"
     runs: list[Run] = []
@@ -126,9 +124,7 @@ def sweep_folders(c: MlflowClient, name: str | None = None) -> dict[str, str]:
     """Sweep name -> folder of the sweep runs in every experiment of the store (newest first
     wins); only ``name`` when given."""
     exps = [e.experiment_id for e in c.search_experiments()]
-    flt = f"tags.`{schema.TAG_KIND}` = '{schema.KIND_SWEEP}'"
-    if name is not None:
-        flt += f" and tags.`{schema.TAG_SWEEP}` = '{name}'"
+    flt = _filter({schema.TAG_KIND: schema.KIND_SWEEP, schema.TAG_SWEEP: name})
     folders: dict[str, str] = {}
     for run in c.search_runs(exps, flt, order_by=["attributes.start_time DESC"]) if exps else ():
         sweep = run.data.tags.get(schema.TAG_SWEEP)
@@ -150,8 +146,6 @@ class TrialRunInfo(NamedTuple):
 def open_trial_run(c: MlflowClient, experiment_id: str, sweep: str, sweep_run_id: str,
                    trial: str, cfg: RunConfig, sampled: dict[str, Any]) -> TrialRunInfo:
     """The trial's run, reopened on retry (seed runs are created only after it exists)."""
-    import socket
-
     worker = f"{socket.gethostname()}:{os.getpid()}"
     params = {**config_params(cfg), **{f"{schema.SAMPLED_PREFIX}{k}": v
                                        for k, v in sampled.items()}}
@@ -173,11 +167,9 @@ def open_trial_run(c: MlflowClient, experiment_id: str, sweep: str, sweep_run_id
 
 def nonfinite_failure(c: MlflowClient, experiment_id: str, sweep: str, trial: str) -> str | None:
     """The reason when an earlier attempt of ``trial`` hit a non-finite loss."""
-    for run in find_runs(c, experiment_id, schema.KIND_SEED, sweep, trial=trial, status="FAILED"):
-        reason = run.data.tags.get(schema.TAG_STATUS_REASON, "")
-        if reason.startswith(NONFINITE):
-            return reason
-    return None
+    reasons = (run.data.tags.get(schema.TAG_STATUS_REASON, "") for run in
+               find_runs(c, experiment_id, schema.KIND_SEED, sweep, trial=trial, status="FAILED"))
+    return next((reason for reason in reasons if reason.startswith(NONFINITE)), None)
 
 
 def finished_seeds(c: MlflowClient, experiment_id: str, sweep: str,
@@ -193,15 +185,12 @@ def finished_seeds(c: MlflowClient, experiment_id: str, sweep: str,
     return out
 
 
-def close_running(c: MlflowClient, runs: Iterable[Run], status: str, reason: str) -> int:
-    """Terminate RUNNING ``runs`` with ``status`` and the reason tag; returns how many."""
-    n = 0
+def close_running(c: MlflowClient, runs: Iterable[Run], status: str, reason: str) -> None:
+    """Terminate RUNNING ``runs`` with ``status`` and the reason tag."""
     for run in runs:
         if run.info.status == "RUNNING":
             c.set_tag(run.info.run_id, schema.TAG_STATUS_REASON, reason)
             c.set_terminated(run.info.run_id, status)
-            n += 1
-    return n
 
 
 def _reopen(c: MlflowClient, run: Run) -> None:
@@ -299,9 +288,7 @@ def seed_metrics(cfg: RunConfig, summary: dict[str, Any],
     frozen = summary.get("phase1", {}).get("epochs", last)
     flat = {k: summary.get(k) for k in schema.FINAL_METRICS}
     if "phase1" in summary:
-        flat["phase1_test_accuracy"] = summary["phase1"]["test_accuracy"]
-        flat["phase1_val_accuracy"] = summary["phase1"]["val_accuracy"]
-        for k in ("last_val_accuracy", "sampled_val_accuracy"):
+        for k in ("test_accuracy", "val_accuracy", "last_val_accuracy", "sampled_val_accuracy"):
             flat[f"phase1_{k}"] = summary["phase1"].get(k)
     out = [(k, v, last) for k, v in flat.items() if isinstance(v, (int, float))]
     for rec in summary["history"]:

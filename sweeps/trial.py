@@ -27,6 +27,7 @@ from smartmixed_core.errors import ConfigError
 from smartmixed_core.runner import RunState, load_data, train_together
 from smartmixed_core.training import NonFiniteLossError
 from sweeps import checkpoints, schema, store, tracking
+from sweeps.redact import PASSWORD_ENV, USERNAME_ENV
 from sweeps.rounds import Report, Rounds
 from sweeps.space import decode
 from sweeps.spec import SweepSpec
@@ -78,8 +79,7 @@ class TrialRun:
         self.cfg = self.spec.run_config(self.params)
         self.client = store.client(ctx.tracking_uri)
         self.summaries: dict[int, dict[str, Any]] = {}
-        self.errors: dict[int, BaseException] = {}
-        self.abort_reason = ""
+        self.abort_reason = ""  # why training failed (set with the seed runs FAILED)
         self.state: RunState | None = None
 
     def _fail(self, run_id: str, reason: str) -> None:
@@ -116,11 +116,10 @@ class TrialRun:
         except BaseException:
             self.rounds.flush()  # the epochs it trained stay visible
             raise
-        if self.errors:
+        if self.abort_reason:
             self.rounds.flush()
-            reason = self.abort_reason or str(next(iter(self.errors.values())))
-            self._fail(self.run_id, reason)
-            raise TrialFailed(reason)
+            self._fail(self.run_id, self.abort_reason)
+            raise TrialFailed(self.abort_reason)
         final = self.rounds.final([self.summaries[s] for s in self.spec.seeds])
         self.client.set_terminated(self.run_id, "FINISHED")
         self.report(final, None)  # Ray may end the trial right here
@@ -172,7 +171,6 @@ class TrialRun:
                                       state=state, on_round=on_round)
         except NonFiniteLossError as exc:
             culprit = exc.seed if exc.seed in runs else todo[0]
-            self.errors[culprit] = exc
             self.abort_reason = f"seed {culprit}: {exc}"
             for seed, run_id in runs.items():
                 self._fail(run_id, f"{tracking.NONFINITE} loss: {exc}" if seed == culprit
@@ -181,7 +179,6 @@ class TrialRun:
         except Exception as exc:  # a crash: fails the trial with the reason on its runs
             if exc is self.rounds.report_error:  # e.g. Ray stopping the trial
                 raise
-            self.errors[todo[0]] = exc
             self.abort_reason = f"{type(exc).__name__}: {exc}"
             for run_id in runs.values():
                 self._fail(run_id, self.abort_reason)
@@ -191,10 +188,16 @@ class TrialRun:
             self.summaries[seed] = outcome.summary
 
 
-def smartmixed_trial(config: dict[str, Any], ctx: SweepContext) -> None:
+def smartmixed_trial(config: dict[str, Any], ctx: SweepContext, env: dict[str, str]) -> None:
     """The Ray Tune function trainable (``config`` = sampled params, or ``{"trial": {...}}``
-    for the grid)."""
+    for the grid).  ``env``: the MLflow credential variables and the console settings
+    (:data:`CONSOLE_ENV`) handed over by the driver (a Ray worker on another node does not
+    inherit them)."""
     from ray import tune
+
+    for key in (USERNAME_ENV, PASSWORD_ENV):  # a reused worker may hold an earlier sweep's
+        os.environ.pop(key, None)
+    os.environ.update(env)
     if os.environ.get(QUIET_ENV):  # "Checkpoint successfully created at ..." every epoch
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # loaded before the env arrived

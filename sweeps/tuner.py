@@ -1,5 +1,6 @@
 """The Ray Tune side of a sweep: the searcher (one Optuna study per ``search.per`` cell, in
-the sweep's journal), the trainable, and the Tuner that runs or restores them."""
+the sweep's journal), and the Tuner that runs or restores them with the trainable
+(:func:`sweeps.trial.smartmixed_trial`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sweeps import trial as trial_module
-from sweeps.redact import PASSWORD_ENV, USERNAME_ENV, tracking_env
+from smartmixed_core.config import RunConfig
+from sweeps.redact import tracking_env
+from sweeps.space import DefineByRun, cell_label, grid
 from sweeps.spec import SweepSpec
-from sweeps.trial import CONSOLE_ENV, SweepContext
+from sweeps.trial import CONSOLE_ENV, SweepContext, smartmixed_trial
 
 JOURNAL_FILE = "optuna-journal.log"
 """The Optuna study (JournalFileStorage), study name = sweep name."""
@@ -18,16 +20,12 @@ JOURNAL_FILE = "optuna-journal.log"
 
 def study_names(spec: SweepSpec) -> list[str]:
     """The Optuna studies of a sweep: its name, or ``NAME/CELL`` for each ``search.per`` cell."""
-    from sweeps.space import cell_label
-
     if not spec.search.per:
         return [spec.name]
     return [f"{spec.name}/{cell_label(cell)}" for cell in spec.search.cells()]
 
 
 def _searcher(spec: SweepSpec, path: Path) -> Any:
-    from sweeps.space import define_by_run
-
     if spec.search.algorithm == "grid":
         return None
     import optuna
@@ -39,7 +37,7 @@ def _searcher(spec: SweepSpec, path: Path) -> Any:
         sampler = (optuna.samplers.RandomSampler(seed=spec.search.seed)
                    if spec.search.algorithm == "random"
                    else optuna.samplers.TPESampler(seed=spec.search.seed))
-        return ResumableOptunaSearch(space=define_by_run(spec, cell), metric=spec.search.metric,
+        return ResumableOptunaSearch(space=DefineByRun(spec, cell), metric=spec.search.metric,
                                      mode=spec.search.mode, sampler=sampler, study_name=study,
                                      storage=journal_storage(path / JOURNAL_FILE))
 
@@ -55,21 +53,8 @@ def _searcher(spec: SweepSpec, path: Path) -> Any:
     return search
 
 
-def smartmixed_trial(config: dict[str, Any], ctx: SweepContext, env: dict[str, str]) -> None:
-    """The trainable: sets the MLflow credential variables and the console settings
-    (:data:`~sweeps.trial.CONSOLE_ENV`) handed over by the driver (a Ray worker on another
-    node does not inherit them), then runs
-    :func:`sweeps.trial.smartmixed_trial`.  Same name, so Ray's trial names are unchanged."""
-    for key in (USERNAME_ENV, PASSWORD_ENV):  # a reused worker may hold an earlier sweep's
-        os.environ.pop(key, None)
-    os.environ.update(env)
-    trial_module.smartmixed_trial(config, ctx)
-
-
 def total_trials(spec: SweepSpec) -> int:
     """How many trials the sweep runs: the grid's size, or ``num_samples`` per cell."""
-    from sweeps.space import grid
-
     if spec.search.algorithm == "grid":
         return len(grid(spec))
     return spec.search.num_samples * len(spec.search.cells())
@@ -85,9 +70,7 @@ def build_tuner(spec: SweepSpec, ctx: SweepContext, path: Path, restore: bool,
            verbose: bool = False) -> Any:
     from ray import tune
 
-    from smartmixed_core.config import RunConfig
     from sweeps.progress import SweepProgress, TrialStatuses
-    from sweeps.space import grid
 
     env = {**tracking_env(), **{k: os.environ[k] for k in CONSOLE_ENV if k in os.environ}}
     fn = tune.with_resources(tune.with_parameters(smartmixed_trial, ctx=ctx, env=env),
@@ -105,13 +88,11 @@ def build_tuner(spec: SweepSpec, ctx: SweepContext, path: Path, restore: bool,
                                   mode=spec.search.mode, max_t=epochs + 1,
                                   grace_period=spec.scheduler.asha.grace_period,
                                   reduction_factor=spec.scheduler.asha.reduction_factor)
-    if searcher is None:  # grid (or a fixed configuration): the factorial as one grid axis
-        param_space: dict[str, Any] = {"trial": tune.grid_search(grid(spec))}
-        num_samples = 1
-    else:
-        param_space, num_samples = {}, spec.search.num_samples * len(spec.search.cells())
+    # grid (or a fixed configuration): the factorial as one grid axis, sampled once
+    param_space = {"trial": tune.grid_search(grid(spec))} if searcher is None else {}
     tune_config = tune.TuneConfig(
-        search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
+        search_alg=searcher, scheduler=scheduler,
+        num_samples=1 if searcher is None else total_trials(spec),
         reuse_actors=True,  # one worker process per slot: imports and DB setup paid once
         max_concurrent_trials=spec.max_concurrent if searcher is None else None,
         **({} if searcher is not None or scheduler is not None

@@ -7,7 +7,7 @@ import pytest
 
 from smartmixed_core.errors import ConfigError
 from smartmixed_core.names import PAPER_ARCHITECTURES, POOLS
-from sweeps.space import decode, define_by_run, grid
+from sweeps.space import DefineByRun, decode, grid
 from sweeps.spec import spec_doc
 from sweeps.specfile import load_spec, parse_spec, preset_names
 
@@ -82,7 +82,7 @@ def test_overrides_are_dotted_yaml_values(tmp_path):
 def test_define_by_run_samples_conditional_params_only_for_smartmixed():
     spec = load_spec("quick")
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
-    space = define_by_run(spec)
+    space = DefineByRun(spec)
     for _ in range(30):
         trial = study.ask()
         space(trial)
@@ -169,7 +169,7 @@ def test_per_layer_search_samples_one_activation_per_hidden_layer():
     for arch, depth in (("paper:784-512-10", 1), ("paper:784-512-256-128-64-10", 4)):
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
         trial = study.ask()
-        define_by_run(spec, {"method": "perlayer", "architecture": arch})(trial)
+        DefineByRun(spec, {"method": "perlayer", "architecture": arch})(trial)
         keys = sorted(k for k in trial.params if k.startswith("layer_activations"))
         assert keys == [f"layer_activations_{i}" for i in range(1, depth + 1)]
         assert "temperature" not in trial.params and "lr" in trial.params
