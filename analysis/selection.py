@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from analysis._stats import mean_ci_groups
+from analysis._stats import holm, mean_ci_groups
 from analysis.load import hidden_widths
 from smartmixed_core.names import ACTIVATION_NAMES
 from sweeps import schema
@@ -110,8 +110,6 @@ def selection_consistency(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFra
     are trained jointly, so the independence the test assumes holds only approximately.
     ``p_holm``/``reject``: Holm over every (configuration, layer) test in the table.
     """
-    from statsmodels.stats.multitest import multipletests
-
     long = selection_long(runs)
     rows = []
     n_acts = long["activation"].nunique()
@@ -146,12 +144,8 @@ def selection_consistency(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFra
     out = pd.DataFrame(rows, columns=[*KEYS, "layer", "n_seeds", "jsd_mean", "jsd_max",
                                       "chi2", "dof", "p_value", "p_holm", "reject",
                                       "min_expected", "note"])
-    ok = out["p_value"].notna()
     out["reject"] = False
-    if ok.any():
-        reject, p_holm, _, _ = multipletests(out.loc[ok, "p_value"], alpha=alpha,
-                                             method="holm")
-        out.loc[ok, "p_holm"], out.loc[ok, "reject"] = p_holm, reject
+    holm(out, alpha)
     return out
 
 
@@ -246,8 +240,6 @@ def depth_trend(runs: pd.DataFrame, n_resamples: int = 1999, random_state: int =
     ``mean_first_layer``/``mean_last_layer``, the mean share in the first and the last hidden
     layer.  Positive slope = deeper layers prefer the activation (the paper's ELU/SELU claim).
     """
-    from statsmodels.stats.multitest import multipletests
-
     long = selection_long(runs)
     layers = long.groupby("run_id")["layer"].nunique()
     multi = long[long["run_id"].isin(layers[layers >= 2].index)]
@@ -282,11 +274,7 @@ def depth_trend(runs: pd.DataFrame, n_resamples: int = 1999, random_state: int =
                 row["rho_ci_low"], row["rho_ci_high"] = _cluster_bootstrap(g, n_resamples, rng)
         rows.append(row)
     out = pd.DataFrame(rows, columns=DEPTH_COLUMNS)
-    ok = out["p_value"].notna()
-    if ok.any():
-        reject, p_holm, _, _ = multipletests(out.loc[ok, "p_value"], alpha=alpha,
-                                             method="holm")
-        out.loc[ok, "p_holm"], out.loc[ok, "reject"] = p_holm, reject
+    holm(out, alpha)
     out["reject"] = out["reject"].astype(bool)
     return out
 
