@@ -210,7 +210,8 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     configs.insert(1, "configuration", configs["config_id"].map(labels))
     t["best_configs"] = best_configs(rankings, runs, labels)
     t["rankings"], t["mrr"] = rankings, mean_reciprocal_rank(rankings)
-    t["rank_distribution"] = rank_distribution(rankings).reset_index()
+    dist = rank_distribution(rankings)
+    t["rank_distribution"] = dist.reset_index()
     t["first_ranks"], t["top3"] = first_rank_counts(rankings), top_k_table(rankings)
     t["friedman"], t["wilcoxon"] = friedman_test(rankings), wilcoxon_holm(rankings)
     methods = sorted(rankings["method"].unique())
@@ -233,18 +234,14 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     hist = (metric_histories(client, list(runs["run_id"]), keys, runs=runs) if keys
             else pd.DataFrame())
     t["switching"] = switching_dynamics(hist, runs)
-    selective = list(selection_long(runs)["run_id"].unique())
-    if weights and selective:
-        t["weights"], note = weight_groups(client, selective)
-        if note:
-            rep.notes.append("weights: " + note)
-    else:
-        t["weights"] = weight_groups(client, [])[0]
+    selective = list(selection_long(runs)["run_id"].unique()) if weights else []
+    t["weights"], note = weight_groups(client, selective)
+    if note:
+        rep.notes.append("weights: " + note)
     t["importances"] = param_importances(configs, runs)
     t["parameters"] = param_table(configs, runs)
     t["runs"] = readable_times(runs)
     rep.summary = summary(t)
-    dist = rank_distribution(rankings)
     rep.figures = {
         "mrr": plots.plot_mrr(t["mrr"]), "rank_distribution": plots.plot_rank_distribution(dist),
         "accuracy": plots.plot_accuracy(rankings),
@@ -342,18 +339,14 @@ def write_report(rep: Report, out: str | Path) -> list[Path]:
     """Write ``out/index.html``, ``out/<table>.csv`` and ``out/<figure>.png``; returns paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
     for stem, df in rep.tables.items():
-        path = out / f"{stem}.csv"
-        df.to_csv(path, index=False)
-        written.append(path)
+        df.to_csv(out / f"{stem}.csv", index=False)
     pngs = {name: _png(fig) for name, fig in rep.figures.items()}
     for name, data in pngs.items():
         (out / f"{name}.png").write_bytes(data)
-        written.append(out / f"{name}.png")
     (out / "index.html").write_text(render_html(rep, pngs), encoding="utf-8")
-    written.append(out / "index.html")
-    return written
+    return [*(out / f"{stem}.csv" for stem in rep.tables),
+            *(out / f"{name}.png" for name in pngs), out / "index.html"]
 
 
 def log_report(rep: Report, out: str | Path) -> list[str]:
