@@ -120,8 +120,7 @@ def critical_difference(n_methods: int, n_blocks: int, alpha: float = 0.05) -> f
 def average_ranks(rankings: pd.DataFrame) -> pd.Series:
     """Mean rank (1 = best) of each method over the complete blocks."""
     m, _ = block_matrix(rankings)
-    ranks = m.apply(lambda r: pd.Series(stats.rankdata(-r.to_numpy()), index=r.index), axis=1)
-    return ranks.mean().sort_values()
+    return m.rank(axis=1, ascending=False).mean().sort_values()
 
 
 def _wilcoxon(d: np.ndarray) -> tuple[float, float, str]:
