@@ -91,12 +91,9 @@ def selection_summary(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     keys = [*KEYS, "layer", "activation"]
     ci = mean_ci_groups(long, keys, "fraction").rename(columns={"n": "n_seeds"})
+    # groups in first-appearance order (groupby(sort=False)), then sorted stably
     first = long.groupby(keys, sort=False)["relative_depth"].first()
-    out = ci.join(first).reset_index()
-    # first-appearance order of the groups (as the former groupby(sort=False)), then stable
-    order = long[keys].drop_duplicates().reset_index(drop=True).reset_index()
-    out = out.merge(order, on=keys).sort_values("index").drop(columns="index")
-    out = out[cols]
+    out = first.to_frame().join(ci).reset_index()[cols]
     return out.sort_values(["config_id", "layer"], kind="stable").reset_index(drop=True)
 
 
