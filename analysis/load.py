@@ -231,13 +231,6 @@ def config_columns(runs: pd.DataFrame) -> list[str]:
     return [c for c in CONFIG_PARAMS if c in runs.columns]
 
 
-def varying_columns(runs: pd.DataFrame) -> list[str]:
-    """Config columns that take more than one value (architecture and method always kept)."""
-    cols = config_columns(runs)
-    return [c for c in cols
-            if c in ("architecture", "method") or runs[c].nunique(dropna=False) > 1]
-
-
 def hidden_widths(architecture: str) -> tuple[int, ...]:
     """``"64-32"`` -> ``(64, 32)``; empty tuple when not parseable."""
     try:
