@@ -123,8 +123,9 @@ def average_ranks(rankings: pd.DataFrame) -> pd.Series:
     return m.rank(axis=1, ascending=False).mean().sort_values()
 
 
-def _wilcoxon(d: np.ndarray) -> tuple[float, float, str]:
-    """Two-sided signed-rank test of rounded non-zero differences ``d``: (statistic, p, how).
+def _wilcoxon(d: np.ndarray) -> tuple[float, float, str, float]:
+    """Two-sided signed-rank test of rounded non-zero differences ``d``: (statistic, p, how,
+    p of the normal approximation).
 
     Ties share midranks.  Without ties the exact null distribution (n <= 50); with ties the
     exact *conditional* distribution, enumerating all 2^n sign flips of the observed midranks
@@ -140,7 +141,8 @@ def _wilcoxon(d: np.ndarray) -> tuple[float, float, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = stats.wilcoxon(d, method=method, correction=True)
-    return float(res.statistic), float(min(res.pvalue, 1.0)), how
+        p_normal = stats.wilcoxon(d, method="approx", correction=True).pvalue
+    return float(res.statistic), float(min(res.pvalue, 1.0)), how, float(min(p_normal, 1.0))
 
 
 def wilcoxon_holm(rankings: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
@@ -169,12 +171,8 @@ def wilcoxon_holm(rankings: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         if len(nonzero) == 0:
             row["note"] = "no non-zero paired differences"
         else:
-            stat, p, how = _wilcoxon(nonzero)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                p_normal = stats.wilcoxon(nonzero, method="approx", correction=True).pvalue
-            row.update(statistic=stat, p_value=p, test_method=how,
-                       p_normal=float(min(p_normal, 1.0)))
+            stat, p, how, p_normal = _wilcoxon(nonzero)
+            row.update(statistic=stat, p_value=p, test_method=how, p_normal=p_normal)
             if len(nonzero) < 6:
                 row["note"] = "n < 6: cannot reach p < 0.05"
         rows.append(row)
