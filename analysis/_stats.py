@@ -82,12 +82,10 @@ def mean_ci_groups(df, keys: list[str], value: str, confidence: float = CONFIDEN
     out["ci_method"] = np.where(n <= T_MAX_N, CI_T, CI_BOOTSTRAP)
     out["note"] = ""
     few, const = n < 2, (n >= 2) & (out["lo"] == out["hi"]).to_numpy()
-    out.loc[few, ["ci_low", "ci_high"]] = np.nan
+    out.loc[few, ["ci_low", "ci_high", "std"]] = np.nan
     out.loc[few, "ci_method"] = ""
     out.loc[few, "note"] = [f"CI needs >= 2 values (have {k})" for k in n[few]]
-    out.loc[few, "std"] = np.nan
-    out.loc[const, "ci_low"] = out.loc[const, "lo"]
-    out.loc[const, "ci_high"] = out.loc[const, "lo"]
+    out.loc[const, "ci_low"] = out.loc[const, "ci_high"] = out.loc[const, "lo"]
     out.loc[const, "note"] = "constant values: zero-width CI"
     for key in out.index[(n > T_MAX_N) & ~const]:  # rare: more than 10 seeds
         sel = finite.set_index(keys).loc[[key], value] if len(keys) > 1 else \
