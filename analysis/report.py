@@ -129,14 +129,19 @@ ONE_METHOD_TABLES = {"selection", "selection_consistency", "depth_trend", "switc
                      "transition", "perlayer", "shapes", "weights"}
 """Sections about the runs of particular methods: left out of the page when the analysed runs
 have none (their CSV is still written)."""
+# figure stem -> (alt text, the table section it is shown in)
 FIGURES = {
-    "mrr": "Mean reciprocal rank", "rank_distribution": "Rank distribution",
-    "accuracy": "Accuracy per architecture", "cd_diagram": "Critical difference diagram",
-    "performance_profile": "Performance profiles",
-    "selection": "Selection per layer", "depth_trend": "Depth trend",
-    "switching": "Selection dynamics", "weight_heatmap": "Weights by activation",
-    "importances": "Parameter importances per method",
-    "parallel_coordinates": "Parallel coordinates per method",
+    "mrr": ("Mean reciprocal rank", "headline"),
+    "rank_distribution": ("Rank distribution", "headline"),
+    "accuracy": ("Accuracy per architecture", "rankings"),
+    "cd_diagram": ("Critical difference diagram", "nemenyi"),
+    "performance_profile": ("Performance profiles", "improvement"),
+    "selection": ("Selection per layer", "selection"),
+    "depth_trend": ("Depth trend", "depth_trend"),
+    "switching": ("Selection dynamics", "switching"),
+    "weight_heatmap": ("Weights by activation", "weights"),
+    "importances": ("Parameter importances per method", "importances"),
+    "parallel_coordinates": ("Parallel coordinates per method", "parameters"),
 }
 MAX_HTML_ROWS = 50
 """index.html shows at most this many rows of a table (the chosen configurations always in
@@ -307,12 +312,6 @@ def render_html(rep: Report, pngs: dict[str, bytes]) -> str:
         f"<p>Tracking URI: <code>{html.escape(rep.tracking_uri)}</code></p>",
         "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in rep.notes) + "</ul>",
     ]
-    figs_after = {"headline": ["mrr", "rank_distribution"], "rankings": ["accuracy"],
-                  "importances": ["importances"], "parameters": ["parallel_coordinates"],
-                  "nemenyi": ["cd_diagram"], "improvement": ["performance_profile"],
-                  "selection": ["selection"],
-                  "depth_trend": ["depth_trend"], "switching": ["switching"],
-                  "weights": ["weight_heatmap"]}
     for stem, (heading, desc) in TABLES.items():
         df = rep.tables.get(stem)
         if df is None or (df.empty and stem in ONE_METHOD_TABLES):
@@ -320,10 +319,10 @@ def render_html(rep: Report, pngs: dict[str, bytes]) -> str:
         parts.append(f"<h2 id='{stem}'>{html.escape(heading)}</h2>")
         if desc:
             parts.append(f"<p>{html.escape(desc)} (<code>{stem}.csv</code>)</p>")
-        for name in figs_after.get(stem, []):
-            if name in pngs:
+        for name, (alt, section) in FIGURES.items():
+            if section == stem and name in pngs:
                 data = base64.b64encode(pngs[name]).decode()
-                parts.append(f"<img alt='{FIGURES[name]}' src='data:image/png;base64,{data}'>")
+                parts.append(f"<img alt='{alt}' src='data:image/png;base64,{data}'>")
         shown = df if stem in FULL_TABLES else df.head(MAX_HTML_ROWS)
         body = (shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="NaN")
                 if not df.empty else "<p><em>empty</em></p>")
