@@ -26,6 +26,8 @@ _SELECTION = re.compile(re.escape(schema.SELECTION_PREFIX) + r"layer_(\d+)/(.+)$
 _SWITCH = re.compile("^" + re.escape(schema.SWITCH_METRIC).replace(r"\{layer\}", r"(\d+)")
                      + "$")
 KEYS = ["config_id", "architecture", "method"]
+CONSISTENCY_COLUMNS = [*KEYS, "layer", "n_seeds", "jsd_mean", "jsd_max", "chi2", "dof",
+                       "p_value", "p_holm", "reject", "min_expected", "note"]
 
 
 def activation_order(names) -> list[str]:
@@ -117,9 +119,8 @@ def selection_consistency(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFra
         fractions = long["fraction"].to_numpy(dtype=float)[idx].reshape(-1, n_acts)
         counts = long["count"].to_numpy(dtype=float)[idx].reshape(-1, n_acts)
         n = len(fractions)
-        row = {**dict(zip([*KEYS, "layer"], key, strict=True)), "n_seeds": n, "jsd_mean": np.nan,
-               "jsd_max": np.nan, "chi2": np.nan, "dof": np.nan, "p_value": np.nan,
-               "p_holm": np.nan, "min_expected": np.nan, "note": ""}
+        row = dict.fromkeys(CONSISTENCY_COLUMNS, np.nan)
+        row.update(zip([*KEYS, "layer"], key, strict=True), n_seeds=n, note="")
         if n < 2:
             row["note"] = "one seed: nothing to compare"
             rows.append(row)
@@ -138,9 +139,7 @@ def selection_consistency(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFra
             if row["min_expected"] < 5:
                 row["note"] = "some expected counts < 5: chi-square approximate"
         rows.append(row)
-    out = pd.DataFrame(rows, columns=[*KEYS, "layer", "n_seeds", "jsd_mean", "jsd_max",
-                                      "chi2", "dof", "p_value", "p_holm", "reject",
-                                      "min_expected", "note"])
+    out = pd.DataFrame(rows, columns=CONSISTENCY_COLUMNS)
     out["reject"] = False
     holm(out, alpha)
     return out
