@@ -282,9 +282,8 @@ def readable_times(runs: pd.DataFrame) -> pd.DataFrame:
     out = runs.copy()
     for c in ("start_time", "end_time"):
         if c in out.columns:
-            col = out[c]
-            numeric = pd.api.types.is_numeric_dtype(col)
-            t = pd.to_datetime(col, unit="ms" if numeric else None, utc=True)
+            unit = "ms" if pd.api.types.is_numeric_dtype(out[c]) else None
+            t = pd.to_datetime(out[c], unit=unit, utc=True)
             out[c] = t.dt.strftime("%Y-%m-%d %H:%M:%S UTC").fillna("")
     return out
 
