@@ -138,8 +138,7 @@ def rank_methods(configs: pd.DataFrame, metric: str = "test_accuracy",
 
 
 def _tie_sizes(ranks: pd.Series) -> list[int]:
-    counts = ranks.value_counts()
-    return [int(counts[r]) for r in ranks]
+    return ranks.map(ranks.value_counts()).astype(int).tolist()
 
 
 def _positions(rank: float, ties: int) -> range:

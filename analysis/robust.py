@@ -112,10 +112,10 @@ def probability_of_improvement(scores: pd.DataFrame, n_resamples: int = N_BOOT,
     for a, b in itertools.combinations(sorted(scores["method"].unique()), 2):
         blocks = sorted(set(scores.loc[scores["method"] == a, BLOCK])
                         & set(scores.loc[scores["method"] == b, BLOCK]))
-        sub = scores[scores[BLOCK].isin(blocks)]
-        ca, cb = _cells(sub, a), _cells(sub, b)
         if not blocks:
             continue
+        sub = scores[scores[BLOCK].isin(blocks)]
+        ca, cb = _cells(sub, a), _cells(sub, b)
         point = np.mean([_p_greater(x, y) for x, y in zip(ca, cb, strict=True)])
         ra, rb = _resample(ca, n_resamples, rng), _resample(cb, n_resamples, rng)
         boot = np.mean([_p_greater(x, y) for x, y in zip(ra, rb, strict=True)], axis=0)
