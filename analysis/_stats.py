@@ -44,11 +44,16 @@ def mean_ci(values, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPL
     return float(res.confidence_interval.low), float(res.confidence_interval.high), "", method
 
 
-def std(values) -> float:
-    """Sample standard deviation (ddof=1); NaN for fewer than two values."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    return float(np.std(x, ddof=1)) if len(x) >= 2 else float("nan")
+def holm(out, alpha: float) -> None:
+    """Holm-correct the ``p_value`` column of the DataFrame ``out`` in place: ``p_holm`` and
+    ``reject`` (at ``alpha``) on the rows that have a p-value."""
+    from statsmodels.stats.multitest import multipletests
+
+    ok = out["p_value"].notna()
+    if ok.any():
+        reject, p_holm, _, _ = multipletests(out.loc[ok, "p_value"], alpha=alpha,
+                                             method="holm")
+        out.loc[ok, "p_holm"], out.loc[ok, "reject"] = p_holm, reject
 
 
 def join_notes(*notes: str) -> str:
@@ -56,10 +61,11 @@ def join_notes(*notes: str) -> str:
 
 
 def mean_ci_groups(df, keys: list[str], value: str, confidence: float = CONFIDENCE):
-    """:func:`mean_ci`, ``n``, mean and :func:`std` of ``value`` for every group of ``keys``
-    at once (the same numbers as calling them per group, vectorised for the Student-t
-    groups; a group above :data:`T_MAX_N` values takes the bootstrap one by one).  Returns a
-    DataFrame indexed by ``keys``: n, mean, std, ci_low, ci_high, note, ci_method."""
+    """:func:`mean_ci`, ``n``, mean and sample std (ddof=1) of ``value`` for every group of
+    ``keys`` at once (the same numbers as calling :func:`mean_ci` per group, vectorised for
+    the Student-t groups; a group above :data:`T_MAX_N` values takes the bootstrap one by
+    one).  Returns a DataFrame indexed by ``keys``: n, mean, std, ci_low, ci_high, note,
+    ci_method."""
     import pandas as pd
 
     finite = df[np.isfinite(df[value].to_numpy(dtype=float))]
@@ -76,12 +82,10 @@ def mean_ci_groups(df, keys: list[str], value: str, confidence: float = CONFIDEN
     out["ci_method"] = np.where(n <= T_MAX_N, CI_T, CI_BOOTSTRAP)
     out["note"] = ""
     few, const = n < 2, (n >= 2) & (out["lo"] == out["hi"]).to_numpy()
-    out.loc[few, ["ci_low", "ci_high"]] = np.nan
+    out.loc[few, ["ci_low", "ci_high", "std"]] = np.nan
     out.loc[few, "ci_method"] = ""
     out.loc[few, "note"] = [f"CI needs >= 2 values (have {k})" for k in n[few]]
-    out.loc[few, "std"] = np.nan
-    out.loc[const, "ci_low"] = out.loc[const, "lo"]
-    out.loc[const, "ci_high"] = out.loc[const, "lo"]
+    out.loc[const, "ci_low"] = out.loc[const, "ci_high"] = out.loc[const, "lo"]
     out.loc[const, "note"] = "constant values: zero-width CI"
     for key in out.index[(n > T_MAX_N) & ~const]:  # rare: more than 10 seeds
         sel = finite.set_index(keys).loc[[key], value] if len(keys) > 1 else \

@@ -39,9 +39,8 @@ def aggregate_seeds(runs: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS,
     notes = pd.DataFrame(index=out.index)
     for m in present:
         ci = mean_ci_groups(runs, ["config_id"], m, confidence)
-        out[f"{m}_mean"], out[f"{m}_std"] = ci["mean"], ci["std"]
-        out[f"{m}_ci_low"], out[f"{m}_ci_high"] = ci["ci_low"], ci["ci_high"]
-        out[f"{m}_ci_method"] = ci["ci_method"]
+        for stat in ("mean", "std", "ci_low", "ci_high", "ci_method"):
+            out[f"{m}_{stat}"] = ci[stat]
         missing = out["n_seeds"] - ci["n"]
         notes[f"{m}:missing"] = [f"{m}: {k} seed(s) without a value" if k else ""
                                  for k in missing]

@@ -56,11 +56,11 @@ def analyze(
 def _cell(column: str, value) -> str:
     """Counts as integers (``2``, not ``2.0000``; a tie-split count keeps its fraction),
     scores with 4 decimals."""
-    if isinstance(value, float) and value != value:
+    if not isinstance(value, float):
+        return str(value)
+    if value != value:
         return "-"
-    if column.startswith("n_") or column == "first":
-        return f"{value:g}" if isinstance(value, float) else str(value)
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f"{value:g}" if column.startswith("n_") or column == "first" else f"{value:.4f}"
 
 
 def _print_headline(table, notes: list[str]) -> None:

@@ -10,10 +10,8 @@ several FINISHED copies of the same computation; the newest is the most complete
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-from collections.abc import Iterator
 
 import pandas as pd
 
@@ -62,29 +60,21 @@ SEARCH_LIMIT = 10_000_000
 """Runs one search may return (``mlflow.search_runs`` pages through them)."""
 
 
-@contextlib.contextmanager
-def _tracking_uri(uri: str) -> Iterator[None]:
-    """``mlflow.search_runs`` reads the process-wide tracking URI: set it to ``uri`` for the
-    call and put back what was there (nothing, if nothing was set)."""
-    import mlflow
-
-    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-
-
 def _search(client, experiment_id: str, filter_string: str) -> pd.DataFrame:
     """All runs matching ``filter_string``: ``mlflow.search_runs``'s DataFrame (columns
     ``run_id``, ``status``, ``start_time``/``end_time`` as UTC datetimes, ``params.*``,
-    ``metrics.*``, ``tags.*``), on ``client``'s store."""
+    ``metrics.*``, ``tags.*``), on ``client``'s store.  ``mlflow.search_runs`` reads the
+    process-wide tracking URI: it is set to the client's for the call, then what was there
+    is put back (nothing, if nothing was set)."""
     import mlflow
 
-    with _tracking_uri(client.tracking_uri):
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
         return mlflow.search_runs([experiment_id], filter_string=filter_string,
                                   max_results=SEARCH_LIMIT)
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def _tag_filter(kind: str, sweep: str | None) -> str:
@@ -229,13 +219,6 @@ def _natural(name: str) -> list:
 def config_columns(runs: pd.DataFrame) -> list[str]:
     """The config param columns present in ``runs`` (in :data:`CONFIG_PARAMS` order)."""
     return [c for c in CONFIG_PARAMS if c in runs.columns]
-
-
-def varying_columns(runs: pd.DataFrame) -> list[str]:
-    """Config columns that take more than one value (architecture and method always kept)."""
-    cols = config_columns(runs)
-    return [c for c in cols
-            if c in ("architecture", "method") or runs[c].nunique(dropna=False) > 1]
 
 
 def hidden_widths(architecture: str) -> tuple[int, ...]:

@@ -17,7 +17,7 @@ import math
 
 import pandas as pd
 
-from analysis.load import varying_columns
+from analysis.load import config_columns
 
 OBJECTIVE = "val_accuracy_mean"
 """What a configuration scored: the seed-mean validation accuracy (the selection metric)."""
@@ -30,8 +30,9 @@ this one well under a second, and both rank a param that decides the score first
 
 def searched_params(runs: pd.DataFrame) -> list[str]:
     """Config columns that vary within at least one method (``method`` itself excluded)."""
-    cols = [c for c in varying_columns(runs) if c != "method"]
-    return [c for c in cols if (runs.groupby("method")[c].nunique() > 1).any()]
+    by_method = runs.groupby("method")
+    return [c for c in config_columns(runs)
+            if c != "method" and (by_method[c].nunique() > 1).any()]
 
 
 def short_value(value: object) -> str:

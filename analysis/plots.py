@@ -60,7 +60,7 @@ def _grid(fig: Figure, n: int, ncols: int = MAX_PANEL_COLUMNS, **kw) -> list:
     """``n`` axes in a grid of at most ``ncols`` columns (unused cells hidden)."""
     ncols = max(1, min(n, ncols))
     nrows = -(-n // ncols)
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, **kw)).ravel()
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
     return list(axes[:n])

@@ -46,14 +46,12 @@ def attach_val_loss(configs: pd.DataFrame, runs: pd.DataFrame,
     """``configs`` with ``val_loss_mean``: the seed-mean validation loss of the restored
     weights logged on the trial run(s) its seed runs belong to (the seed runs' own
     ``val_loss`` is the last epoch's, not the restored weights').  NaN when not logged."""
-    out = configs.copy()
     loss = trials.set_index("trial")["val_loss_mean"] if len(trials) else pd.Series(
         dtype=float)
     loss = loss[~loss.index.duplicated(keep="last")]
     per_config = runs.groupby("config_id")["trial"].agg(lambda t: loss.reindex(
         t.unique()).mean())
-    out["val_loss_mean"] = out["config_id"].map(per_config).astype(float)
-    return out
+    return configs.assign(val_loss_mean=configs["config_id"].map(per_config).astype(float))
 
 
 def _smallest_denominator(values: np.ndarray) -> int | None:
@@ -153,7 +151,7 @@ def summary(tables: dict[str, pd.DataFrame], alpha: float = ALPHA) -> list[str]:
             out.append(f"Budgets: equal, {_n(int(budgets['n_trials'].iloc[0]), 'trial')} per "
                        "method.")
         cells = budgets[["min_per_block", "max_per_block"]].to_numpy()
-        if "min_per_block" in budgets and np.nanmin(cells) != np.nanmax(cells):
+        if np.nanmin(cells) != np.nanmax(cells):
             out.append(f"Per block the trials range from {int(np.nanmin(cells))} to "
                        f"{int(np.nanmax(cells))}: within a block the methods' budgets differ.")
     if np.isfinite(idav["p_value"]):
@@ -189,7 +187,7 @@ def summary(tables: dict[str, pd.DataFrame], alpha: float = ALPHA) -> list[str]:
     if k >= 3 and n >= 2 and _friedman_floor(n, k) >= alpha:
         caveats.append(f"with {n} blocks Friedman's chi-square cannot go below p = "
                        f"{_friedman_floor(n, k):.2g}")
-    if w is not None and len(w) and (w["n_nonzero"].max() if len(w) else 0) < 6:
+    if w is not None and len(w) and w["n_nonzero"].max() < 6:
         caveats.append("fewer than 6 paired differences: no Wilcoxon test can reach p < 0.05")
     if n <= 10:
         caveats.append(f"{_n(n, 'block')} {'is' if n == 1 else 'are'} few: p-values are "

@@ -128,7 +128,7 @@ def rank_methods(configs: pd.DataFrame, metric: str = "test_accuracy",
             continue
         g["rank"] = stats.rankdata(-g["mean"].round(ROUND).to_numpy(), method="average")
         g["n_methods"] = len(g)
-        g["reciprocal_rank"] = [_expected(r, t, lambda k: 1.0 / k)
+        g["reciprocal_rank"] = [float(np.mean([1.0 / k for k in _positions(r, t)]))
                                 for r, t in zip(g["rank"], _tie_sizes(g["rank"]), strict=True)]
         parts.append(g.sort_values(["rank", "method"]))
     cols = ["architecture", "method", "mean", "std", "n_seeds", "rank", "ci_low", "ci_high",
@@ -138,17 +138,12 @@ def rank_methods(configs: pd.DataFrame, metric: str = "test_accuracy",
 
 
 def _tie_sizes(ranks: pd.Series) -> list[int]:
-    counts = ranks.value_counts()
-    return [int(counts[r]) for r in ranks]
+    return ranks.map(ranks.value_counts()).astype(int).tolist()
 
 
 def _positions(rank: float, ties: int) -> range:
     first = round(rank - (ties - 1) / 2)
     return range(first, first + ties)
-
-
-def _expected(rank: float, ties: int, f) -> float:
-    return float(np.mean([f(k) for k in _positions(rank, ties)]))
 
 
 def mean_reciprocal_rank(rankings: pd.DataFrame) -> pd.DataFrame:

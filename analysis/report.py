@@ -129,14 +129,19 @@ ONE_METHOD_TABLES = {"selection", "selection_consistency", "depth_trend", "switc
                      "transition", "perlayer", "shapes", "weights"}
 """Sections about the runs of particular methods: left out of the page when the analysed runs
 have none (their CSV is still written)."""
+# figure stem -> (alt text, the table section it is shown in)
 FIGURES = {
-    "mrr": "Mean reciprocal rank", "rank_distribution": "Rank distribution",
-    "accuracy": "Accuracy per architecture", "cd_diagram": "Critical difference diagram",
-    "performance_profile": "Performance profiles",
-    "selection": "Selection per layer", "depth_trend": "Depth trend",
-    "switching": "Selection dynamics", "weight_heatmap": "Weights by activation",
-    "importances": "Parameter importances per method",
-    "parallel_coordinates": "Parallel coordinates per method",
+    "mrr": ("Mean reciprocal rank", "headline"),
+    "rank_distribution": ("Rank distribution", "headline"),
+    "accuracy": ("Accuracy per architecture", "rankings"),
+    "cd_diagram": ("Critical difference diagram", "nemenyi"),
+    "performance_profile": ("Performance profiles", "improvement"),
+    "selection": ("Selection per layer", "selection"),
+    "depth_trend": ("Depth trend", "depth_trend"),
+    "switching": ("Selection dynamics", "switching"),
+    "weight_heatmap": ("Weights by activation", "weights"),
+    "importances": ("Parameter importances per method", "importances"),
+    "parallel_coordinates": ("Parallel coordinates per method", "parameters"),
 }
 MAX_HTML_ROWS = 50
 """index.html shows at most this many rows of a table (the chosen configurations always in
@@ -210,7 +215,8 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     configs.insert(1, "configuration", configs["config_id"].map(labels))
     t["best_configs"] = best_configs(rankings, runs, labels)
     t["rankings"], t["mrr"] = rankings, mean_reciprocal_rank(rankings)
-    t["rank_distribution"] = rank_distribution(rankings).reset_index()
+    dist = rank_distribution(rankings)
+    t["rank_distribution"] = dist.reset_index()
     t["first_ranks"], t["top3"] = first_rank_counts(rankings), top_k_table(rankings)
     t["friedman"], t["wilcoxon"] = friedman_test(rankings), wilcoxon_holm(rankings)
     methods = sorted(rankings["method"].unique())
@@ -233,18 +239,14 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     hist = (metric_histories(client, list(runs["run_id"]), keys, runs=runs) if keys
             else pd.DataFrame())
     t["switching"] = switching_dynamics(hist, runs)
-    selective = list(selection_long(runs)["run_id"].unique())
-    if weights and selective:
-        t["weights"], note = weight_groups(client, selective)
-        if note:
-            rep.notes.append("weights: " + note)
-    else:
-        t["weights"] = weight_groups(client, [])[0]
+    selective = list(selection_long(runs)["run_id"].unique()) if weights else []
+    t["weights"], note = weight_groups(client, selective)
+    if note:
+        rep.notes.append("weights: " + note)
     t["importances"] = param_importances(configs, runs)
     t["parameters"] = param_table(configs, runs)
     t["runs"] = readable_times(runs)
     rep.summary = summary(t)
-    dist = rank_distribution(rankings)
     rep.figures = {
         "mrr": plots.plot_mrr(t["mrr"]), "rank_distribution": plots.plot_rank_distribution(dist),
         "accuracy": plots.plot_accuracy(rankings),
@@ -280,9 +282,8 @@ def readable_times(runs: pd.DataFrame) -> pd.DataFrame:
     out = runs.copy()
     for c in ("start_time", "end_time"):
         if c in out.columns:
-            col = out[c]
-            numeric = pd.api.types.is_numeric_dtype(col)
-            t = pd.to_datetime(col, unit="ms" if numeric else None, utc=True)
+            unit = "ms" if pd.api.types.is_numeric_dtype(out[c]) else None
+            t = pd.to_datetime(out[c], unit=unit, utc=True)
             out[c] = t.dt.strftime("%Y-%m-%d %H:%M:%S UTC").fillna("")
     return out
 
@@ -310,12 +311,6 @@ def render_html(rep: Report, pngs: dict[str, bytes]) -> str:
         f"<p>Tracking URI: <code>{html.escape(rep.tracking_uri)}</code></p>",
         "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in rep.notes) + "</ul>",
     ]
-    figs_after = {"headline": ["mrr", "rank_distribution"], "rankings": ["accuracy"],
-                  "importances": ["importances"], "parameters": ["parallel_coordinates"],
-                  "nemenyi": ["cd_diagram"], "improvement": ["performance_profile"],
-                  "selection": ["selection"],
-                  "depth_trend": ["depth_trend"], "switching": ["switching"],
-                  "weights": ["weight_heatmap"]}
     for stem, (heading, desc) in TABLES.items():
         df = rep.tables.get(stem)
         if df is None or (df.empty and stem in ONE_METHOD_TABLES):
@@ -323,10 +318,10 @@ def render_html(rep: Report, pngs: dict[str, bytes]) -> str:
         parts.append(f"<h2 id='{stem}'>{html.escape(heading)}</h2>")
         if desc:
             parts.append(f"<p>{html.escape(desc)} (<code>{stem}.csv</code>)</p>")
-        for name in figs_after.get(stem, []):
-            if name in pngs:
+        for name, (alt, section) in FIGURES.items():
+            if section == stem and name in pngs:
                 data = base64.b64encode(pngs[name]).decode()
-                parts.append(f"<img alt='{FIGURES[name]}' src='data:image/png;base64,{data}'>")
+                parts.append(f"<img alt='{alt}' src='data:image/png;base64,{data}'>")
         shown = df if stem in FULL_TABLES else df.head(MAX_HTML_ROWS)
         body = (shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="NaN")
                 if not df.empty else "<p><em>empty</em></p>")
@@ -342,18 +337,14 @@ def write_report(rep: Report, out: str | Path) -> list[Path]:
     """Write ``out/index.html``, ``out/<table>.csv`` and ``out/<figure>.png``; returns paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
     for stem, df in rep.tables.items():
-        path = out / f"{stem}.csv"
-        df.to_csv(path, index=False)
-        written.append(path)
+        df.to_csv(out / f"{stem}.csv", index=False)
     pngs = {name: _png(fig) for name, fig in rep.figures.items()}
     for name, data in pngs.items():
         (out / f"{name}.png").write_bytes(data)
-        written.append(out / f"{name}.png")
     (out / "index.html").write_text(render_html(rep, pngs), encoding="utf-8")
-    written.append(out / "index.html")
-    return written
+    return [*(out / f"{stem}.csv" for stem in rep.tables),
+            *(out / f"{name}.png" for name in pngs), out / "index.html"]
 
 
 def log_report(rep: Report, out: str | Path) -> list[str]:

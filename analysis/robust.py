@@ -55,10 +55,10 @@ def _resample(cells: list[np.ndarray], n: int, rng) -> list[np.ndarray]:
     return [c[rng.integers(len(c), size=(n, len(c)))] for c in cells]
 
 
-def _interval(boot: np.ndarray, confidence: float) -> tuple[float, float]:
+def _interval(boot: np.ndarray, confidence: float) -> np.ndarray:
+    """Percentile interval over the resamples (the first axis of ``boot``): [low, high]."""
     tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(boot, [tail, 100 - tail])
-    return float(low), float(high)
+    return np.percentile(boot, [tail, 100 - tail], axis=0)
 
 
 def iqm(values) -> float:
@@ -82,13 +82,12 @@ def interval_estimates(scores: pd.DataFrame, n_resamples: int = N_BOOT,
         cells = _cells(data, method)
         runs = np.concatenate(cells)
         boot = np.concatenate(_resample(cells, n_resamples, rng), axis=1)
+        iqm_low, iqm_high = _interval(stats.trim_mean(boot, 0.25, axis=1), confidence)
+        mean_low, mean_high = _interval(boot.mean(axis=1), confidence)
         rows.append({"method": method, "n_blocks": len(cells), "n_runs": len(runs),
-                     "iqm": iqm(runs), "mean": float(runs.mean()),
-                     **dict(zip(("iqm_ci_low", "iqm_ci_high"), _interval(
-                         stats.trim_mean(boot, 0.25, axis=1), confidence), strict=True)),
-                     **dict(zip(("mean_ci_low", "mean_ci_high"),
-                                _interval(boot.mean(axis=1), confidence), strict=True)),
-                     "dropped_blocks": " ".join(dropped)})
+                     "iqm": iqm(runs), "iqm_ci_low": iqm_low, "iqm_ci_high": iqm_high,
+                     "mean": float(runs.mean()), "mean_ci_low": mean_low,
+                     "mean_ci_high": mean_high, "dropped_blocks": " ".join(dropped)})
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(["iqm", "method"], ascending=[False, True]).reset_index(drop=True)
 
@@ -113,16 +112,16 @@ def probability_of_improvement(scores: pd.DataFrame, n_resamples: int = N_BOOT,
     for a, b in itertools.combinations(sorted(scores["method"].unique()), 2):
         blocks = sorted(set(scores.loc[scores["method"] == a, BLOCK])
                         & set(scores.loc[scores["method"] == b, BLOCK]))
-        sub = scores[scores[BLOCK].isin(blocks)]
-        ca, cb = _cells(sub, a), _cells(sub, b)
         if not blocks:
             continue
+        sub = scores[scores[BLOCK].isin(blocks)]
+        ca, cb = _cells(sub, a), _cells(sub, b)
         point = np.mean([_p_greater(x, y) for x, y in zip(ca, cb, strict=True)])
         ra, rb = _resample(ca, n_resamples, rng), _resample(cb, n_resamples, rng)
         boot = np.mean([_p_greater(x, y) for x, y in zip(ra, rb, strict=True)], axis=0)
         low, high = _interval(boot, confidence)
         rows.append({"method_a": a, "method_b": b, "n_blocks": len(blocks),
-                     "p_a_better": float(point), "ci_low": low, "ci_high": high})
+                     "p_a_better": float(point), "ci_low": float(low), "ci_high": float(high)})
     return pd.DataFrame(rows, columns=["method_a", "method_b", "n_blocks", "p_a_better",
                                        "ci_low", "ci_high"])
 
@@ -142,14 +141,13 @@ def performance_profile(scores: pd.DataFrame, taus=None, n_resamples: int = N_BO
         taus = np.linspace(data["score"].min(), data["score"].max(), 101)
     taus = np.asarray(taus, float)
     rng = np.random.default_rng(random_state)
-    tail = (1 - confidence) / 2 * 100
     parts = []
     for method in sorted(data["method"].unique()):
         cells = _cells(data, method)
         point = np.mean([(c[:, None] > taus).mean(axis=0) for c in cells], axis=0)
         boot = np.mean([(r[:, :, None] > taus).mean(axis=1)
                         for r in _resample(cells, n_resamples, rng)], axis=0)
-        low, high = np.percentile(boot, [tail, 100 - tail], axis=0)
+        low, high = _interval(boot, confidence)
         parts.append(pd.DataFrame({"tau": taus, "method": method, "fraction": point,
                                    "ci_low": low, "ci_high": high}))
     return pd.concat(parts, ignore_index=True)[cols]

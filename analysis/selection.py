@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from analysis._stats import mean_ci_groups
+from analysis._stats import holm, mean_ci_groups
 from analysis.load import hidden_widths
 from smartmixed_core.names import ACTIVATION_NAMES
 from sweeps import schema
@@ -26,6 +26,8 @@ _SELECTION = re.compile(re.escape(schema.SELECTION_PREFIX) + r"layer_(\d+)/(.+)$
 _SWITCH = re.compile("^" + re.escape(schema.SWITCH_METRIC).replace(r"\{layer\}", r"(\d+)")
                      + "$")
 KEYS = ["config_id", "architecture", "method"]
+CONSISTENCY_COLUMNS = [*KEYS, "layer", "n_seeds", "jsd_mean", "jsd_max", "chi2", "dof",
+                       "p_value", "p_holm", "reject", "min_expected", "note"]
 
 
 def activation_order(names) -> list[str]:
@@ -91,12 +93,9 @@ def selection_summary(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     keys = [*KEYS, "layer", "activation"]
     ci = mean_ci_groups(long, keys, "fraction").rename(columns={"n": "n_seeds"})
+    # groups in first-appearance order (groupby(sort=False)), then sorted stably
     first = long.groupby(keys, sort=False)["relative_depth"].first()
-    out = ci.join(first).reset_index()
-    # first-appearance order of the groups (as the former groupby(sort=False)), then stable
-    order = long[keys].drop_duplicates().reset_index(drop=True).reset_index()
-    out = out.merge(order, on=keys).sort_values("index").drop(columns="index")
-    out = out[cols]
+    out = first.to_frame().join(ci).reset_index()[cols]
     return out.sort_values(["config_id", "layer"], kind="stable").reset_index(drop=True)
 
 
@@ -110,8 +109,6 @@ def selection_consistency(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFra
     are trained jointly, so the independence the test assumes holds only approximately.
     ``p_holm``/``reject``: Holm over every (configuration, layer) test in the table.
     """
-    from statsmodels.stats.multitest import multipletests
-
     long = selection_long(runs)
     rows = []
     n_acts = long["activation"].nunique()
@@ -122,9 +119,8 @@ def selection_consistency(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFra
         fractions = long["fraction"].to_numpy(dtype=float)[idx].reshape(-1, n_acts)
         counts = long["count"].to_numpy(dtype=float)[idx].reshape(-1, n_acts)
         n = len(fractions)
-        row = {**dict(zip([*KEYS, "layer"], key, strict=True)), "n_seeds": n, "jsd_mean": np.nan,
-               "jsd_max": np.nan, "chi2": np.nan, "dof": np.nan, "p_value": np.nan,
-               "p_holm": np.nan, "min_expected": np.nan, "note": ""}
+        row = dict.fromkeys(CONSISTENCY_COLUMNS, np.nan)
+        row.update(zip([*KEYS, "layer"], key, strict=True), n_seeds=n, note="")
         if n < 2:
             row["note"] = "one seed: nothing to compare"
             rows.append(row)
@@ -143,15 +139,9 @@ def selection_consistency(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFra
             if row["min_expected"] < 5:
                 row["note"] = "some expected counts < 5: chi-square approximate"
         rows.append(row)
-    out = pd.DataFrame(rows, columns=[*KEYS, "layer", "n_seeds", "jsd_mean", "jsd_max",
-                                      "chi2", "dof", "p_value", "p_holm", "reject",
-                                      "min_expected", "note"])
-    ok = out["p_value"].notna()
+    out = pd.DataFrame(rows, columns=CONSISTENCY_COLUMNS)
     out["reject"] = False
-    if ok.any():
-        reject, p_holm, _, _ = multipletests(out.loc[ok, "p_value"], alpha=alpha,
-                                             method="holm")
-        out.loc[ok, "p_holm"], out.loc[ok, "reject"] = p_holm, reject
+    holm(out, alpha)
     return out
 
 
@@ -246,8 +236,6 @@ def depth_trend(runs: pd.DataFrame, n_resamples: int = 1999, random_state: int =
     ``mean_first_layer``/``mean_last_layer``, the mean share in the first and the last hidden
     layer.  Positive slope = deeper layers prefer the activation (the paper's ELU/SELU claim).
     """
-    from statsmodels.stats.multitest import multipletests
-
     long = selection_long(runs)
     layers = long.groupby("run_id")["layer"].nunique()
     multi = long[long["run_id"].isin(layers[layers >= 2].index)]
@@ -282,11 +270,7 @@ def depth_trend(runs: pd.DataFrame, n_resamples: int = 1999, random_state: int =
                 row["rho_ci_low"], row["rho_ci_high"] = _cluster_bootstrap(g, n_resamples, rng)
         rows.append(row)
     out = pd.DataFrame(rows, columns=DEPTH_COLUMNS)
-    ok = out["p_value"].notna()
-    if ok.any():
-        reject, p_holm, _, _ = multipletests(out.loc[ok, "p_value"], alpha=alpha,
-                                             method="holm")
-        out.loc[ok, "p_holm"], out.loc[ok, "reject"] = p_holm, reject
+    holm(out, alpha)
     out["reject"] = out["reject"].astype(bool)
     return out
 

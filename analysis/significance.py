@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis._stats import ROUND
+from analysis._stats import ROUND, holm
 
 ASSUMPTIONS = pd.DataFrame([
     {"test": "friedman",
@@ -120,12 +120,12 @@ def critical_difference(n_methods: int, n_blocks: int, alpha: float = 0.05) -> f
 def average_ranks(rankings: pd.DataFrame) -> pd.Series:
     """Mean rank (1 = best) of each method over the complete blocks."""
     m, _ = block_matrix(rankings)
-    ranks = m.apply(lambda r: pd.Series(stats.rankdata(-r.to_numpy()), index=r.index), axis=1)
-    return ranks.mean().sort_values()
+    return m.rank(axis=1, ascending=False).mean().sort_values()
 
 
-def _wilcoxon(d: np.ndarray) -> tuple[float, float, str]:
-    """Two-sided signed-rank test of rounded non-zero differences ``d``: (statistic, p, how).
+def _wilcoxon(d: np.ndarray) -> tuple[float, float, str, float]:
+    """Two-sided signed-rank test of rounded non-zero differences ``d``: (statistic, p, how,
+    p of the normal approximation).
 
     Ties share midranks.  Without ties the exact null distribution (n <= 50); with ties the
     exact *conditional* distribution, enumerating all 2^n sign flips of the observed midranks
@@ -141,7 +141,8 @@ def _wilcoxon(d: np.ndarray) -> tuple[float, float, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = stats.wilcoxon(d, method=method, correction=True)
-    return float(res.statistic), float(min(res.pvalue, 1.0)), how
+        p_normal = stats.wilcoxon(d, method="approx", correction=True).pvalue
+    return float(res.statistic), float(min(res.pvalue, 1.0)), how, float(min(p_normal, 1.0))
 
 
 def wilcoxon_holm(rankings: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
@@ -157,8 +158,6 @@ def wilcoxon_holm(rankings: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     corrections, R's ``wilcox.test`` with ties, for comparison), p_holm, reject (at
     ``alpha`` after Holm, on ``p_value``), note.
     """
-    from statsmodels.stats.multitest import multipletests
-
     wide = rankings.pivot(index="architecture", columns="method", values="mean").round(ROUND)
     rows = []
     for a, b in itertools.combinations(sorted(wide.columns), 2):
@@ -172,12 +171,8 @@ def wilcoxon_holm(rankings: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         if len(nonzero) == 0:
             row["note"] = "no non-zero paired differences"
         else:
-            stat, p, how = _wilcoxon(nonzero)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                p_normal = stats.wilcoxon(nonzero, method="approx", correction=True).pvalue
-            row.update(statistic=stat, p_value=p, test_method=how,
-                       p_normal=float(min(p_normal, 1.0)))
+            stat, p, how, p_normal = _wilcoxon(nonzero)
+            row.update(statistic=stat, p_value=p, test_method=how, p_normal=p_normal)
             if len(nonzero) < 6:
                 row["note"] = "n < 6: cannot reach p < 0.05"
         rows.append(row)
@@ -185,11 +180,7 @@ def wilcoxon_holm(rankings: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
             "p_value", "test_method", "p_normal", "note"]
     out = pd.DataFrame(rows, columns=cols)
     out["p_holm"], out["reject"] = np.nan, False
-    ok = out["p_value"].notna()
-    if ok.any():
-        reject, p_holm, _, _ = multipletests(out.loc[ok, "p_value"], alpha=alpha,
-                                             method="holm")
-        out.loc[ok, "p_holm"], out.loc[ok, "reject"] = p_holm, reject
+    holm(out, alpha)
     return out[[*cols[:-1], "p_holm", "reject", "note"]]
 
 
@@ -217,8 +208,6 @@ def control_holm(rankings: pd.DataFrame, control: str = DEFAULT_CONTROL,
     mean_rank, control_mean_rank, z, p_value, p_holm, reject, note.  Empty when the control
     did not run on every complete block or there are fewer than 2 methods or blocks.
     """
-    from statsmodels.stats.multitest import multipletests
-
     cols = ["method", "control", "mean_rank", "control_mean_rank", "z", "p_value", "p_holm",
             "reject", "note"]
     m, _ = block_matrix(rankings)
@@ -229,10 +218,11 @@ def control_holm(rankings: pd.DataFrame, control: str = DEFAULT_CONTROL,
     se = np.sqrt(k * (k + 1) / (6.0 * n))
     others = [c for c in ranks.index if c != control]
     z = np.array([(ranks[c] - ranks[control]) / se for c in others])
-    p = np.minimum(2 * stats.norm.sf(np.abs(z)), 1.0)
-    reject, p_holm, _, _ = multipletests(p, alpha=alpha, method="holm")
     note = "small design: normal approximation of rank differences" if n <= 10 else ""
-    return pd.DataFrame({"method": others, "control": control,
-                         "mean_rank": [ranks[c] for c in others],
-                         "control_mean_rank": ranks[control], "z": z, "p_value": p,
-                         "p_holm": p_holm, "reject": reject, "note": note})[cols]
+    out = pd.DataFrame({"method": others, "control": control,
+                        "mean_rank": [ranks[c] for c in others],
+                        "control_mean_rank": ranks[control], "z": z,
+                        "p_value": np.minimum(2 * stats.norm.sf(np.abs(z)), 1.0),
+                        "p_holm": np.nan, "reject": False, "note": note})
+    holm(out, alpha)
+    return out[cols]
