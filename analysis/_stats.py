@@ -60,12 +60,18 @@ def join_notes(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
 
 
-def mean_ci_groups(df, keys: list[str], value: str, confidence: float = CONFIDENCE):
+UNIT_INTERVAL = (0.0, 1.0)
+"""What an accuracy, F1, ROC-AUC or a fraction of units can take."""
+
+
+def mean_ci_groups(df, keys: list[str], value: str, confidence: float = CONFIDENCE,
+                   bounds: tuple[float, float] | None = None):
     """:func:`mean_ci`, ``n``, mean and sample std (ddof=1) of ``value`` for every group of
     ``keys`` at once (the same numbers as calling :func:`mean_ci` per group, vectorised for
     the Student-t groups; a group above :data:`T_MAX_N` values takes the bootstrap one by
     one).  Returns a DataFrame indexed by ``keys``: n, mean, std, ci_low, ci_high, note,
-    ci_method."""
+    ci_method.  ``bounds``: the values ``value`` can take; the CI is cut to them (near a
+    bound, a symmetric t interval of few values reaches past it)."""
     import pandas as pd
 
     finite = df[np.isfinite(df[value].to_numpy(dtype=float))]
@@ -92,4 +98,6 @@ def mean_ci_groups(df, keys: list[str], value: str, confidence: float = CONFIDEN
             finite.loc[finite[keys[0]] == key, value]
         low, high, _, _ = mean_ci(sel.to_numpy(), confidence)
         out.loc[key, ["ci_low", "ci_high"]] = low, high
+    if bounds is not None:  # NaN stays NaN
+        out[["ci_low", "ci_high"]] = out[["ci_low", "ci_high"]].clip(*bounds)
     return out.drop(columns=["lo", "hi"])

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from analysis._stats import CONFIDENCE, join_notes, mean_ci_groups
+from analysis._stats import CONFIDENCE, UNIT_INTERVAL, join_notes, mean_ci_groups
 from analysis.load import config_columns
 
 SCORE_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc", "val_accuracy")
-"""Metrics summarised with mean, std and CI (those present in the runs)."""
+"""Metrics summarised with mean, std and CI (those present in the runs; all in [0, 1], so
+their CIs are cut to it)."""
 MEAN_METRICS = ("train_seconds", "n_params", "phase1_test_accuracy",
                 "phase2_start_test_accuracy")
 """Metrics summarised with their mean only."""
@@ -28,7 +29,8 @@ def aggregate_seeds(runs: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS,
 
     ``std`` is the sample standard deviation (ddof=1); the 95% CI of the seed mean is a
     Student-t interval up to 10 seeds and a percentile bootstrap above
-    (:func:`analysis._stats.mean_ci`; ``{m}_ci_method`` names it).
+    (:func:`analysis._stats.mean_ci`; ``{m}_ci_method`` names it), cut to [0, 1] for
+    :data:`SCORE_METRICS`.
     """
     cols = config_columns(runs)
     present = [m for m in metrics if m in runs.columns and runs[m].notna().any()]
@@ -38,7 +40,8 @@ def aggregate_seeds(runs: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS,
     out["seeds"] = by["seed"].agg(lambda s: " ".join(str(x) for x in sorted(s)))
     notes = pd.DataFrame(index=out.index)
     for m in present:
-        ci = mean_ci_groups(runs, ["config_id"], m, confidence)
+        ci = mean_ci_groups(runs, ["config_id"], m, confidence,
+                            UNIT_INTERVAL if m in SCORE_METRICS else None)
         for stat in ("mean", "std", "ci_low", "ci_high", "ci_method"):
             out[f"{m}_{stat}"] = ci[stat]
         missing = out["n_seeds"] - ci["n"]

@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from analysis._stats import holm, mean_ci_groups
+from analysis._stats import UNIT_INTERVAL, holm, mean_ci_groups
 from analysis.load import hidden_widths
 from smartmixed_core.names import ACTIVATION_NAMES
 from sweeps import schema
@@ -84,15 +84,16 @@ def selection_long(runs: pd.DataFrame) -> pd.DataFrame:
 
 def selection_summary(runs: pd.DataFrame) -> pd.DataFrame:
     """Per (configuration, layer, activation): n_seeds, mean, std and 95% CI (Student-t up
-    to 10 seeds, ``ci_method`` names it) of the fraction of units choosing the activation
-    (across seeds)."""
+    to 10 seeds, ``ci_method`` names it, cut to [0, 1]) of the fraction of units choosing the
+    activation (across seeds)."""
     long = selection_long(runs)
     cols = [*KEYS, "layer", "relative_depth", "activation", "n_seeds", "mean", "std",
             "ci_low", "ci_high", "ci_method", "note"]
     if long.empty:
         return pd.DataFrame(columns=cols)
     keys = [*KEYS, "layer", "activation"]
-    ci = mean_ci_groups(long, keys, "fraction").rename(columns={"n": "n_seeds"})
+    ci = mean_ci_groups(long, keys, "fraction", bounds=UNIT_INTERVAL).rename(
+        columns={"n": "n_seeds"})
     # groups in first-appearance order (groupby(sort=False)), then sorted stably
     first = long.groupby(keys, sort=False)["relative_depth"].first()
     out = first.to_frame().join(ci).reset_index()[cols]

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis import rank_methods
-from analysis._stats import mean_ci
+from analysis import aggregate_seeds, rank_methods
+from analysis._stats import mean_ci, mean_ci_groups
 from smartmixed_core.errors import ConfigError
 
 
@@ -99,3 +99,16 @@ def test_never_selects_on_the_test_set():
         rank_methods(no_val)
     with pytest.raises(ConfigError, match="is a test metric"):
         rank_methods(configs([0.7, 0.8]), select_by="test_accuracy")
+
+
+def test_score_cis_are_cut_to_what_a_score_can_take(runs):
+    """Near 1 with three seeds the t interval reaches past 1: the seed aggregate of a score
+    cuts it at 1 (the mean and std are untouched); an unbounded value keeps it."""
+    near_one = runs.assign(test_accuracy=lambda d: np.where(d["seed"] == 0, 0.99, 1.0))
+    row = aggregate_seeds(near_one).query("n_seeds == 3").iloc[0]
+    half = 4.302652730 * np.std([0.99, 1.0, 1.0], ddof=1) / np.sqrt(3)
+    assert row["test_accuracy_mean"] == pytest.approx(0.99 + 0.02 / 3)
+    assert row["test_accuracy_ci_low"] == pytest.approx(row["test_accuracy_mean"] - half)
+    assert row["test_accuracy_ci_high"] == 1.0
+    raw = mean_ci_groups(near_one, ["config_id"], "test_accuracy")
+    assert raw["ci_high"].max() > 1  # what was cut
