@@ -29,8 +29,10 @@ def analyze(
         help="Control method of the Holm comparisons (default: smartmixed, when present).")
     ] = None,
 ) -> None:
-    """Aggregate seeds, rank methods, test significance and selection consistency; write
-    OUT/index.html and the CSV/PNG files; log them to the sweep's MLflow parent run."""
+    """Compare the methods of tracked runs; write a report to OUT.
+
+    Aggregates seeds, ranks methods, tests significance and selection consistency, writes
+    OUT/index.html and the CSV/PNG files and logs them to the sweep's MLflow parent run."""
     from analysis.report import build_report, log_report, write_report
     from smartmixed_core.errors import check_output_dir
     from sweeps.redact import redact_uri, use_credentials

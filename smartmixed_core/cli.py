@@ -76,8 +76,9 @@ def train(
     quiet: bool = False,
     **settings: Any,
 ) -> None:
-    """Train one configuration for several seeds; write OUT/result.json.  Every RunConfig
-    setting is a flag (docs/contracts.md)."""
+    """Train one configuration for several seeds; write OUT/result.json.
+
+    Every RunConfig setting is a flag (docs/contracts.md)."""
     from smartmixed_core.data import check_data
     from smartmixed_core.progress import EpochProgress
     from smartmixed_core.runner import load_data, save_checkpoint, train_seeds

@@ -221,3 +221,15 @@ def test_console_script_exits_as_the_interpreter_would_without_its_teardown(tmp_
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert trained.returncode == 0 and (tmp_path / "run" / "result.json").is_file()
     assert "nanobind" not in trained.stderr and "leaked" not in trained.stderr, trained.stderr
+
+
+def test_the_command_list_gives_each_command_one_line(capsys, monkeypatch):
+    """``smartmixed --help`` and ``smartmixed sweep --help`` at 100 columns: every command's
+    summary (its docstring's first paragraph) fits its row, with no hard line break."""
+    monkeypatch.setenv("COLUMNS", "100")
+    for argv, commands in ((["--help"], ("train", "analyze", "sweep")),
+                           (["sweep", "--help"], ("run", "resume", "status"))):
+        assert main(argv) == 0
+        panel = capsys.readouterr().out.split("Commands")[1]
+        rows = [line.strip("│ ") for line in panel.splitlines()[1:-1]]
+        assert [row.split()[0] for row in rows if row][:len(commands)] == list(commands), rows
