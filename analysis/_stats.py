@@ -15,15 +15,28 @@ T_MAX_N = 10  # up to this many values the CI is Student-t, above it a percentil
 CI_T, CI_BOOTSTRAP = "student-t", "percentile bootstrap"
 
 
+UNIT_INTERVAL = (0.0, 1.0)
+"""What an accuracy, F1, ROC-AUC or a fraction of units can take."""
+
+
+def _cut(low: float, high: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
+    """``(low, high)`` cut to ``bounds`` (None: as they are); NaN stays NaN."""
+    if bounds is None:
+        return low, high
+    return float(np.clip(low, *bounds)), float(np.clip(high, *bounds))
+
+
 def mean_ci(values, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
-            random_state: int = RANDOM_STATE) -> tuple[float, float, str, str]:
+            random_state: int = RANDOM_STATE,
+            bounds: tuple[float, float] | None = None) -> tuple[float, float, str, str]:
     """CI of the mean: ``(low, high, note, method)``.
 
     Up to :data:`T_MAX_N` values a Student-t interval (``mean ± t_{n-1} · s/√n``): the
     percentile bootstrap covers only about 87% instead of 95% with 5 values.  Above that a
     percentile bootstrap (``scipy.stats.bootstrap``), which does not assume normality.
     Fewer than two values -> NaN with a note; constant values -> the value itself
-    (zero-width interval) with a note.
+    (zero-width interval) with a note.  ``bounds``: the values the data can take; the CI is
+    cut to them (near a bound, a symmetric t interval of few values reaches past it).
     """
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
@@ -35,13 +48,13 @@ def mean_ci(values, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPL
     if method == CI_T:
         low, high = stats.t.interval(confidence, len(x) - 1, loc=np.mean(x),
                                      scale=stats.sem(x))
-        return float(low), float(high), "", method
+        return *_cut(low, high, bounds), "", method
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = stats.bootstrap((x,), np.mean, confidence_level=confidence,
                               n_resamples=n_resamples, method="percentile",
                               random_state=np.random.default_rng(random_state))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high), "", method
+    return *_cut(res.confidence_interval.low, res.confidence_interval.high, bounds), "", method
 
 
 def holm(out, alpha: float) -> None:
@@ -60,18 +73,13 @@ def join_notes(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
 
 
-UNIT_INTERVAL = (0.0, 1.0)
-"""What an accuracy, F1, ROC-AUC or a fraction of units can take."""
-
-
 def mean_ci_groups(df, keys: list[str], value: str, confidence: float = CONFIDENCE,
                    bounds: tuple[float, float] | None = None):
     """:func:`mean_ci`, ``n``, mean and sample std (ddof=1) of ``value`` for every group of
     ``keys`` at once (the same numbers as calling :func:`mean_ci` per group, vectorised for
     the Student-t groups; a group above :data:`T_MAX_N` values takes the bootstrap one by
     one).  Returns a DataFrame indexed by ``keys``: n, mean, std, ci_low, ci_high, note,
-    ci_method.  ``bounds``: the values ``value`` can take; the CI is cut to them (near a
-    bound, a symmetric t interval of few values reaches past it)."""
+    ci_method.  ``bounds``: as for :func:`mean_ci`."""
     import pandas as pd
 
     finite = df[np.isfinite(df[value].to_numpy(dtype=float))]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis._stats import mean_ci
+from analysis._stats import UNIT_INTERVAL, mean_ci
 
 STAGES = (
     ("phase 1 end, sampled network", "phase1_sampled_val_accuracy"),
@@ -48,8 +48,7 @@ def transition_table(runs: pd.DataFrame, rankings: pd.DataFrame) -> pd.DataFrame
             if metric not in blocks.columns:
                 continue
             values = blocks[metric].dropna()
-            low, high, _, _ = mean_ci(values)
-            floor = -1.0 if metric == "jump" else 0.0
-            low, high = max(low, floor), min(high, 1.0)  # NaN (too few blocks) stays NaN
+            low, high, _, _ = mean_ci(values, bounds=(-1.0, 1.0) if metric == "jump"
+                                      else UNIT_INTERVAL)
             rows.append((method, stage, float(values.mean()), low, high, len(values)))
     return pd.DataFrame(rows, columns=list(COLUMNS))

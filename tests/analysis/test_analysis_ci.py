@@ -112,3 +112,6 @@ def test_score_cis_are_cut_to_what_a_score_can_take(runs):
     assert row["test_accuracy_ci_high"] == 1.0
     raw = mean_ci_groups(near_one, ["config_id"], "test_accuracy")
     assert raw["ci_high"].max() > 1  # what was cut
+    low, high, _, _ = mean_ci([0.99, 1.0, 1.0], bounds=(0.0, 1.0))
+    assert (low, high) == (pytest.approx(row["test_accuracy_ci_low"]), 1.0)
+    assert mean_ci([0.99, 1.0, 1.0])[1] > 1
