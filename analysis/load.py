@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import json
 import re
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from smartmixed_core.config import USED_BY, uses
 from smartmixed_core.errors import ConfigError, first_line
 from sweeps import schema, store
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 DEFAULT_TRACKING_URI = schema.DEFAULT_TRACKING_URI
 
@@ -27,10 +31,13 @@ CONFIG_PARAMS: tuple[str, ...] = schema.CONFIG_PARAMS
 BASE_COLUMNS = ("run_id", "sweep", "trial", "seed", "status", "start_time", "end_time")
 
 
-def client_for(tracking_uri: str | None):
+def client_for(tracking_uri: str | MlflowClient | None) -> MlflowClient:
     """The project's MLflow client (:func:`sweeps.store.client`) for ``tracking_uri``, checked
     first (:func:`sweeps.store.check_tracking`: the store must exist, a server must answer);
-    nothing global is changed."""
+    nothing global is changed.  A client given instead of a URI is returned as it is (one
+    check serves every read of a report)."""
+    if tracking_uri is not None and not isinstance(tracking_uri, str):
+        return tracking_uri
     uri = tracking_uri or DEFAULT_TRACKING_URI
     store.check_tracking(uri, existing=True)
     try:
@@ -85,8 +92,9 @@ def _tag_filter(kind: str, sweep: str | None) -> str:
 
 
 def load_runs(experiment: str, sweep: str | None = None,
-              tracking_uri: str | None = None) -> pd.DataFrame:
-    """FINISHED seed runs of ``experiment`` (optionally one sweep), deduplicated.
+              tracking_uri: str | MlflowClient | None = None) -> pd.DataFrame:
+    """FINISHED seed runs of ``experiment`` (optionally one sweep), deduplicated, from
+    ``tracking_uri`` (or a client of :func:`client_for`).
 
     Columns: ``run_id, sweep, trial, seed, status, start_time, end_time`` (UTC datetimes, as
     ``mlflow.search_runs`` gives them), the config params
@@ -130,7 +138,7 @@ TRIAL_COLUMNS = ("trial", "run_id", "status", "sweep", "dataset", "architecture"
 
 
 def load_trials(experiment: str, sweep: str | None = None,
-                tracking_uri: str | None = None) -> pd.DataFrame:
+                tracking_uri: str | MlflowClient | None = None) -> pd.DataFrame:
     """The trial runs of ``experiment`` (optionally one sweep): one row per trial id (the
     newest run of a trial that was retried), any status: a trial stopped early still used
     budget.  Columns :data:`TRIAL_COLUMNS`; ``val_loss_mean`` is the seed-mean validation

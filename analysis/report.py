@@ -189,8 +189,8 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     default ``smartmixed`` when it ran (otherwise no control comparison).  A named control
     that is not among the methods is a :class:`ConfigError`.
     """
-    runs = load_runs(experiment, sweep, tracking_uri)
-    client = client_for(runs.attrs["tracking_uri"])
+    client = client_for(tracking_uri)  # checked once, for every read below
+    runs = load_runs(experiment, sweep, client)
     rep = Report(experiment, sweep, client.tracking_uri)
     a = runs.attrs
     restore = sorted(set(runs.get("restore", pd.Series(dtype=str))) - {""}) or ["val_loss"]
@@ -200,7 +200,7 @@ def build_report(experiment: str, sweep: str | None = None, tracking_uri: str | 
     rep.notes.append(f"{len(runs)} FINISHED seed runs analysed ({a['n_seed_runs']} seed runs "
                      f"found, {a['n_not_finished']} not FINISHED, {a['n_duplicates']} "
                      "duplicate(s) dropped: newest FINISHED run per configuration and seed)")
-    trials = load_trials(experiment, sweep, runs.attrs["tracking_uri"])
+    trials = load_trials(experiment, sweep, client)
     configs = attach_val_loss(aggregate_seeds(runs), runs, trials)
     rankings = rank_methods(configs)
     several = "dataset" in runs.columns and runs["dataset"].nunique() > 1

@@ -90,3 +90,17 @@ def test_corrupt_sqlite_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read") as err:
         load_runs(EXP, tracking_uri=f"sqlite:///{path}")
     assert err.value.field == "tracking_uri"
+
+
+def test_a_report_checks_the_store_once(store, monkeypatch):
+    """build_report reads runs, trials and histories through one checked client: the store is
+    probed once (on a server, one /health request), not once per read."""
+    from analysis import build_report
+    from sweeps import store as store_module
+
+    probes = []
+    real = store_module.check_tracking
+    monkeypatch.setattr(store_module, "check_tracking",
+                        lambda uri, **kw: probes.append(uri) or real(uri, **kw))
+    rep = build_report(EXP, "s1", store.uri, weights=False)
+    assert probes == [store.uri] and len(rep.tables["runs"]) == 23
