@@ -118,6 +118,7 @@ ACTIVATIONS: dict[str, ActivationSpec] = {
 if tuple(ACTIVATIONS) != ACTIVATION_NAMES:
     raise ImportError("smartmixed_core.names.ACTIVATION_NAMES must list the registry's names")
 
+
 def get_activation(name: str) -> nn.Module:
     """A fresh module for ``name``."""
     return ACTIVATIONS[canonical(name)].module()

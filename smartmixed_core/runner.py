@@ -37,7 +37,7 @@ from smartmixed_core.phase1 import SampledEval, SelectionTracker, temperature_at
 from smartmixed_core.phase2 import dominant_activations, freeze, selection_counts, unit_choices
 from smartmixed_core.seeded import BATCHES, INIT, NOISE, REINIT, SeedNoise, seed_generator
 from smartmixed_core.shapes import learned_shapes
-from smartmixed_core.training import FitConfig, FitState, fit, predict_split
+from smartmixed_core.training import FitConfig, FitState, fit, predict_split, seed_callbacks
 
 __all__ = [  # build_model, the data and checkpoint functions (build.py) re-exported for callers
     "RunState", "SeedOutcome", "build_model", "load_checkpoint", "load_data", "save_checkpoint",
@@ -173,7 +173,7 @@ def train_together(
     selective = kind in ("smartmixed", "selective")
     noise = SeedNoise([n for _, n in state.generators])
     model.use_noise(noise)
-    user = [list(c) for c in callbacks] + [[] for _ in range(len(seeds) - len(callbacks))]
+    user = seed_callbacks(callbacks, len(seeds))
 
     def rounds() -> None:
         state.round += 1

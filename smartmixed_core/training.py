@@ -230,6 +230,12 @@ def aux_loss(modules: Sequence[nn.Module]) -> Tensor | None:
     return torch.stack(terms).sum() if terms else None
 
 
+def seed_callbacks(callbacks: Sequence[Sequence[object]], seeds: int) -> list[list[object]]:
+    """One list of callbacks per seed: ``callbacks`` (one sequence per seed, the first ones
+    given) padded with empty lists."""
+    return [list(c) for c in callbacks] + [[] for _ in range(seeds - len(callbacks))]
+
+
 def fit(
     model: nn.Module,
     data: Splits,
@@ -259,7 +265,7 @@ def fit(
     seeds = len(generators)
     ids = list(seed_ids) if seed_ids is not None else [None] * seeds
     starts = list(start_epochs) if start_epochs is not None else [0] * seeds
-    cbs = [list(c) for c in callbacks] + [[] for _ in range(seeds - len(callbacks))]
+    cbs = seed_callbacks(callbacks, seeds)
     opt = make_optimizer(model, cfg)
     aux_modules = [m for m in model.modules() if hasattr(m, "aux_loss")]
     forward = model
