@@ -83,7 +83,7 @@ def weight_groups(client, run_ids: list[str]) -> tuple[pd.DataFrame, str]:
             try:
                 names = {Path(f.path).name for f in client.list_artifacts(run_id)}
                 if schema.ARTIFACT_CHECKPOINT not in names:
-                    skipped.append(f"{run_id[:8]}: no {schema.ARTIFACT_CHECKPOINT} artifact")
+                    skipped.append((f"no {schema.ARTIFACT_CHECKPOINT} artifact", run_id))
                     continue
                 path = client.download_artifacts(run_id, schema.ARTIFACT_CHECKPOINT, tmp)
                 import torch
@@ -92,16 +92,26 @@ def weight_groups(client, run_ids: list[str]) -> tuple[pd.DataFrame, str]:
                 choices = ckpt.get("choices") or _choices_artifact(client, run_id, tmp)
                 part = group_weight_sums(ckpt["state_dict"], choices or {})
             except Exception as exc:  # a missing/odd artifact skips the run, with a note
-                skipped.append(f"{run_id[:8]}: {str(exc).splitlines()[0][:80]}")
+                skipped.append((str(exc).splitlines()[0][:80], run_id))
                 continue
             finally:
                 Path(tmp, schema.ARTIFACT_CHECKPOINT).unlink(missing_ok=True)
             if part.empty:
-                skipped.append(f"{run_id[:8]}: fewer than two selective hidden layers")
+                skipped.append(("fewer than two selective hidden layers", run_id))
             else:
                 parts.append(part)
-    note = f"{len(skipped)} run(s) skipped: " + "; ".join(skipped[:5]) if skipped else ""
-    return _pool(parts), note
+    return _pool(parts), skip_note(skipped)
+
+
+def skip_note(skipped: list[tuple[str, str]], shown: int = 3) -> str:
+    """``N run(s) skipped: REASON (n: id, id, id, ...); ...``: every reason, a few run ids each
+    (``skipped`` holds ``(reason, run_id)`` pairs; empty: no note)."""
+    by_reason: dict[str, list[str]] = {}
+    for reason, run_id in skipped:
+        by_reason.setdefault(reason, []).append(run_id[:8])
+    parts = [f"{reason} ({len(ids)}: {', '.join(ids[:shown])}{', ...' if len(ids) > shown else ''})"
+             for reason, ids in by_reason.items()]
+    return f"{len(skipped)} run(s) skipped: " + "; ".join(parts) if skipped else ""
 
 
 @contextlib.contextmanager

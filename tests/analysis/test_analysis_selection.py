@@ -21,6 +21,7 @@ from analysis import (
     weight_groups,
 )
 from analysis.load import client_for
+from analysis.weights import skip_note
 
 
 def js_distance(p, q):
@@ -217,11 +218,20 @@ def test_group_weight_sums_by_hand(seeds_dim):
                    ("elu", "relu"): 4}
 
 
+def test_skip_note_names_every_reason_with_a_few_ids():
+    skipped = [("fewer than two selective hidden layers", f"{i:08d}abcdef") for i in range(7)]
+    skipped.append(("no checkpoint.pt artifact", "ffffffff0000"))  # after the first five
+    assert skip_note(skipped) == (
+        "8 run(s) skipped: fewer than two selective hidden layers (7: 00000000, 00000001, "
+        "00000002, ...); no checkpoint.pt artifact (1: ffffffff)")
+    assert skip_note([]) == ""
+
+
 def test_weight_groups_from_checkpoints(store, runs):
     ids = list(runs.loc[runs[[c for c in runs if c.startswith("selection/")]].notna().any(
         axis=1), "run_id"])
     table, note = weight_groups(client_for(store.uri), ids)
-    assert "2 run(s) skipped" in note and "no checkpoint.pt" in note  # seed 2, 128-64
+    assert note.startswith("2 run(s) skipped: no checkpoint.pt artifact (2: ")  # seed 2, 128-64
     t = table.set_index(["source", "target"])
     l1 = {0: dict(relu=32, elu=16, selu=16), 1: dict(relu=32, elu=32, selu=0)}
     l2 = dict(relu=8, elu=8, selu=16)
