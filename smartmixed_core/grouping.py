@@ -1,7 +1,7 @@
 """Grouped activations as plain-PyTorch autograd functions (the fused layers' machinery).
 
-Units sit along ``dim`` of ``x`` (one seed's ``[batch, units, *spatial]``: the selective and
-mixed slots call these seed by seed).
+Units sit along dimension 1 of ``x`` (one seed's ``[batch, units, *spatial]``: the selective
+and mixed slots call these seed by seed).
 """
 
 from __future__ import annotations
@@ -27,37 +27,36 @@ def inverse(perm: Tensor) -> Tensor:
     return torch.empty_like(perm).scatter_(0, perm, torch.arange(len(perm), device=perm.device))
 
 
-def apply_choices(x: Tensor, choice: Tensor, fns: Sequence, dim: int = 1) -> Tensor:
-    """Apply ``fns[choice[i]]`` to unit ``i`` of ``x`` (units in any order, along ``dim``)."""
+def apply_choices(x: Tensor, choice: Tensor, fns: Sequence) -> Tensor:
+    """Apply ``fns[choice[i]]`` to unit ``i`` of ``x`` (units in any order)."""
     perm, counts = sort_units(choice, len(fns))
-    outs = grouped_apply(x.index_select(dim, perm), counts, fns, dim)
-    return outs.index_select(dim, inverse(perm))
+    outs = grouped_apply(x.index_select(1, perm), counts, fns)
+    return outs.index_select(1, inverse(perm))
 
 
-def grouped_apply(xp: Tensor, counts: Sequence[int], fns: Sequence, dim: int = 1) -> Tensor:
-    """``fns[j]`` on the ``j``-th contiguous block of ``counts[j]`` units (along ``dim``)."""
+def grouped_apply(xp: Tensor, counts: Sequence[int], fns: Sequence) -> Tensor:
+    """``fns[j]`` on the ``j``-th contiguous block of ``counts[j]`` units."""
     used = [(fn, c) for fn, c in zip(fns, counts) if c]
     if len(used) == 1:
         return used[0][0](xp)
-    chunks = xp.split([c for _, c in used], dim=dim)
-    return torch.cat([fn(c) for (fn, _), c in zip(used, chunks)], dim=dim)
+    chunks = xp.split([c for _, c in used], dim=1)
+    return torch.cat([fn(c) for (fn, _), c in zip(used, chunks)], dim=1)
 
 
-def activate_blocks(x: Tensor, sizes: Sequence[int], fns: Sequence, dim: int) -> Tensor:
-    """Overwrite each block of ``sizes[j]`` units (along ``dim``) of ``x`` with ``fns[j]``
-    (in-place forms); empty blocks are skipped.  Returns ``x``."""
-    for fn, block, n in zip(fns, x.split(list(sizes), dim), sizes):
+def activate_blocks(x: Tensor, sizes: Sequence[int], fns: Sequence) -> Tensor:
+    """Overwrite each block of ``sizes[j]`` units of ``x`` with ``fns[j]`` (in-place forms);
+    empty blocks are skipped.  Returns ``x``."""
+    for fn, block, n in zip(fns, x.split(list(sizes), 1), sizes):
         if n:
             fn(block)
     return x
 
 
-def _grad_from_output(grad: Tensor, out: Tensor, sizes: Sequence[int], grads: Sequence,
-                      dim: int) -> Tensor:
+def _grad_from_output(grad: Tensor, out: Tensor, sizes: Sequence[int], grads: Sequence) -> Tensor:
     """The input gradient of :func:`activate_blocks`, block by block from its output."""
     grad_x = torch.empty_like(out)
     split = list(sizes)
-    parts = zip(grad.split(split, dim), out.split(split, dim), grad_x.split(split, dim))
+    parts = zip(grad.split(split, 1), out.split(split, 1), grad_x.split(split, 1))
     for fn, (g, y, gx), n in zip(grads, parts, sizes):
         if n:
             fn(g, y, gx)
@@ -74,17 +73,17 @@ class _GroupedInPlace(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, sizes: list[int], fns: tuple, grads: tuple, dim: int) -> Tensor:  # type: ignore[override]
-        out = activate_blocks(x.clone(), sizes, fns, dim)
+    def forward(ctx, x: Tensor, sizes: list[int], fns: tuple, grads: tuple) -> Tensor:  # type: ignore[override]
+        out = activate_blocks(x.clone(), sizes, fns)
         ctx.save_for_backward(out)
-        ctx.sizes, ctx.grads, ctx.dim = sizes, grads, dim
+        ctx.sizes, ctx.grads = sizes, grads
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (out,) = ctx.saved_tensors
-        return _grad_from_output(grad, out, ctx.sizes, ctx.grads, ctx.dim), None, None, None, None
+        return _grad_from_output(grad, out, ctx.sizes, ctx.grads), None, None, None
 
 
 class SelectionForms(NamedTuple):
@@ -110,27 +109,26 @@ def selection_forms(pool: Sequence[str]) -> tuple[SelectionForms, Tensor | None]
 
 
 def straight_through(x: Tensor, y: Tensor, choice: Tensor, forms: SelectionForms,
-                     matrix: Tensor | None, dim: int = 1) -> Tensor:
+                     matrix: Tensor | None) -> Tensor:
     """The fused hard straight-through selection of the sample ``(y, choice)`` (``[units,
-    K]``, ``[units]``; units along ``dim`` of ``x``): :class:`_SelectST`."""
-    return _SelectST.apply(x, y, choice, *forms, matrix, dim)
+    K]``, ``[units]``): :class:`_SelectST`."""
+    return _SelectST.apply(x, y, choice, *forms, matrix)
 
 
-def activate_groups(x: Tensor, sizes: Sequence[int], inplace: Sequence, grads: Sequence,
-                    dim: int) -> Tensor:
+def activate_groups(x: Tensor, sizes: Sequence[int], inplace: Sequence,
+                    grads: Sequence) -> Tensor:
     """``inplace[j]`` on the ``j``-th contiguous block of ``sizes[j]`` units of a copy of
-    ``x`` (along ``dim``; empty blocks skipped), as one autograd node whose backward uses
-    ``grads`` (output-gradient forms, :class:`_GroupedInPlace`)."""
-    return _GroupedInPlace.apply(x, list(sizes), tuple(inplace), tuple(grads), dim)
+    ``x`` (empty blocks skipped), as one autograd node whose backward uses ``grads``
+    (output-gradient forms, :class:`_GroupedInPlace`)."""
+    return _GroupedInPlace.apply(x, list(sizes), tuple(inplace), tuple(grads))
 
 
-def _candidate_sums(x: Tensor, grad: Tensor, evals: Sequence, matrix: Tensor | None,
-                    dim: int) -> Tensor:
-    """``[units, K]``: the sum over every dimension but ``dim`` of ``grad * act_j(x)`` for
+def _candidate_sums(x: Tensor, grad: Tensor, evals: Sequence, matrix: Tensor | None) -> Tensor:
+    """``[units, K]``: the sum over every dimension but the units' of ``grad * act_j(x)`` for
     each pool member ``j``, from the pool's basis functions ``evals`` (``(inplace, fn)``
     pairs, ``(None, None)`` for the identity) combined by ``matrix`` (None: the basis is the
     pool).  One scratch buffer serves every in-place evaluation."""
-    dims = [d for d in range(x.dim()) if d != dim]
+    dims = [d for d in range(x.dim()) if d != 1]
     buf = torch.empty_like(x)
     cols = []
     for inplace, fn in evals:
@@ -148,7 +146,7 @@ def _candidate_sums(x: Tensor, grad: Tensor, evals: Sequence, matrix: Tensor | N
 class _SelectST(torch.autograd.Function):
     """Fused hard straight-through selection for pure activations.
 
-    Forward sorts the units by choice along ``dim`` (one gather), activates each contiguous
+    Forward sorts the units by choice (one gather), activates each contiguous
     block of the sorted copy in place and gathers back with the inverse permutation: a fixed
     number of kernels whatever the choices.
     Backward: the input gradient flows through the chosen activation, written per block from
@@ -162,34 +160,34 @@ class _SelectST(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, choice: Tensor, fns: tuple,  # type: ignore[override]
                 inplace: tuple | None, grads: tuple | None, evals: tuple,
-                matrix: Tensor | None, dim: int) -> Tensor:
+                matrix: Tensor | None) -> Tensor:
         perm, counts = sort_units(choice, len(fns))
         inv = inverse(perm)
-        xs = x.index_select(dim, perm)
+        xs = x.index_select(1, perm)
         if inplace is not None:
-            outs = activate_blocks(xs, counts, inplace, dim)  # xs is a fresh copy
+            outs = activate_blocks(xs, counts, inplace)  # xs is a fresh copy
         else:
-            outs = grouped_apply(xs, counts, fns, dim)
+            outs = grouped_apply(xs, counts, fns)
         ctx.save_for_backward(x, perm, inv, outs if grads is not None else None)
-        ctx.fns, ctx.grads, ctx.counts, ctx.dim = fns, grads, counts, dim
+        ctx.fns, ctx.grads, ctx.counts = fns, grads, counts
         ctx.evals, ctx.matrix = evals, matrix
-        return outs.index_select(dim, inv)
+        return outs.index_select(1, inv)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         x, perm, inv, outs = ctx.saved_tensors
-        dim, counts = ctx.dim, ctx.counts
+        counts = ctx.counts
         grad_x = grad_y = None
         if ctx.needs_input_grad[0]:
-            gs = grad.index_select(dim, perm)
+            gs = grad.index_select(1, perm)
             if outs is not None:
-                gxs = _grad_from_output(gs, outs, counts, ctx.grads, dim)
+                gxs = _grad_from_output(gs, outs, counts, ctx.grads)
             else:
                 with torch.enable_grad():
-                    xp = x.index_select(dim, perm).requires_grad_(True)
-                    (gxs,) = torch.autograd.grad(grouped_apply(xp, counts, ctx.fns, dim), xp, gs)
-            grad_x = gxs.index_select(dim, inv)
+                    xp = x.index_select(1, perm).requires_grad_(True)
+                    (gxs,) = torch.autograd.grad(grouped_apply(xp, counts, ctx.fns), xp, gs)
+            grad_x = gxs.index_select(1, inv)
         if ctx.needs_input_grad[1]:
-            grad_y = _candidate_sums(x, grad, ctx.evals, ctx.matrix, dim)
-        return grad_x, grad_y, None, None, None, None, None, None, None
+            grad_y = _candidate_sums(x, grad, ctx.evals, ctx.matrix)
+        return grad_x, grad_y, None, None, None, None, None, None

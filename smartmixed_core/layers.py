@@ -260,8 +260,8 @@ class MixedActivation(nn.Module):
             sizes = [self.seed_counts[s][j] for j in used]
             inplace = [self._inplace[j] for j in used]
             if not torch.is_grad_enabled():
-                return activate_blocks(x, sizes, inplace, 1)
-            return activate_groups(x, sizes, inplace, [self._grads[j] for j in used], 1)
+                return activate_blocks(x, sizes, inplace)
+            return activate_groups(x, sizes, inplace, [self._grads[j] for j in used])
         return apply_choices(x, self._choice[s], self._fns)
 
     def forward(self, x: Tensor) -> Tensor:

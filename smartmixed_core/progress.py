@@ -33,7 +33,6 @@ class EpochProgress:
                  lines: bool | None = None):
         self.total = epochs * len(seeds)
         self.epochs = epochs
-        self.enabled = enabled
         self.lines = enabled and (not sys.stderr.isatty() if lines is None else lines)
         self._done, self._last, self._t0 = 0, -LOG_SECONDS, time.monotonic()
         self._progress = Progress(

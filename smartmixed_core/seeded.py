@@ -125,11 +125,11 @@ class SeedConv2d(nn.Module):
 
 
 class SeedBatchNorm2d(nn.Module):
-    """``nn.BatchNorm2d`` per seed and channel on the folded layout ``[batch, S * C, H, W]``."""
+    """``nn.BatchNorm2d`` per seed and channel on the folded layout ``[batch, S * C, H, W]``
+    (its default momentum and eps, which are ``F.batch_norm``'s defaults too)."""
 
-    def __init__(self, channels: int, seeds: int = 1, momentum: float = 0.1, eps: float = 1e-5):
+    def __init__(self, channels: int, seeds: int = 1):
         super().__init__()
-        self.momentum, self.eps = momentum, eps
         self.weight = nn.Parameter(torch.ones(seeds, channels))
         self.bias = nn.Parameter(torch.zeros(seeds, channels))
         self.register_buffer("running_mean", torch.zeros(seeds, channels))
@@ -144,5 +144,4 @@ class SeedBatchNorm2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # Views of the [S, C] buffers: batch_norm updates the running statistics in place.
         return F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1),
-                            self.weight.flatten(), self.bias.flatten(), self.training,
-                            self.momentum, self.eps)
+                            self.weight.flatten(), self.bias.flatten(), self.training)

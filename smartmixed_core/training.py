@@ -12,7 +12,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -29,15 +28,6 @@ class NonFiniteLossError(RuntimeError):
         self.epoch, self.seed = epoch, seed
         where = f" (seed {seed})" if seed is not None else ""
         super().__init__(f"non-finite training loss ({loss}) at epoch {epoch}{where}")
-
-
-class Callback(Protocol):
-    """Hooks called by :func:`fit`.  Both are optional; missing ones are skipped."""
-
-    def on_epoch_start(self, epoch: int, model: nn.Module) -> None: ...
-
-    def on_epoch_end(self, epoch: int, record: dict, model: nn.Module) -> bool | None:
-        """Add fields to ``record``; return True to stop training."""
 
 
 @dataclass
@@ -253,14 +243,15 @@ def fit(
 
     Seed ``s`` draws its batch order from ``generators[s]`` and its noise from ``noise``;
     its loss, gradient, clipping and early stopping are its own, so its numbers do not depend
-    on the other seeds.  A seed that stops (patience, or a callback's ``on_epoch_end``
-    returning True) stops recording and drawing from its generators; the others go on.
-    Epochs of seed ``s`` are numbered from ``start_epochs[s]`` (phase 2 continues phase 1's
-    numbering).  Each history record holds ``epoch``, ``train_loss``, ``val_loss``,
-    ``val_accuracy``, ``seconds`` and whatever ``callbacks[s]`` add.  Raises
-    :class:`NonFiniteLossError` on a NaN/inf loss.  ``state`` is kept current after every
-    epoch, then ``on_round()`` runs; a state with a completed epoch is resumed from (see
-    :class:`FitState`).  Returns one :class:`FitResult` per seed.
+    on the other seeds.  ``callbacks[s]`` are seed ``s``'s hooks: objects with an optional
+    ``on_epoch_start(epoch, model)`` and an optional ``on_epoch_end(epoch, record, model)``.
+    A seed that stops (patience, or an ``on_epoch_end`` returning True) stops recording and
+    drawing from its generators; the others go on.  Epochs of seed ``s`` are numbered from
+    ``start_epochs[s]`` (phase 2 continues phase 1's numbering).  Each history record holds
+    ``epoch``, ``train_loss``, ``val_loss``, ``val_accuracy``, ``seconds`` and whatever
+    ``callbacks[s]`` add.  Raises :class:`NonFiniteLossError` on a NaN/inf loss.  ``state`` is
+    kept current after every epoch, then ``on_round()`` runs; a state with a completed epoch
+    is resumed from (see :class:`FitState`).  Returns one :class:`FitResult` per seed.
     """
     seeds = len(generators)
     ids = list(seed_ids) if seed_ids is not None else [None] * seeds
@@ -280,14 +271,12 @@ def fit(
         forward = torch.compile(model)
     st = state if state is not None else FitState()
     n, device = data.n_train, data.x_train.device
-    first, elapsed = 0, 0.0
-    if st.step >= 0:  # continue after a completed epoch
+    if st.step >= 0:  # continue after a completed epoch (its time included)
         opt.load_state_dict(st.optimizer)
-        first, elapsed = st.step + 1, st.seconds
     else:
         st.seeds = [SeedFit() for _ in range(seeds)]
-    t0 = time.perf_counter() - elapsed
-    for step in range(first, cfg.epochs):
+    t0 = time.perf_counter() - st.seconds
+    for step in range(st.step + 1, cfg.epochs):
         active = [not r.stopped for r in st.seeds]
         if not any(active):
             break
