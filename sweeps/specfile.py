@@ -118,10 +118,8 @@ def smoke(doc: dict[str, Any]) -> dict[str, Any]:
             if isinstance(space[key].get("choice"), list):
                 space[key]["choice"] = space[key]["choice"][: 2 if i == 0 else 1]
     if search.get("algorithm") == "grid":  # keep the first two combinations
-        for key in list(space):
-            space[key] = {"choice": list(space[key].get("choice", []))[:2]}
-        for key in list(space)[1:]:
-            space[key]["choice"] = space[key]["choice"][:1]
+        for i, key in enumerate(space):
+            space[key] = {"choice": list(space[key].get("choice", []))[: 2 if i == 0 else 1]}
     doc.pop("scheduler", None)
     doc["resources"] = {"cpu": 1, "gpu": 0}
     return doc
