@@ -58,18 +58,14 @@ class Throttle:
         self.interval = env_seconds(CHECKPOINT_ENV, DEFAULT_CHECKPOINT_SECONDS)
         self._last, self._cost = time.monotonic(), 0.0
 
-    def due(self) -> bool:
-        if self.interval == 0:
-            return True
-        wait = max(self.interval, CHECKPOINT_OVERHEAD * self._cost)
-        return time.monotonic() - self._last >= wait
-
     def send(self, make_checkpoint: Callable[[], dict[str, Any]],
              send: Callable[[dict[str, Any] | None], None]) -> None:
         """``send(checkpoint)`` with a checkpoint when one is due, else ``send(None)``; the
         time both took is the checkpoint's cost."""
         t0 = time.monotonic()
-        ckpt = make_checkpoint() if self.due() else None
+        wait = max(self.interval, CHECKPOINT_OVERHEAD * self._cost)
+        due = self.interval == 0 or time.monotonic() - self._last >= wait
+        ckpt = make_checkpoint() if due else None
         send(ckpt)
         if ckpt is not None:
             self._last = time.monotonic()

@@ -64,7 +64,7 @@ def run(
     _quiet(verbose)
     address = cluster_address(address)
     loaded = load_spec(spec, set_ or [], smoke_test=smoke_test)
-    spec_, path, ctx = prepare(loaded, tracking_uri, address, start_ray=True, verbose=verbose)
+    spec_, path, ctx = prepare(loaded, tracking_uri, address, start_ray=True)
     typer.echo(f"sweep {spec_.name}: results in {path}, MLflow {redact_uri(ctx.tracking_uri)}",
                err=True)
     return _finish(execute(spec_, path, ctx, address=address, verbose=verbose))

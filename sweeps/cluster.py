@@ -70,7 +70,7 @@ def _probe(address: str) -> None:
                           "`ray start --head` running there?") from None
 
 
-def _init_ray(address: str | None, verbose: bool = False) -> bool:
+def _init_ray(address: str | None) -> bool:
     """Connect to ``address`` or start a local Ray with this machine's CPUs (no dashboard).
     True when this module started or connected it (and so shuts it down after the sweep)."""
     global _ray_owned

@@ -127,8 +127,7 @@ def _creation_lock(*folders: Path | None) -> Iterator[None]:
 
 
 def _create_sweep_run(spec: SweepSpec, uri: str, given: str, saved: dict[str, Any],
-                      path: Path, address: str | None, start_ray: bool,
-                      verbose: bool = False) -> tuple[str, str]:
+                      path: Path, address: str | None, start_ray: bool) -> tuple[str, str]:
     """Check the resources and that no sweep of this name is tracked, then create the
     experiment (if needed) and the sweep run; Ray starts meanwhile with ``start_ray``.
     Returns (experiment id, sweep run id)."""
@@ -141,7 +140,7 @@ def _create_sweep_run(spec: SweepSpec, uri: str, given: str, saved: dict[str, An
             # its processes; both mostly wait, so they go side by side.
             made = pool.submit(store.client, uri)
             if start_ray:
-                _init_ray(address, verbose)
+                _init_ray(address)
         try:
             c = made.result()
             store.use_wal(uri)
@@ -159,8 +158,7 @@ def _create_sweep_run(spec: SweepSpec, uri: str, given: str, saved: dict[str, An
 
 
 def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | None = None, *,
-            start_ray: bool = False, verbose: bool = False
-            ) -> tuple[SweepSpec, Path, SweepContext]:
+            start_ray: bool = False) -> tuple[SweepSpec, Path, SweepContext]:
     """Check everything, then create the MLflow sweep run and the experiment folder.
 
     Order: spec and URI syntax, the sweep's folder, the tracking server, the resources per
@@ -189,8 +187,7 @@ def prepare(spec: SweepSpec, tracking_uri: str | None = None, address: str | Non
         if address is None:  # a cluster's workers read their own disks
             check_datasets(spec)
         store.check_server(uri, given)
-        exp_id, run_id = _create_sweep_run(spec, uri, given, saved, path, address,
-                                           start_ray, verbose)
+        exp_id, run_id = _create_sweep_run(spec, uri, given, saved, path, address, start_ray)
         path.mkdir(parents=True)
         (path / SPEC_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
         (path / STATE_FILE).write_text(json.dumps({"tracking_uri": spec.tracking_uri,
@@ -204,7 +201,7 @@ def execute(spec: SweepSpec, path: Path, ctx: SweepContext, *, address: str | No
             restore: bool = False, verbose: bool = False) -> SweepOutcome:
     """Run (or resume) the Tuner, then close leftover runs and the sweep run.  ``verbose``:
     Ray's own trial tables instead of :mod:`sweeps.progress`."""
-    started = _init_ray(address, verbose)
+    started = _init_ray(address)
     c = store.client(ctx.tracking_uri)
     c.update_run(ctx.sweep_run_id, status="RUNNING")
     previous = signal.getsignal(signal.SIGINT)

@@ -23,12 +23,12 @@ STATE_FILE = "sweep.json"
 """Tracking URI, experiment id and sweep run id, next to it."""
 
 
-def locate(name_or_path: str, tracking_uri: str | None = None,
-           storage_path: str = "./ray_results") -> Path:
+def locate(name_or_path: str, tracking_uri: str | None = None) -> Path:
     """The experiment folder of a sweep given its folder, or its name: under
     ``./ray_results``, else where the tracking store's sweep run of that name says
     (``--tracking-uri``, default ``sqlite:///mlflow.db``)."""
-    for cand in (Path(name_or_path), Path(storage_path) / name_or_path):
+    under = Path("./ray_results") / name_or_path
+    for cand in (Path(name_or_path), under):
         if _is_sweep(cand):
             return cand.resolve()
     given = tracking_uri or schema.DEFAULT_TRACKING_URI
@@ -36,8 +36,7 @@ def locate(name_or_path: str, tracking_uri: str | None = None,
         uri = store.normalize_uri(check_tracking_uri(given))
     except ValueError as exc:
         raise ConfigError("tracking_uri", str(exc)) from None
-    looked = f"looked for {SPEC_FILE} and {STATE_FILE} in {name_or_path} and " \
-             f"{Path(storage_path) / name_or_path}"
+    looked = f"looked for {SPEC_FILE} and {STATE_FILE} in {name_or_path} and {under}"
     if store.sqlite_missing(uri):
         raise ConfigError("sweep", f"no sweep at {name_or_path!r} ({looked}; no tracking store "
                           f"at {given}: pass --tracking-uri)")

@@ -118,10 +118,8 @@ def smoke(doc: dict[str, Any]) -> dict[str, Any]:
             if isinstance(space[key].get("choice"), list):
                 space[key]["choice"] = space[key]["choice"][: 2 if i == 0 else 1]
     if search.get("algorithm") == "grid":  # keep the first two combinations
-        for key in list(space):
-            space[key] = {"choice": list(space[key].get("choice", []))[:2]}
-        for key in list(space)[1:]:
-            space[key]["choice"] = space[key]["choice"][:1]
+        for i, key in enumerate(space):
+            space[key] = {"choice": list(space[key].get("choice", []))[: 2 if i == 0 else 1]}
     doc.pop("scheduler", None)
     doc["resources"] = {"cpu": 1, "gpu": 0}
     return doc
@@ -241,17 +239,15 @@ def _check_configs(spec: SweepSpec) -> None:
         raise ConfigError("search.space", "empty; give at least one parameter, e.g. "
                           "method: {choice: [smartmixed, 'fixed:relu']} (a single configuration "
                           "is a one-element choice)")
-    for key, (lo, hi) in (("depth", (1, MAX_DEPTH)), ("width", (1, MAX_WIDTH))):
+    for key, kind, ok, allowed in (
+            ("depth", int, lambda v: 1 <= v <= MAX_DEPTH, f"integers in [1, {MAX_DEPTH}]"),
+            ("width", int, lambda v: 1 <= v <= MAX_WIDTH, f"integers in [1, {MAX_WIDTH}]"),
+            (TRANSITION_FRACTION, (int, float), lambda v: 0 < v < 1, "numbers in (0, 1)")):
         dist = spec.search.space.get(key)
-        if dist is not None and any(isinstance(v, bool) or not isinstance(v, int)
-                                    or not lo <= v <= hi for v in dist.values):
+        if dist is not None and any(isinstance(v, bool) or not isinstance(v, kind) or not ok(v)
+                                    for v in dist.values):
             raise ConfigError(f"search.space.{key}.{dist.kind}",
-                              f"needs integers in [{lo}, {hi}], got {dist.values}")
-    dist = spec.search.space.get(TRANSITION_FRACTION)
-    if dist is not None and any(isinstance(v, bool) or not isinstance(v, (int, float))
-                                or not 0 < v < 1 for v in dist.values):
-        raise ConfigError(f"search.space.{TRANSITION_FRACTION}.{dist.kind}",
-                          f"needs numbers in (0, 1), got {dist.values}")
+                              f"needs {allowed}, got {dist.values}")
     first = {k: d.values[0] for k, d in spec.search.space.items()}
     try:
         spec.run_config(first)

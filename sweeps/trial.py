@@ -70,7 +70,7 @@ class TrialRun:
                  report: Report, resume: dict[str, Any] | None = None):
         self.ctx, self.trial_id, self.report = ctx, trial_id, report
         self.resume = resume
-        self.seed_runs: dict[int, str] = {}
+        self.seed_runs: dict[int, str] = {}  # the checkpoint's seed runs, to reopen
         self.throttle = checkpoints.Throttle()
         self.resumed_after = -1
         self.first_attempt = False
@@ -137,17 +137,16 @@ class TrialRun:
             self.rounds.keep(s, [*self.state.histories[i], *self.state.fit.seeds[i].history])
         return epoch
 
-    def _open_seed_run(self, seed: int, resumed_after: int) -> str:
+    def _open_seed_run(self, seed: int) -> str:
         """The seed's run: the checkpoint's run reopened, or a new one."""
         c, exp, name = self.client, self.ctx.experiment_id, self.spec.name
         run_id = None
-        if seed in self.seed_runs and resumed_after >= 0:
+        if seed in self.seed_runs and self.resumed_after >= 0:
             run_id = tracking.reopen_seed_run(c, exp, name, self.trial_id, seed,
-                                              self.seed_runs[seed], resumed_after)
+                                              self.seed_runs[seed], self.resumed_after)
         if run_id is None:
             run_id = tracking.start_seed_run(c, exp, name, self.trial_id, self.run_id, seed,
                                              self.cfg, first_attempt=self.first_attempt)
-        self.seed_runs[seed] = run_id
         return run_id
 
     def _train(self, todo: list[int], last_step: int) -> None:
@@ -165,7 +164,7 @@ class TrialRun:
 
         try:
             for seed in todo:
-                runs[seed] = self._open_seed_run(seed, self.resumed_after)
+                runs[seed] = self._open_seed_run(seed)
             outcomes = train_together(self.cfg, todo, data,
                                       [[self.rounds.callback(s)] for s in todo],
                                       state=state, on_round=on_round)

@@ -41,13 +41,11 @@ def _searcher(spec: SweepSpec, path: Path) -> Any:
                                      mode=spec.search.mode, sampler=sampler, study_name=study,
                                      storage=journal_storage(path / JOURNAL_FILE))
 
-    cells = spec.search.cells()
+    searches = [one(c, n) for c, n in zip(spec.search.cells(), study_names(spec))]
+    search: Any = searches[0]  # without search.per: one cell ({}), one study (the sweep's name)
     if spec.search.per:
-        search: Any = PerCellSearch([one(c, n) for c, n in zip(cells, study_names(spec))],
-                                    spec.search.num_samples, spec.search.metric,
-                                    spec.search.mode)
-    else:
-        search = one({}, spec.name)
+        search = PerCellSearch(searches, spec.search.num_samples, spec.search.metric,
+                               spec.search.mode)
     if spec.max_concurrent:
         return ConcurrencyLimiter(search, max_concurrent=spec.max_concurrent)
     return search
@@ -62,8 +60,8 @@ def total_trials(spec: SweepSpec) -> int:
 
 def _concurrency(spec: SweepSpec) -> int:
     """Trials at once: ``max_concurrent``, or as many as this machine's CPUs hold."""
-    fit = int((os.cpu_count() or 1) // max(spec.resources.cpu, 1e-9))
-    return max(1, min(spec.max_concurrent or fit, fit if fit > 0 else 1))
+    fit = max(1, int((os.cpu_count() or 1) // max(spec.resources.cpu, 1e-9)))
+    return min(spec.max_concurrent or fit, fit)
 
 
 def build_tuner(spec: SweepSpec, ctx: SweepContext, path: Path, restore: bool,
