@@ -64,10 +64,6 @@ def holm(out, alpha: float) -> None:
         out.loc[ok, "p_holm"], out.loc[ok, "reject"] = p_holm, reject
 
 
-def join_notes(*notes: str) -> str:
-    return "; ".join(n for n in notes if n)
-
-
 def mean_ci_groups(df, keys: list[str], value: str, confidence: float = CONFIDENCE,
                    bounds: tuple[float, float] | None = None):
     """:func:`mean_ci`, ``n``, mean and sample std (ddof=1) of ``value`` for every group of

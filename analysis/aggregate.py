@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from analysis._stats import CONFIDENCE, UNIT_INTERVAL, join_notes, mean_ci_groups
+from analysis._stats import CONFIDENCE, UNIT_INTERVAL, mean_ci_groups
 from analysis.load import config_columns
 
 SCORE_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc", "val_accuracy")
@@ -51,5 +51,5 @@ def aggregate_seeds(runs: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS,
     for m in MEAN_METRICS:
         if m in runs.columns and runs[m].notna().any():
             out[f"{m}_mean"] = by[m].mean()
-    out["note"] = [join_notes(*row) for row in zip(*notes)] if notes else ""
+    out["note"] = ["; ".join(filter(None, row)) for row in zip(*notes)] if notes else ""
     return out.reset_index().assign(config_id=lambda d: d["config_id"].astype(int))
