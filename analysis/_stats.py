@@ -93,9 +93,8 @@ def mean_ci_groups(df, keys: list[str], value: str, confidence: float = CONFIDEN
     out.loc[const, "ci_low"] = out.loc[const, "ci_high"] = out.loc[const, "lo"]
     out.loc[const, "note"] = "constant values: zero-width CI"
     for key in out.index[(n > T_MAX_N) & ~const]:  # rare: more than 10 seeds
-        sel = finite.set_index(keys).loc[[key], value] if len(keys) > 1 else \
-            finite.loc[finite[keys[0]] == key, value]
-        low, high, _, _ = mean_ci(sel.to_numpy(), confidence)
+        low, high, _, _ = mean_ci(finite.set_index(keys).loc[[key], value].to_numpy(),
+                                  confidence)
         out.loc[key, ["ci_low", "ci_high"]] = low, high
     if bounds is not None:  # NaN stays NaN
         out[["ci_low", "ci_high"]] = out[["ci_low", "ci_high"]].clip(*bounds)
