@@ -160,8 +160,7 @@ def _cluster_bootstrap(g: pd.DataFrame, n_resamples: int, rng) -> tuple[float, f
     copies each point carries the weight k_i: ranks with ties averaged are cumulative
     weights per distinct value, and rho is the weighted Pearson correlation of those ranks,
     the same number as ``spearmanr`` of the concatenated copies, at O(points) per resample."""
-    run_ids = sorted(g["run_id"].unique())  # the order of groupby("run_id")
-    point_run = g["run_id"].map({r: i for i, r in enumerate(run_ids)}).to_numpy()
+    run_ids, point_run = np.unique(g["run_id"].to_numpy(), return_inverse=True)
     ux, ix = np.unique(g["relative_depth"].to_numpy(float), return_inverse=True)
     uy, iy = np.unique(g["fraction"].to_numpy(float), return_inverse=True)
 
