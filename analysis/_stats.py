@@ -19,15 +19,7 @@ UNIT_INTERVAL = (0.0, 1.0)
 """What an accuracy, F1, ROC-AUC or a fraction of units can take."""
 
 
-def _cut(low: float, high: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
-    """``(low, high)`` cut to ``bounds`` (None: as they are); NaN stays NaN."""
-    if bounds is None:
-        return low, high
-    return float(np.clip(low, *bounds)), float(np.clip(high, *bounds))
-
-
-def mean_ci(values, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
-            random_state: int = RANDOM_STATE,
+def mean_ci(values, confidence: float = CONFIDENCE,
             bounds: tuple[float, float] | None = None) -> tuple[float, float, str, str]:
     """CI of the mean: ``(low, high, note, method)``.
 
@@ -48,13 +40,16 @@ def mean_ci(values, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPL
     if method == CI_T:
         low, high = stats.t.interval(confidence, len(x) - 1, loc=np.mean(x),
                                      scale=stats.sem(x))
-        return *_cut(low, high, bounds), "", method
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = stats.bootstrap((x,), np.mean, confidence_level=confidence,
-                              n_resamples=n_resamples, method="percentile",
-                              random_state=np.random.default_rng(random_state))
-    return *_cut(res.confidence_interval.low, res.confidence_interval.high, bounds), "", method
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            low, high = stats.bootstrap((x,), np.mean, confidence_level=confidence,
+                                        n_resamples=N_RESAMPLES, method="percentile",
+                                        random_state=np.random.default_rng(RANDOM_STATE)
+                                        ).confidence_interval
+    if bounds is not None:  # NaN stays NaN
+        low, high = (float(v) for v in np.clip([low, high], *bounds))
+    return low, high, "", method
 
 
 def holm(out, alpha: float) -> None:
@@ -67,10 +62,6 @@ def holm(out, alpha: float) -> None:
         reject, p_holm, _, _ = multipletests(out.loc[ok, "p_value"], alpha=alpha,
                                              method="holm")
         out.loc[ok, "p_holm"], out.loc[ok, "reject"] = p_holm, reject
-
-
-def join_notes(*notes: str) -> str:
-    return "; ".join(n for n in notes if n)
 
 
 def mean_ci_groups(df, keys: list[str], value: str, confidence: float = CONFIDENCE,
@@ -102,9 +93,8 @@ def mean_ci_groups(df, keys: list[str], value: str, confidence: float = CONFIDEN
     out.loc[const, "ci_low"] = out.loc[const, "ci_high"] = out.loc[const, "lo"]
     out.loc[const, "note"] = "constant values: zero-width CI"
     for key in out.index[(n > T_MAX_N) & ~const]:  # rare: more than 10 seeds
-        sel = finite.set_index(keys).loc[[key], value] if len(keys) > 1 else \
-            finite.loc[finite[keys[0]] == key, value]
-        low, high, _, _ = mean_ci(sel.to_numpy(), confidence)
+        low, high, _, _ = mean_ci(finite.set_index(keys).loc[[key], value].to_numpy(),
+                                  confidence)
         out.loc[key, ["ci_low", "ci_high"]] = low, high
     if bounds is not None:  # NaN stays NaN
         out[["ci_low", "ci_high"]] = out[["ci_low", "ci_high"]].clip(*bounds)

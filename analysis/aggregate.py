@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from analysis._stats import CONFIDENCE, UNIT_INTERVAL, join_notes, mean_ci_groups
+from analysis._stats import CONFIDENCE, UNIT_INTERVAL, mean_ci_groups
 from analysis.load import config_columns
 
 SCORE_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc", "val_accuracy")
@@ -38,22 +38,18 @@ def aggregate_seeds(runs: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS,
     out = by[cols].first()
     out["n_seeds"] = by.size()
     out["seeds"] = by["seed"].agg(lambda s: " ".join(str(x) for x in sorted(s)))
-    notes = pd.DataFrame(index=out.index)
+    notes = []  # per metric its missing values, then (first metric only) its CI note
     for m in present:
         ci = mean_ci_groups(runs, ["config_id"], m, confidence,
                             UNIT_INTERVAL if m in SCORE_METRICS else None)
         for stat in ("mean", "std", "ci_low", "ci_high", "ci_method"):
             out[f"{m}_{stat}"] = ci[stat]
         missing = out["n_seeds"] - ci["n"]
-        notes[f"{m}:missing"] = [f"{m}: {k} seed(s) without a value" if k else ""
-                                 for k in missing]
+        notes.append([f"{m}: {k} seed(s) without a value" if k else "" for k in missing])
         if m == present[0]:
-            notes[f"{m}:ci"] = [f"{m}: {t}" if t else "" for t in ci["note"]]
+            notes.append([f"{m}: {t}" if t else "" for t in ci["note"]])
     for m in MEAN_METRICS:
         if m in runs.columns and runs[m].notna().any():
             out[f"{m}_mean"] = by[m].mean()
-    # notes in the order of the metrics: first metric's missing values, then its CI note
-    order = [c for m in present for c in (f"{m}:missing", f"{m}:ci") if c in notes.columns]
-    out["note"] = [join_notes(*row) for row in notes[order].itertuples(index=False)] \
-        if order else ""
+    out["note"] = ["; ".join(filter(None, row)) for row in zip(*notes)] if notes else ""
     return out.reset_index().assign(config_id=lambda d: d["config_id"].astype(int))

@@ -52,16 +52,14 @@ SELECTION_RULE = ("highest seed-mean validation accuracy; ties (equal to 10 deci
 
 
 def _selection_order(g: pd.DataFrame, select_by: str) -> tuple[pd.DataFrame, int, str]:
-    """``g`` sorted best first by the tie rule, the number of configurations tied on the
-    first key, and the key that decided (``""`` when there was nothing to choose)."""
+    """``g`` (two or more configurations) sorted best first by the tie rule, the number of
+    configurations tied on the first key, and the key that decided."""
     acc = g[f"{select_by}_mean"].round(ROUND)
     loss = (g["val_loss_mean"].round(ROUND) if "val_loss_mean" in g.columns
             else pd.Series(np.nan, index=g.index))
     order = g.assign(_acc=-acc, _loss=loss.fillna(np.inf)).sort_values(
         ["_acc", "_loss", "config_id"], kind="stable")
     tied = order[order["_acc"] == order["_acc"].iloc[0]]
-    if len(g) == 1:
-        return order, 1, ""
     if len(tied) == 1:
         return order, 1, select_by
     same_loss = tied[tied["_loss"] == tied["_loss"].iloc[0]]

@@ -61,8 +61,7 @@ def selection_long(runs: pd.DataFrame) -> pd.DataFrame:
         if not has.any():
             continue
         r = runs.loc[has]
-        widths = r["architecture"].map(hidden_widths) if "architecture" in r.columns else \
-            pd.Series([()] * len(r), index=r.index)
+        widths = r["architecture"].map(hidden_widths)  # KEYS: the runs have an architecture
         n_layers = widths.map(len).where(widths.map(len) > 0, max(layers))
         width = widths.map(lambda w, k=layer: w[k - 1] if k <= len(w) else np.nan)
         for a in acts:
@@ -147,8 +146,7 @@ def selection_consistency(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFra
 
 
 def _spearman(x, y) -> float:
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
+    """Spearman's rho; NaN when x or y is constant (scipy returns NaN and warns)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(stats.spearmanr(x, y).statistic)
@@ -162,8 +160,7 @@ def _cluster_bootstrap(g: pd.DataFrame, n_resamples: int, rng) -> tuple[float, f
     copies each point carries the weight k_i: ranks with ties averaged are cumulative
     weights per distinct value, and rho is the weighted Pearson correlation of those ranks,
     the same number as ``spearmanr`` of the concatenated copies, at O(points) per resample."""
-    run_ids = sorted(g["run_id"].unique())  # the order of groupby("run_id")
-    point_run = g["run_id"].map({r: i for i, r in enumerate(run_ids)}).to_numpy()
+    run_ids, point_run = np.unique(g["run_id"].to_numpy(), return_inverse=True)
     ux, ix = np.unique(g["relative_depth"].to_numpy(float), return_inverse=True)
     uy, iy = np.unique(g["fraction"].to_numpy(float), return_inverse=True)
 

@@ -194,8 +194,7 @@ def default_control(methods) -> str:
     if DEFAULT_CONTROL in names:
         return DEFAULT_CONTROL
     arms = [m for m in names if m.startswith(DEFAULT_CONTROL + " (")]
-    arms.sort(key=lambda m: ("transfer" not in m, m))
-    return arms[0] if arms else DEFAULT_CONTROL
+    return min(arms, key=lambda m: ("transfer" not in m, m), default=DEFAULT_CONTROL)
 
 
 def control_holm(rankings: pd.DataFrame, control: str = DEFAULT_CONTROL,
