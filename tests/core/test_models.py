@@ -12,6 +12,7 @@ from smartmixed_core.names import (
     REPRESENTATIVE,
     parse_arch,
 )
+from smartmixed_core.seeded import SeedLinear
 
 
 def relu_slot(layer, units):
@@ -100,6 +101,46 @@ def test_seeds_are_independent_models(kind):
         assert torch.equal(a, b)
     three.eval(), one.eval()
     torch.testing.assert_close(three.shared(x)[1], one.shared(x)[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 5, 64, 127])
+def test_seed_linear_gradients_in_the_weights_layout_and_per_seed_exact(batch, one_thread):
+    """SeedLinear's gradients equal nn.Linear's (float64); the weight's is computed in the
+    parameter's own layout, so backward copies nothing; a seed's slice of a three-seed
+    layer's output and gradients equals the seed's one-seed layer bit for bit (float32, odd
+    batches too)."""
+    torch.manual_seed(0)
+    three = SeedLinear(8, 10, seeds=3)
+    x = torch.randn(3, batch, 8, requires_grad=True)
+    loss = (three(x) ** 2).sum()
+    with torch.profiler.profile(record_shapes=True) as prof:
+        loss.backward()
+    weight_copies = [e for e in prof.events()
+                     if e.name == "aten::copy_" and e.input_shapes[0] == [3, 10, 8]]
+    assert not weight_copies
+    w = three.weight.grad
+    one = SeedLinear(8, 10, seeds=1)
+    with torch.no_grad():
+        one.weight.copy_(three.weight[2:]), one.bias.copy_(three.bias[2:])
+    x1 = x.detach()[2:].clone().requires_grad_(True)
+    out = one(x1)
+    assert torch.equal(out, three(x.detach())[2:])
+    (out ** 2).sum().backward()
+    for a, b in ((x.grad[2:], x1.grad), (w[2:], one.weight.grad),
+                 (three.bias.grad[2:], one.bias.grad)):
+        assert torch.equal(a, b)
+    ref = torch.nn.Linear(8, 10).double()
+    with torch.no_grad():
+        ref.weight.copy_(three.weight[0]), ref.bias.copy_(three.bias[0])
+    xr = x.detach()[0].double().requires_grad_(True)
+    (ref(xr) ** 2).sum().backward()
+    three64 = three.double()
+    three64.zero_grad()
+    x64 = x.detach().double().requires_grad_(True)
+    (three64(x64) ** 2).sum().backward()
+    for a, b in ((x64.grad[0], xr.grad), (three64.weight.grad[0], ref.weight.grad),
+                 (three64.bias.grad[0], ref.bias.grad)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("training", [True, False])
