@@ -143,6 +143,21 @@ def test_seed_linear_gradients_in_the_weights_layout_and_per_seed_exact(batch, o
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_seed_linear_compiles_as_one_graph():
+    """``compile: on`` (CUDA's default) traces SeedLinear's autograd function without a graph
+    break, forward and backward, with the eager numbers."""
+    torch.manual_seed(0)
+    lin = SeedLinear(8, 10, seeds=2)
+    x = torch.randn(2, 5, 8)
+    compiled = torch.compile(lin, fullgraph=True, backend="aot_eager")
+    (compiled(x) ** 2).sum().backward()
+    grads = [p.grad.clone() for p in lin.parameters()]
+    lin.zero_grad()
+    (lin(x) ** 2).sum().backward()
+    for a, p in zip(grads, lin.parameters()):
+        torch.testing.assert_close(a, p.grad)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_fused_selective_mlp_equals_the_stacked_reference(training):
     """A fused selective MLP gives the same outputs, input/weight/logit gradients and Gumbel
